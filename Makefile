@@ -1,0 +1,32 @@
+# Two commands set up and check everything on a fresh machine: `make setup`, then `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# Tests never touch the network: a missing local file must fail fast, not after a hub timeout.
+TESTENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup test test-fast memory tables bench clean
+
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[offline,test]"
+	touch $@
+
+test: setup
+	$(TESTENV) $(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(TESTENV) $(BIN)/python -m pytest -q -m "not slow"
+
+# Optimizer-state memory of every method for LLaMA 60M..7B (analytic, checked against real tensors in tests).
+memory: setup
+	$(BIN)/python -m gnlorp.memory
+
+tables: setup
+	$(BIN)/python -m gnlorp.tables
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

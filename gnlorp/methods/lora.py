@@ -1,0 +1,40 @@
+"""LoRA and DoRA through peft: frozen W, trainable B A (DoRA adds a learned magnitude), merged into W
+after training. Pre-training from scratch keeps embeddings, norms and the LM head trainable (as the
+GaLore paper's LoRA/ReLoRA baselines do); a classifier keeps peft's SEQ_CLS convention (head trainable,
+encoder frozen)."""
+
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from .base import MethodConfig
+from .optimizers import build_adamw
+from .targets import check_rank, target_linear_names
+
+
+def _is_causal_lm(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForCausalLM")
+
+
+def prepare(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+    names = target_linear_names(model, cfg.target_modules)
+    check_rank(model, names, cfg.rank)
+    causal = _is_causal_lm(model)
+    config = LoraConfig(
+        r=int(cfg.rank), lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names,
+        use_dora=cfg.name == "dora", task_type=None if causal else "SEQ_CLS",
+    )
+    model = get_peft_model(model, config)
+    if causal:
+        targets = tuple(f"{n}." for n in names)
+        for name, p in model.base_model.model.named_parameters():
+            if "lora_" not in name and not name.startswith(targets):
+                p.requires_grad_(True)
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: MethodConfig):
+    return build_adamw(model, cfg)
+
+
+def merge(model: nn.Module) -> nn.Module:
+    return model.merge_and_unload()

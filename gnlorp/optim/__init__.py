@@ -1,0 +1,22 @@
+"""The public optimizer API: GaLore AdamW (32/8-bit), its projector, layer-wise updates, and
+GradNormLoRP's weight-norm reparameterization."""
+
+from .galore_adamw import GaLoreAdamW, GaLoreAdamW8bit
+from .layerwise import LayerwiseOptimizer
+from .projector import (
+    PROJ_TYPES,
+    SVD_METHODS,
+    NonFiniteGradientError,
+    SVDFailedError,
+    compute_projection,
+    project,
+    project_back,
+    projection_side,
+)
+from .weightnorm import WeightNormLinear, apply_weight_norm, merge_weight_norm
+
+__all__ = [
+    "GaLoreAdamW", "GaLoreAdamW8bit", "LayerwiseOptimizer", "PROJ_TYPES", "SVD_METHODS",
+    "NonFiniteGradientError", "SVDFailedError", "compute_projection", "project", "project_back",
+    "projection_side", "WeightNormLinear", "apply_weight_norm", "merge_weight_norm",
+]

@@ -1,0 +1,226 @@
+"""AdamW with GaLore's low-rank gradient projection, in 32-bit or 8-bit blockwise moments.
+
+Param groups follow galore-torch: a group with a `rank` key is projected (`update_proj_gap`, `scale`,
+`proj_type`, and our `svd` = exact | randomized); a group without one is plain AdamW. In 32-bit the
+trajectory equals `galore_torch.GaLoreAdamW` for the same inputs (the test oracle).
+
+Per parameter the state holds only plain tensors and ints:
+  step                      int, optimizer steps taken
+  exp_avg, exp_avg_sq       Adam moments on the projected gradient R (float, or uint8 in 8-bit)
+  absmax1, absmax2          8-bit only: float32 scale of each 256-element block
+  proj_left, proj_right     the projector (P: m x r, Q: r x n); one of them, or both for proj_type=full
+
+Unlike galore-torch's GaLoreAdamW8bit, the 8-bit path passes every bitsandbytes argument by keyword
+(galore-torch's positional call lands on `max_unorm=100, skip_zeros=True` with bitsandbytes >= 0.50 and
+shrinks small-tensor updates ~200x) and never calls CUDA on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch.optim import Optimizer
+
+from .projector import PROJ_TYPES, SVD_METHODS, compute_projection, project, project_back, projection_side
+
+BLOCKSIZE = 256  # bitsandbytes' block size for blockwise 8-bit optimizer states
+
+
+def _bnb_functional():
+    try:
+        import bitsandbytes.functional as F
+    except Exception as exc:  # ImportError, or a broken native library
+        raise RuntimeError(
+            f"8-bit optimizer states need a working bitsandbytes (>= 0.50), but importing it failed: {exc}"
+        ) from exc
+    return F
+
+
+class GaLoreAdamW(Optimizer):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        correct_bias: bool = True,
+        svd: str = "exact",
+        optim_bits: int = 32,
+        min_8bit_size: int = 4096,
+    ):
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Invalid betas: {betas}")
+        if optim_bits not in (8, 32):
+            raise ValueError(f"optim_bits must be 8 or 32, got {optim_bits}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, correct_bias=correct_bias, svd=svd)
+        super().__init__(params, defaults)
+        self.optim_bits = optim_bits
+        self.min_8bit_size = min_8bit_size
+        self.param_names: dict[int, str] = {}
+        self._qmaps: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        for group in self.param_groups:
+            self._check_group(group)
+        if optim_bits == 8:
+            _bnb_functional()
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        if hasattr(self, "optim_bits"):
+            self._check_group(self.param_groups[-1])
+
+    @staticmethod
+    def _check_group(group: dict) -> None:
+        if group.get("svd", "exact") not in SVD_METHODS:
+            raise ValueError(f"svd must be one of {SVD_METHODS}, got {group['svd']!r}")
+        if "rank" not in group:
+            return
+        group.setdefault("update_proj_gap", 200)
+        group.setdefault("scale", 1.0)
+        group.setdefault("proj_type", "std")
+        if group["proj_type"] not in PROJ_TYPES:
+            raise ValueError(f"proj_type must be one of {PROJ_TYPES}, got {group['proj_type']!r}")
+        if int(group["rank"]) <= 0 or int(group["update_proj_gap"]) <= 0:
+            raise ValueError(f"rank and update_proj_gap must be positive, got {group['rank']}, {group['update_proj_gap']}")
+        for p in group["params"]:
+            if p.dim() != 2:
+                raise ValueError(f"GaLore projects 2-D weights only; got a parameter of shape {tuple(p.shape)}")
+
+    def set_param_names(self, named_parameters: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Names used in error messages (e.g. a NaN gradient)."""
+        self.param_names.update({id(p): n for n, p in named_parameters})
+
+    # ---------------------------------------------------------------- stepping
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group)
+        return loss
+
+    @torch.no_grad()
+    def step_param(self, p: torch.Tensor) -> None:
+        """Step one parameter (layer-wise mode calls this from a gradient hook)."""
+        group = self._group_of(p)
+        if p.grad is not None:
+            self._update(p, group)
+
+    def _group_of(self, p):
+        index = getattr(self, "_group_index", None)
+        if index is None or id(p) not in index:
+            self._group_index = index = {id(q): g for g in self.param_groups for q in g["params"]}
+        return index[id(p)]
+
+    def _qmap(self, device):
+        if device not in self._qmaps:
+            F = _bnb_functional()
+            self._qmaps[device] = (
+                F.create_dynamic_map(signed=True).to(device),
+                F.create_dynamic_map(signed=False).to(device),
+            )
+        return self._qmaps[device]
+
+    def _init_moments(self, state: dict, low: torch.Tensor) -> None:
+        if self.optim_bits == 8 and low.numel() >= self.min_8bit_size:
+            blocks = math.ceil(low.numel() / BLOCKSIZE)
+            state["exp_avg"] = torch.zeros_like(low, dtype=torch.uint8, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(low, dtype=torch.uint8, memory_format=torch.contiguous_format)
+            state["absmax1"] = torch.zeros(blocks, dtype=torch.float32, device=low.device)
+            state["absmax2"] = torch.zeros(blocks, dtype=torch.float32, device=low.device)
+        else:
+            state["exp_avg"] = torch.zeros_like(low, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(low, memory_format=torch.contiguous_format)
+
+    def _update(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = 0
+        grad = p.grad
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        galore = "rank" in group
+
+        if galore:
+            side = projection_side(p.shape, group["proj_type"])
+            if state["step"] % group["update_proj_gap"] == 0 or not ("proj_left" in state or "proj_right" in state):
+                name = self.param_names.get(id(p), f"a parameter of shape {tuple(p.shape)}")
+                P, Q = compute_projection(
+                    grad, int(group["rank"]), side, group.get("svd", "exact"), name, seed=state["step"] + p.numel()
+                )
+                if P is not None:
+                    state["proj_left"] = P
+                if Q is not None:
+                    state["proj_right"] = Q
+            P, Q = state.get("proj_left"), state.get("proj_right")
+            low = project(grad, side, P, Q)
+        else:
+            low = grad
+
+        if "exp_avg" not in state:
+            self._init_moments(state, low)
+        state["step"] += 1
+        t = state["step"]
+
+        if state["exp_avg"].dtype == torch.uint8:
+            F = _bnb_functional()
+            qmap1, qmap2 = self._qmap(low.device)
+            low = low.contiguous()
+            # Dense parameters are updated in place by the kernel; a projected one gets its low-rank Adam
+            # direction in a zero buffer (lr 1, no decay), which is then projected back.
+            target = torch.zeros_like(low) if galore else p
+            F.optimizer_update_8bit_blockwise(
+                "adam", low, target, state["exp_avg"], state["exp_avg_sq"],
+                beta1=beta1, beta2=beta2, beta3=0.0, alpha=0.0, eps=eps, step=t,
+                lr=1.0 if galore else lr, qmap1=qmap1, qmap2=qmap2,
+                absmax1=state["absmax1"], absmax2=state["absmax2"],
+                weight_decay=0.0, gnorm_scale=1.0, skip_zeros=False,
+            )
+            if galore:
+                p.add_(project_back(target, side, P, Q), alpha=lr * group["scale"])
+        else:
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            exp_avg.mul_(beta1).add_(low, alpha=1.0 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(low, low, value=1.0 - beta2)
+            step_size = lr
+            if group.get("correct_bias", True):
+                step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+            direction = exp_avg / exp_avg_sq.sqrt().add_(eps)
+            if galore:
+                p.add_(project_back(direction, side, P, Q), alpha=-step_size * group["scale"])
+            else:
+                p.add_(direction, alpha=-step_size)
+
+        # Decoupled weight decay after the update, as galore-torch does (keeps the 32-bit oracle exact).
+        if wd > 0.0:
+            p.add_(p, alpha=-lr * wd)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        # torch casts every floating-param state tensor to the parameter's dtype, which would turn uint8
+        # moments into floats and block scales into bf16: keep each tensor's saved dtype instead.
+        params = [p for g in self.param_groups for p in g["params"]]
+        for index, saved in state_dict["state"].items():
+            state = self.state[params[index]]
+            for key, value in saved.items():
+                if torch.is_tensor(value) and state[key].dtype != value.dtype:
+                    state[key] = value.to(device=params[index].device)
+        self._group_index = None
+
+
+class GaLoreAdamW8bit(GaLoreAdamW):
+    """GaLoreAdamW with 8-bit blockwise Adam moments (bitsandbytes); tensors under `min_8bit_size`
+    elements keep float moments, as in bitsandbytes. Defaults as galore-torch's GaLoreAdamW8bit."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, svd="exact", min_8bit_size=4096):
+        super().__init__(
+            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, svd=svd, optim_bits=8, min_8bit_size=min_8bit_size
+        )

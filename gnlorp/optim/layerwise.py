@@ -1,0 +1,64 @@
+"""Layer-wise updates: each parameter is stepped inside backward as soon as its gradient is complete,
+and its gradient is freed at once, so the full set of gradients never exists at the same time
+(GaLore §4.3; saves roughly one model's worth of gradient memory).
+
+galore-torch's version steps on every backward, silently ignoring gradient accumulation (its issue #78).
+Here each parameter counts its own backward passes and steps only on the last of `accumulation_steps`,
+so k micro-batches give exactly the update of normal mode. Gradient clipping cannot be applied (the
+global norm is unknown when the first parameter is stepped).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .galore_adamw import GaLoreAdamW
+
+
+class LayerwiseOptimizer:
+    def __init__(self, optimizer: GaLoreAdamW, accumulation_steps: int = 1):
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+        self.optimizer = optimizer
+        self.accumulation_steps = accumulation_steps
+        self._seen: dict[int, int] = {}
+        self._handles = [
+            p.register_post_accumulate_grad_hook(self._hook)
+            for group in optimizer.param_groups
+            for p in group["params"]
+            if p.requires_grad
+        ]
+
+    def _hook(self, p: torch.Tensor) -> None:
+        seen = self._seen.get(id(p), 0) + 1
+        if seen == self.accumulation_steps:
+            self.optimizer.step_param(p)
+            p.grad = None
+            seen = 0
+        self._seen[id(p)] = seen
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    def step(self, closure=None):
+        """Parameters were already stepped during backward; kept so a training loop needs no special case."""
+        return closure() if closure is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Gradients are freed as each parameter steps; nothing is left to clear."""
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,103 @@
+"""GaLore's gradient projector (Zhao et al. 2024, Algorithm 2) as plain functions over plain tensors.
+
+The projector matrices live in the optimizer state as ordinary tensors (never a Python object), so
+`state_dict()` round-trips and loads with `torch.load(weights_only=True)`.
+
+Sides, for a gradient G of shape (m, n) and rank r:
+  left:  P = U[:, :r]          (m x r);  R = P^T G     (r x n);  back: P R
+  right: Q = Vh[:r, :]         (r x n);  R = G Q^T     (m x r);  back: R Q
+  both:  P, Q as above;                  R = P^T G Q^T (r x r);  back: P R Q   (the paper's Eq. 3)
+`proj_type` names follow galore-torch: std projects on the smaller side, reverse_std on the larger.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+SVD_METHODS = ("exact", "randomized")
+
+
+class NonFiniteGradientError(RuntimeError):
+    """A gradient holds NaN or Inf where a projector must be computed from it."""
+
+
+class SVDFailedError(RuntimeError):
+    """The SVD of a gradient did not converge, even in float64."""
+
+
+def projection_side(shape: torch.Size | tuple[int, ...], proj_type: str) -> str:
+    m, n = shape
+    if proj_type == "std":
+        return "right" if m >= n else "left"
+    if proj_type == "reverse_std":
+        return "left" if m >= n else "right"
+    if proj_type in ("left", "right"):
+        return proj_type
+    if proj_type == "full":
+        return "both"
+    raise ValueError(f"proj_type must be one of {', '.join(PROJ_TYPES)}, got {proj_type!r}.")
+
+
+def low_rank_shape(shape, rank: int, side: str) -> tuple[int, int]:
+    m, n = shape
+    r = min(rank, m, n)
+    return {"left": (r, n), "right": (m, r), "both": (r, r)}[side]
+
+
+def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int):
+    """Top-`rank` singular vectors of `matrix`, in float32 (float64 on a retry)."""
+    if not bool(torch.isfinite(matrix).all()):
+        raise NonFiniteGradientError(
+            f"The gradient of {name} contains NaN or Inf, so no projector can be computed from it; "
+            "lower the learning rate, enable gradient clipping, or check the data for this step."
+        )
+    work = matrix.float()
+    for dtype in (torch.float32, torch.float64):
+        try:
+            if method == "randomized":
+                # svd_lowrank draws from the global RNG: fork it with a fixed seed so training's own random
+                # stream (dropout, data order) is untouched and a resumed run draws the same sketch.
+                devices = [work.device] if work.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    q = min(2 * rank, *work.shape)  # oversampling keeps the subspace close to the exact one
+                    U, _, V = torch.svd_lowrank(work.to(dtype), q=q, niter=2)
+                return U[:, :rank], V[:, :rank].T
+            U, _, Vh = torch.linalg.svd(work.to(dtype), full_matrices=False)
+            return U[:, :rank], Vh[:rank, :]
+        except torch.linalg.LinAlgError:
+            continue
+    raise SVDFailedError(
+        f"The SVD of the gradient of {name} ({tuple(matrix.shape)}) did not converge in float32 nor float64; "
+        "the gradient is probably ill-conditioned: lower the learning rate or use svd=randomized."
+    )
+
+
+def compute_projection(
+    grad: torch.Tensor, rank: int, side: str, svd: str = "exact", name: str = "a parameter", seed: int = 0
+):
+    """Return (P, Q): P for the left side (m x r) or None; Q for the right side (r x n) or None.
+    Matches galore-torch: the SVD runs on the gradient in float32 and the result is cast back."""
+    if svd not in SVD_METHODS:
+        raise ValueError(f"svd must be one of {', '.join(SVD_METHODS)}, got {svd!r}.")
+    U, Vh = _svd(grad, rank, svd, name, seed)
+    P = U.to(grad.dtype).contiguous() if side in ("left", "both") else None
+    Q = Vh.to(grad.dtype).contiguous() if side in ("right", "both") else None
+    return P, Q
+
+
+def project(grad: torch.Tensor, side: str, P, Q) -> torch.Tensor:
+    if side == "left":
+        return torch.matmul(P.t(), grad)
+    if side == "right":
+        return torch.matmul(grad, Q.t())
+    return torch.matmul(P.t(), grad) @ Q.t()
+
+
+def project_back(low: torch.Tensor, side: str, P, Q) -> torch.Tensor:
+    if side == "left":
+        return torch.matmul(P, low)
+    if side == "right":
+        return torch.matmul(low, Q)
+    return torch.matmul(P, low) @ Q

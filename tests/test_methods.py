@@ -1,0 +1,106 @@
+"""Every method behind the same interface: trains a tiny BERT classifier and a tiny LLaMA, changes its
+target weights, keeps frozen weights frozen, and merges into a vanilla model with the same outputs."""
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from gnlorp.errors import UserError
+from gnlorp.methods import METHODS, MethodConfig, get_method, target_linear_names
+
+LR = {"full": 1e-3, "lora": 3e-3, "dora": 3e-3, "galore": 3e-3, "gradnormlorp": 3e-3}
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+
+
+def tiny_llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=64))
+
+
+def batch(kind):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 100, (8, 12), generator=g)
+    if kind == "bert":
+        return {"input_ids": ids, "labels": torch.randint(0, 2, (8,), generator=g)}
+    return {"input_ids": ids, "labels": ids}
+
+
+def cfg(name, **kw):
+    return MethodConfig(name=name, lr=LR[name], rank=4, scale=1.0, update_proj_gap=5, **kw)
+
+
+def first_target_weight(model):
+    """The dense weight of the first target layer, as a plain tensor, whatever the method wrapped it in."""
+    for n, m in model.named_modules():
+        if n.endswith("layer.0.attention.self.query") or n.endswith("layers.0.self_attn.q_proj"):
+            if hasattr(m, "base_layer"):
+                return m.base_layer.weight
+            if hasattr(m, "direction"):
+                return m.merged_weight()
+            return m.weight
+    raise AssertionError("no target found")
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_trains_and_merges(name, kind):
+    model = tiny_bert() if kind == "bert" else tiny_llama()
+    method = get_method(name)
+    c = cfg(name)
+    model = method.prepare(model, c)
+    opt = method.build_optimizer(model, c)
+    w0 = first_target_weight(model).detach().clone()
+    b = batch(kind)
+    model.train()
+    losses = []
+    for _ in range(12):
+        loss = model(**b).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+    w1 = first_target_weight(model).detach()
+    if name in ("lora", "dora"):
+        assert torch.equal(w0, w1), "LoRA's base weight is frozen"
+    else:
+        assert not torch.allclose(w0, w1), "the target weight trains"
+
+    model.eval()
+    with torch.no_grad():
+        before = model(**b).logits
+        merged = method.merge(model)
+        after = merged(**b).logits
+    assert type(merged).__name__ in ("BertForSequenceClassification", "LlamaForCausalLM")
+    assert all(type(m) is nn.Linear for n, m in merged.named_modules() if n.endswith(("query", "q_proj")))
+    assert (before - after).abs().max() < 1e-4
+    if name in ("lora", "dora"):
+        assert not torch.equal(first_target_weight(merged).detach(), w0), "merging folds B A into W"
+
+
+def test_default_targets_are_block_linears_only():
+    bert = target_linear_names(tiny_bert())
+    assert len(bert) == 2 * 6  # query, key, value, attention.output.dense, intermediate.dense, output.dense
+    assert not any("pooler" in n or "classifier" in n for n in bert)
+    llama = target_linear_names(tiny_llama())
+    assert len(llama) == 2 * 7 and "lm_head" not in llama
+
+
+@pytest.mark.parametrize("rank", [0, -1, 33])
+def test_bad_rank_is_a_user_error(rank):
+    with pytest.raises(UserError, match=f"rank={rank}"):
+        get_method("galore").prepare(tiny_llama(), MethodConfig(name="galore", rank=rank))
+
+
+def test_unknown_method_is_a_user_error():
+    with pytest.raises(UserError, match="Unknown method 'adafactor'"):
+        get_method("adafactor")
