@@ -1,0 +1,125 @@
+"""The two kinds of job: GLUE fine-tuning of an encoder, and C4 pre-training of a LLaMA. Each gives the
+training loop a model, indexable training data, and an evaluation function returning
+{split: {metric: value}}, plus the name of its headline metric."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .train import TrainData
+
+
+@dataclass
+class Job:
+    model: nn.Module
+    data: TrainData
+    evaluate: Callable[[nn.Module], dict]
+    main_split: str
+    main_metric: str
+    higher_is_better: bool
+    eval_at_epoch_end: bool
+    description: str
+
+
+def _autocast(device: torch.device, dtype):
+    from contextlib import nullcontext
+
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 64) -> Job:
+    from .models import build_encoder_classifier, load_encoder_tokenizer
+    from .tasks.glue import load_glue
+
+    t = cfg.task
+    tokenizer = load_encoder_tokenizer(cfg.model)
+    data = load_glue(
+        t.name, tokenizer, data_dir=t.data_dir, max_length=t.max_length,
+        max_train_samples=t.max_train_samples, max_eval_samples=t.max_eval_samples, seed=cfg.seed,
+    )
+    if not data.train:
+        from .errors import UserError
+
+        raise UserError(f"The {t.name} train split is empty ({data.source}); check task.data_dir or task.max_train_samples.")
+    model = build_encoder_classifier(
+        cfg.model, data.num_labels, problem_type="regression" if data.is_regression else "single_label_classification"
+    )
+    train = data.train
+
+    def collate(indices: list[int]) -> dict:
+        return data.collate([train[i] for i in indices])
+
+    def evaluate(m: nn.Module) -> dict:
+        m.eval()
+        out = {}
+        with torch.no_grad(), _autocast(device, autocast_dtype):
+            for split, rows in data.eval_splits.items():
+                preds, labels = [], []
+                for i in range(0, len(rows), eval_batch_size):
+                    batch = data.collate(rows[i:i + eval_batch_size])
+                    labels.append(batch.pop("labels"))
+                    logits = m(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+                    preds.append(logits.squeeze(-1) if data.is_regression else logits.argmax(-1))
+                out[split] = data.compute_metrics(torch.cat(preds).numpy(), torch.cat(labels).numpy())
+        return out
+
+    return Job(
+        model=model,
+        data=TrainData(len(train), collate, lambda b: int(b["attention_mask"].sum()), drop_last=False),
+        evaluate=evaluate,
+        main_split=next(iter(data.eval_splits)),
+        main_metric=data.main_metric,
+        higher_is_better=True,
+        eval_at_epoch_end=True,
+        description=f"GLUE {t.name}: {len(train)} train examples from {data.source}",
+    )
+
+
+def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16) -> Job:
+    from .models import build_llama
+    from .tasks.c4 import load_c4_blocks, resolve_c4_dir
+    from .tokenizers import load_causal_tokenizer, vocab_size_for
+
+    t = cfg.task
+    tokenizer = load_causal_tokenizer(cfg.model.tokenizer)
+    data_dir = resolve_c4_dir(t.data_dir)
+    train_blocks = load_c4_blocks(tokenizer, data_dir, "train", t.seq_len, t.max_train_blocks)
+    n_eval = max(1, t.eval_tokens // t.seq_len)
+    eval_blocks = load_c4_blocks(tokenizer, data_dir, "validation", t.seq_len, n_eval)
+    model_cfg = dict(cfg.model)
+    model_cfg["vocab_size"] = vocab_size_for(tokenizer, model_cfg["vocab_size"])
+    model = build_llama(model_cfg, seed=cfg.seed)
+
+    def collate(indices: list[int]) -> dict:
+        ids = train_blocks[indices]
+        return {"input_ids": ids, "labels": ids}
+
+    def evaluate(m: nn.Module) -> dict:
+        m.eval()
+        total, count = 0.0, 0
+        with torch.no_grad(), _autocast(device, autocast_dtype):
+            for i in range(0, len(eval_blocks), eval_batch_size):
+                ids = eval_blocks[i:i + eval_batch_size].to(device)
+                loss = m(input_ids=ids, labels=ids).loss.float().item()
+                n = ids.shape[0] * (ids.shape[1] - 1)  # predicted tokens
+                total += loss * n
+                count += n
+        loss = total / count
+        return {"validation": {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}}
+
+    source = data_dir or "the hub (allenai/c4)"
+    return Job(
+        model=model,
+        data=TrainData(len(train_blocks), collate, lambda b: int(b["input_ids"].numel()), drop_last=True),
+        evaluate=evaluate,
+        main_split="validation",
+        main_metric="perplexity",
+        higher_is_better=False,
+        eval_at_epoch_end=False,
+        description=f"C4: {len(train_blocks)} train blocks of {t.seq_len} tokens, {len(eval_blocks)} validation blocks, from {source}",
+    )

@@ -1,0 +1,171 @@
+"""Optimizer-state memory: the bytes an optimizer really holds, and the analytic estimate of
+METHOD.md's formulas that must equal it (tests check the two agree to the byte on tiny models).
+
+Per target matrix W (m x n), rank r, element size b (bytes):
+  AdamW          2 m n b
+  LoRA           2 (m r + r n) b          (+ 2 m b for DoRA's magnitude)
+  GaLore         projector + 2 b * |R|    with R = r x n (left), m x r (right) or r x r (full)
+  GradNormLoRP   GaLore's + 2 m b         (Adam on the magnitude g)
+8-bit moments take 1 byte per element plus a float32 scale per 256-element block, for tensors of at
+least 4096 elements (smaller ones keep float32 moments, as in bitsandbytes), and two shared 256-entry
+float32 quantization maps. torch.optim.AdamW also keeps a float32 `step` scalar per parameter.
+
+`python -m gnlorp.memory` prints the table for LLaMA 60M..7B, built on the meta device (no memory used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .methods import MethodConfig, target_linear_names
+from .methods.optimizers import base_optimizer
+from .optim.projector import low_rank_shape, projection_side
+
+BLOCKSIZE = 256
+QMAP_BYTES = 2 * 256 * 4  # signed and unsigned dynamic maps, float32
+MIN_8BIT_SIZE = 4096
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of every distinct tensor storage the optimizer holds (moments, projectors, 8-bit block
+    scales and quantization maps, step counters)."""
+    opt = base_optimizer(optimizer)
+    tensors = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    tensors += [q for pair in getattr(opt, "_qmaps", {}).values() for q in pair]
+    seen, total = set(), 0
+    for t in tensors:
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), t.device)
+        if key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+    return total
+
+
+def _moments(numel: int, b: int, bits: int) -> tuple[int, bool]:
+    """Bytes of two Adam moments over `numel` elements; and whether they are 8-bit."""
+    if bits == 8 and numel >= MIN_8BIT_SIZE:
+        return 2 * numel + 2 * 4 * math.ceil(numel / BLOCKSIZE), True
+    return 2 * numel * (4 if bits == 8 else b), False
+
+
+def estimate_state_bytes(model: nn.Module, cfg: MethodConfig, element_bytes: int | None = None) -> int:
+    """Analytic optimizer-state bytes of `cfg.name` on `model` *before* the method prepares it.
+
+    element_bytes: the size of one moment / projector element (default: the parameters' own dtype),
+    e.g. 2 for BF16 states in the memory table."""
+    name, bits, r = cfg.name, cfg.optim_bits, cfg.rank
+    targets = {} if name == "full" else {n: model.get_submodule(n).weight for n in target_linear_names(model, cfg.target_modules)}
+    target_ids = {id(w) for w in targets.values()}
+
+    def size(p: torch.Tensor) -> int:
+        return element_bytes or p.element_size()
+
+    # (numel, element bytes) of every parameter tensor the optimizer keeps dense Adam state for
+    dense: list[tuple[int, int]] = []
+    total, any8 = 0, False
+    if name in ("lora", "dora"):
+        causal = type(model).__name__.endswith("ForCausalLM")
+        prefixes = tuple(f"{n}." for n in targets)
+        for pname, p in model.named_parameters():
+            if pname.startswith(prefixes):
+                continue  # the frozen target weight and bias
+            if causal or pname.startswith(("classifier.", "score.")):
+                dense.append((p.numel(), size(p)))
+        for w in targets.values():
+            m, n = w.shape
+            dense += [(r * n, size(w)), (m * r, size(w))] + ([(m, size(w))] if name == "dora" else [])
+        uses_torch_adamw = True
+    else:
+        for p in model.parameters():
+            if p.requires_grad and id(p) not in target_ids:
+                dense.append((p.numel(), size(p)))
+        uses_torch_adamw = name == "full" and not cfg.layerwise
+        for w in targets.values():
+            b = size(w)
+            side = projection_side(w.shape, cfg.proj_type)
+            m, n = w.shape
+            rr = min(r, m, n)
+            total += b * {"left": m * rr, "right": rr * n, "both": m * rr + rr * n}[side]
+            lo = low_rank_shape(w.shape, r, side)
+            moment_bytes, is8 = _moments(lo[0] * lo[1], b, bits)
+            total += moment_bytes
+            any8 |= is8
+            if name == "gradnormlorp":
+                dense.append((m, b))  # the magnitude g
+    if uses_torch_adamw and bits == 32:
+        total += 4 * len(dense)  # torch.optim.AdamW's float32 step scalar per parameter
+    for numel, b in dense:
+        moment_bytes, is8 = _moments(numel, b, bits)
+        total += moment_bytes
+        any8 |= is8
+    if any8:
+        total += QMAP_BYTES
+    return total
+
+
+# ----------------------------------------------------------------------------- the LLaMA table
+SIZES = ("llama_60m", "llama_130m", "llama_350m", "llama_1b", "llama_7b")
+RANKS = (128, 256, 512, 1024)
+METHOD_ORDER = ("full", "lora", "galore", "gradnormlorp")
+GIB = 1024**3
+
+
+def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
+    """Optimizer-state bytes per size, method, rank and state precision (BF16 moments = '16-bit')."""
+    from .models import build_llama, llama_model_cfg
+
+    rows = []
+    for size_name in sizes:
+        model = build_llama(llama_model_cfg(size_name), device="meta")
+        n_params = sum(p.numel() for p in model.parameters())
+        baseline = estimate_state_bytes(model, MethodConfig(name="full", optim_bits=32), element_bytes=2)
+        hidden = model.config.hidden_size
+        for method in METHOD_ORDER:
+            for bits in (16, 8):
+                for rank in ([None] if method == "full" else [r for r in ranks if r <= hidden]):
+                    cfg = MethodConfig(name=method, rank=rank, optim_bits=8 if bits == 8 else 32)
+                    b = estimate_state_bytes(model, cfg, element_bytes=2)
+                    rows.append({
+                        "model": size_name, "params": n_params, "method": method, "rank": rank, "state_bits": bits,
+                        "state_bytes": b, "saving_vs_bf16_adamw": 1.0 - b / baseline,
+                    })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| model | params | method | rank | states | optimizer state (GiB) | saving vs BF16 AdamW |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['params'] / 1e6:,.0f}M | {r['method']} | {r['rank'] or '-'} | "
+            f"{r['state_bits']}-bit | {r['state_bytes'] / GIB:.3f} | {100 * r['saving_vs_bf16_adamw']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", nargs="*", default=list(SIZES))
+    ap.add_argument("--ranks", nargs="*", type=int, default=list(RANKS))
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = ap.parse_args(argv)
+    rows = llama_memory_table(args.sizes, args.ranks)
+    print("Optimizer-state memory (analytic, checked against real optimizer tensors in tests/test_memory.py);")
+    print("embeddings, norms and the LM head on dense AdamW for every method; LoRA's frozen W not counted.\n")
+    print(format_table(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

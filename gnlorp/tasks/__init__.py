@@ -1,0 +1,1 @@
+"""GLUE task loading and metrics."""

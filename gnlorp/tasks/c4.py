@@ -1,0 +1,200 @@
+"""C4 (allenai/c4, `en`) for LLaMA pre-training: documents from local `c4-<split>.*.json.gz` shards (the original
+release's layout) or streamed from the hub, tokenized and packed into fixed-length blocks.
+
+Packing (as in GaLore's pre-training data path, minus padding): each document is tokenized without special
+tokens, followed by one EOS, all documents are concatenated, and the stream is cut into consecutive blocks of
+`seq_len` ids; the incomplete tail is dropped. Empty documents are skipped (they would add a lone EOS).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from gnlorp.errors import UserError
+
+ENV_DIR = "GNLORP_C4_DIR"
+HUB_ID = ("allenai/c4", "en")
+SPLITS = ("train", "validation")
+
+_BATCH_DOCS = 256       # documents per tokenizer call when there is no max_blocks budget to respect
+_BUDGET_FILL = 0.5      # with max_blocks: a batch aims at this fraction of the tokens still needed
+
+
+def resolve_c4_dir(data_dir: str | None) -> str | None:
+    """task.data_dir if given, else $GNLORP_C4_DIR, else None (= stream from the hub)."""
+    for value in (data_dir, os.environ.get(ENV_DIR)):
+        if value is not None and str(value).strip():
+            return os.path.expanduser(str(value).strip())
+    return None
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"C4 split {split!r} is not one of {', '.join(SPLITS)}; use split=train or split=validation.")
+
+
+def c4_files(data_dir: str, split: str) -> list[Path]:
+    """Sorted `c4-<split>.*.json.gz` files in data_dir (or in data_dir/en, when pointed at the c4 root)."""
+    _check_split(split)
+    root = Path(os.path.expanduser(str(data_dir)))
+    pattern = f"c4-{split}.*.json.gz"
+    if not root.is_dir():
+        raise UserError(f"C4 data folder {str(root)!r} does not exist (from task.data_dir or ${ENV_DIR}); point it at "
+                        f"a folder of {pattern} files, or unset both to stream allenai/c4 from the hub.")
+    files = sorted(p for p in root.glob(pattern) if p.is_file())
+    if not files and (root / "en").is_dir():
+        files = sorted(p for p in (root / "en").glob(pattern) if p.is_file())
+    if not files:
+        raise UserError(f"C4 data folder {str(root)!r} has no files matching {pattern!r}; point task.data_dir (or "
+                        f"${ENV_DIR}) at the folder holding the C4 en shards, e.g. .../c4/en.")
+    return files
+
+
+def _iter_local(files: list[Path]) -> Iterator[str]:
+    for path in files:
+        lineno = 0
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{path}:{lineno} is not a JSON line ({exc.msg}); C4 shards must hold one "
+                                        f"JSON object with a \"text\" field per line, so fix or remove that file.") from None
+                    text = record.get("text") if isinstance(record, dict) else None
+                    if not isinstance(text, str):
+                        raise UserError(f"{path}:{lineno} has no string \"text\" field; C4 shards must hold one JSON "
+                                        f"object with a \"text\" field per line, so fix or remove that file.")
+                    yield text
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+            where = f"{path}:{lineno + 1}" if lineno else str(path)
+            raise UserError(f"{where} could not be read as gzip-compressed UTF-8 JSON lines ({exc}); "
+                            f"re-download or remove that file.") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _iter_hub(split: str) -> Iterator[str]:
+    hint = (f"to read local shards instead, set task.data_dir (or ${ENV_DIR}) to a folder of c4-{split}.*.json.gz "
+            f"files, e.g. ../shared/data/c4/en")
+    try:
+        import datasets
+
+        iterator = iter(datasets.load_dataset(*HUB_ID, split=split, streaming=True))
+    except Exception as exc:  # offline, no network, missing auth ...: all user-fixable by pointing at local data
+        raise UserError(f"could not stream {HUB_ID[0]} ({HUB_ID[1]}, {split}) from the Hugging Face hub "
+                        f"({_first_line(exc)}); {hint}.") from None
+    while True:
+        try:
+            record = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raise UserError(f"streaming {HUB_ID[0]} ({split}) from the hub failed ({_first_line(exc)}); {hint}.") from None
+        yield record["text"]
+
+
+def iter_documents(data_dir: str | None, split: str) -> Iterator[str]:
+    """The "text" of every document: from the local shards in file order, or streamed from the hub if
+    data_dir is None. Errors (bad line, offline hub) are UserErrors, raised when iteration reaches them."""
+    _check_split(split)
+    if data_dir is not None:
+        return _iter_local(c4_files(data_dir, split))
+    return _iter_hub(split)
+
+
+def pack_blocks(docs: Iterable[str], tokenizer, seq_len: int, max_blocks: int | None = None) -> torch.LongTensor:
+    """[N, seq_len] int64 blocks: doc1 ids, EOS, doc2 ids, EOS, ... cut into consecutive seq_len blocks, tail dropped.
+
+    The tokenizer is called on batches of documents (HF-style: tokenizer(list, add_special_tokens=False)
+    ["input_ids"], plus tokenizer.eos_token_id). With max_blocks, documents are pulled lazily: each batch is
+    sized (from the tokens-per-character seen so far) to fill about half of the tokens still needed, so the
+    iterator is read only slightly, if at all, past the document that completes the last block.
+    """
+    if not isinstance(seq_len, int) or seq_len <= 0:
+        raise UserError(f"seq_len={seq_len!r} must be a positive integer; fix task.seq_len (the paper uses 256).")
+    if max_blocks is not None and max_blocks < 0:
+        raise UserError(f"max_blocks={max_blocks!r} must be >= 0 or null (no limit); fix the task's block limit.")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise UserError("the tokenizer has no EOS token, which C4 packing puts between documents; "
+                        "use model.tokenizer=t5-base or model.tokenizer=mistral-sp.")
+    if max_blocks == 0:
+        return torch.empty((0, seq_len), dtype=torch.long)
+
+    budget = None if max_blocks is None else max_blocks * seq_len
+    chunks: list[np.ndarray] = []
+    total = 0
+    chars_seen = tokens_seen = 0
+    doc_iter = iter(docs)
+    exhausted = False
+    while not exhausted and (budget is None or total < budget):
+        batch: list[str] = []
+        batch_chars = 0
+        while len(batch) < _BATCH_DOCS:
+            if budget is not None and batch:
+                # Estimated tokens of the batch so far vs the share of the remaining budget we aim to fill.
+                ratio = tokens_seen / chars_seen if chars_seen else None
+                if ratio is None or (batch_chars + len(batch)) * ratio >= _BUDGET_FILL * (budget - total):
+                    break
+            try:
+                doc = next(doc_iter)
+            except StopIteration:
+                exhausted = True
+                break
+            if not doc:
+                continue
+            batch.append(doc)
+            batch_chars += len(doc)
+        if not batch:
+            break
+        encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        for doc, ids in zip(batch, encoded):
+            arr = np.empty(len(ids) + 1, dtype=np.int64)
+            arr[:-1] = ids
+            arr[-1] = eos
+            chunks.append(arr)
+            total += arr.size
+            chars_seen += len(doc) + 1
+            tokens_seen += arr.size
+            if budget is not None and total >= budget:
+                break
+
+    n_blocks = total // seq_len
+    if max_blocks is not None:
+        n_blocks = min(n_blocks, max_blocks)
+    if n_blocks == 0:
+        return torch.empty((0, seq_len), dtype=torch.long)
+    flat = np.concatenate(chunks)[: n_blocks * seq_len]
+    return torch.from_numpy(flat).view(n_blocks, seq_len)
+
+
+def load_c4_blocks(tokenizer, data_dir: str | None, split: str, seq_len: int,
+                   max_blocks: int | None = None) -> torch.LongTensor:
+    """Packed [N, seq_len] blocks of C4 `split` from data_dir (None = hub); UserError if N == 0."""
+    docs = iter_documents(data_dir, split)
+    try:
+        blocks = pack_blocks(docs, tokenizer, seq_len, max_blocks)
+    finally:
+        close = getattr(docs, "close", None)
+        if close is not None:
+            close()
+    if blocks.shape[0] == 0:
+        source = data_dir if data_dir is not None else f"{HUB_ID[0]} on the hub"
+        raise UserError(f"empty dataset: C4 {split} from {source} gave 0 blocks of {seq_len} tokens "
+                        f"(max_blocks={max_blocks}); use more or longer documents, a smaller task.seq_len, or "
+                        f"max_blocks >= 1.")
+    return blocks

@@ -1,0 +1,441 @@
+"""GLUE tasks: read the classic ``glue_data`` TSV layout (or the ``nyu-mll/glue`` hub dataset),
+tokenize, collate with dynamic padding and score with the official GLUE metrics.
+
+Local layout (what the original ``download_glue_data.py`` writes)::
+
+    <data_dir>/CoLA/{train,dev}.tsv      no header: source, label, original-label marker, sentence
+    <data_dir>/SST-2/{train,dev}.tsv     sentence, label
+    <data_dir>/MRPC/{train,dev}.tsv      Quality, #1 ID, #2 ID, #1 String, #2 String (UTF-8 BOM)
+    <data_dir>/QQP/{train,dev}.tsv       id, qid1, qid2, question1, question2, is_duplicate
+    <data_dir>/STS-B/{train,dev}.tsv     ... sentence1, sentence2, score (10 columns)
+    <data_dir>/MNLI/train.tsv, dev_matched.tsv, dev_mismatched.tsv   ... sentence1, sentence2, ..., gold_label
+    <data_dir>/QNLI/{train,dev}.tsv      index, question, sentence, label
+    <data_dir>/RTE/{train,dev}.tsv       index, sentence1, sentence2, label
+    <data_dir>/WNLI/{train,dev}.tsv      index, sentence1, sentence2, label
+
+Labels are mapped to the ``nyu-mll/glue`` ClassLabel ids, so a model trained on local files and one
+trained on hub data see the same label ids. This module imports only the standard library at import
+time; torch, ``datasets`` and the metrics (``evaluate``) are imported when first needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gnlorp.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+GLUE_TASKS: tuple[str, ...] = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli")
+
+HUB_DATASET = "nyu-mll/glue"
+ENV_GLUE_DIR = "GNLORP_GLUE_DIR"
+
+_NLI2 = {"entailment": 0, "not_entailment": 1}
+_NLI3 = {"entailment": 0, "neutral": 1, "contradiction": 2}
+_BINARY = {"0": 0, "1": 1}
+
+
+@dataclass(frozen=True)
+class _TaskSpec:
+    name: str
+    folder: str                        # folder inside glue_data
+    text_fields: tuple[str, ...]       # hub feature names of the text inputs (the keys of raw rows)
+    text_columns: tuple[str, ...]      # matching TSV header names (column indices for headerless CoLA)
+    label_column: str                  # TSV header name of the label
+    labels: dict[str, int] | None      # TSV label value -> hub ClassLabel id; None = regression (float)
+    eval_files: dict[str, str]         # eval split name -> TSV file name
+    metric_names: tuple[str, ...]
+    main_metric: str
+    headerless_columns: dict[str, int] | None = None  # CoLA: column name -> index, file has no header
+    num_columns: int | None = None                    # CoLA: fixed column count
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(set(self.labels.values()))
+
+    @property
+    def splits(self) -> dict[str, str]:
+        return {"train": "train.tsv", **self.eval_files}
+
+
+_DEV = {"validation": "dev.tsv"}
+
+_SPECS: dict[str, _TaskSpec] = {
+    "cola": _TaskSpec(
+        "cola", "CoLA", ("sentence",), ("sentence",), "label", _BINARY, _DEV,
+        ("matthews_correlation",), "matthews_correlation",
+        headerless_columns={"label": 1, "sentence": 3}, num_columns=4,
+    ),
+    "sst2": _TaskSpec("sst2", "SST-2", ("sentence",), ("sentence",), "label", _BINARY, _DEV, ("accuracy",), "accuracy"),
+    "mrpc": _TaskSpec(
+        "mrpc", "MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality", _BINARY, _DEV,
+        ("accuracy", "f1"), "f1",
+    ),
+    "qqp": _TaskSpec(
+        "qqp", "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate", _BINARY, _DEV,
+        ("accuracy", "f1"), "f1",
+    ),
+    "stsb": _TaskSpec(
+        "stsb", "STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", None, _DEV,
+        ("pearson", "spearmanr"), "pearson",
+    ),
+    "mnli": _TaskSpec(
+        "mnli", "MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label", _NLI3,
+        {"validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
+        ("accuracy",), "accuracy",
+    ),
+    "qnli": _TaskSpec(
+        "qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label", _NLI2, _DEV,
+        ("accuracy",), "accuracy",
+    ),
+    "rte": _TaskSpec(
+        "rte", "RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", _NLI2, _DEV,
+        ("accuracy",), "accuracy",
+    ),
+    "wnli": _TaskSpec(
+        "wnli", "WNLI", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", _BINARY, _DEV,
+        ("accuracy",), "accuracy",
+    ),
+}
+assert tuple(_SPECS) == GLUE_TASKS
+
+
+@dataclass
+class GlueData:
+    """One GLUE task, tokenized. ``train`` and every ``eval_splits`` value are lists of examples
+    ``{"input_ids", "attention_mask", ["token_type_ids"], "labels"}`` (plain Python lists/numbers)."""
+
+    name: str
+    num_labels: int
+    is_regression: bool
+    train: list[dict]
+    eval_splits: dict[str, list[dict]]
+    metric_names: tuple[str, ...]
+    main_metric: str
+    source: str
+    pad_token_id: int = field(default=0, repr=False)
+    pad_token_type_id: int = field(default=0, repr=False)
+    padding_side: str = field(default="right", repr=False)
+
+    def collate(self, features: list[dict]) -> dict[str, "torch.Tensor"]:
+        """Pad a list of examples to the longest one in the list (not to max_length) and stack them.
+        Usable as ``DataLoader(..., collate_fn=data.collate)``."""
+        import torch
+
+        if not features:
+            raise ValueError("collate() got an empty list of examples")
+        longest = max(len(f["input_ids"]) for f in features)
+        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": self.pad_token_type_id}
+        batch: dict[str, torch.Tensor] = {}
+        for key, pad in pads.items():
+            if key not in features[0]:
+                continue
+            rows = []
+            for f in features:
+                seq = list(f[key])
+                fill = [pad] * (longest - len(seq))
+                rows.append(fill + seq if self.padding_side == "left" else seq + fill)
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+        if "labels" in features[0]:
+            dtype = torch.float32 if self.is_regression else torch.long
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
+        return batch
+
+    def compute_metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
+        """Official GLUE metrics of this task. ``predictions`` are class ids (floats for stsb); logits of
+        shape (n, num_labels) are also accepted and reduced with argmax."""
+        from gnlorp.tasks.metrics import compute_glue_metrics
+
+        return compute_glue_metrics(self.name, predictions, labels)
+
+
+# ----------------------------------------------------------------------------------------------------
+# task names and data_dir
+
+
+def _spec(name: str) -> _TaskSpec:
+    key = str(name).strip().lower().replace("-", "")
+    if key not in _SPECS:
+        raise UserError(
+            f"Unknown GLUE task {name!r}; use one of: {', '.join(GLUE_TASKS)}."
+        )
+    return _SPECS[key]
+
+
+def resolve_glue_dir(data_dir: str | None) -> str | None:
+    """task.data_dir if given, else env var GNLORP_GLUE_DIR if set, else None (= use the hub)."""
+    for candidate in (data_dir, os.environ.get(ENV_GLUE_DIR)):
+        if candidate is not None and str(candidate).strip():
+            return os.path.expanduser(str(candidate).strip())
+    return None
+
+
+def _check_data_dir(data_dir: str) -> None:
+    hint = "pass task.data_dir=/path/to/glue_data (or set GNLORP_GLUE_DIR) pointing to a classic glue_data folder"
+    if not os.path.exists(data_dir):
+        raise UserError(f"GLUE data_dir {data_dir} does not exist; {hint}, or leave both unset to use the hub.")
+    if not os.path.isdir(data_dir):
+        raise UserError(f"GLUE data_dir {data_dir} is not a folder; {hint}.")
+    if not os.access(data_dir, os.R_OK | os.X_OK):
+        raise UserError(f"GLUE data_dir {data_dir} is not readable; fix its permissions or {hint}.")
+
+
+def _task_file(spec: _TaskSpec, split: str, data_dir: str) -> str:
+    if split not in spec.splits:
+        raise UserError(
+            f"GLUE task {spec.name} has no split {split!r}; use one of: {', '.join(spec.splits)}."
+        )
+    _check_data_dir(data_dir)
+    folder = os.path.join(data_dir, spec.folder)
+    if not os.path.isdir(folder):
+        raise UserError(
+            f"GLUE task folder {folder} is missing; put the {spec.folder} files of the classic glue_data "
+            f"layout there, or leave task.data_dir and GNLORP_GLUE_DIR unset to load {spec.name} from the hub."
+        )
+    path = os.path.join(folder, spec.splits[split])
+    if not os.path.isfile(path):
+        raise UserError(
+            f"GLUE file {path} ({spec.name} {split} split) is missing; use a complete glue_data folder, "
+            f"or leave task.data_dir and GNLORP_GLUE_DIR unset to load {spec.name} from the hub"
+            + (" (or set max_train_samples=0 to evaluate without a train split)." if split == "train" else ".")
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading TSVs
+
+
+def _parse_label(spec: _TaskSpec, value: str, path: str, line: int, column: str) -> int | float:
+    text = value.strip()
+    if spec.labels is None:
+        try:
+            score = float(text)
+        except ValueError:
+            score = math.nan
+        if not math.isfinite(score):
+            raise UserError(
+                f"{path}, line {line}: {column} {value!r} is not a finite number; "
+                f"STS-B scores must be numbers (0 to 5), so fix or remove this row."
+            )
+        return score
+    if text not in spec.labels:
+        raise UserError(
+            f"{path}, line {line}: label {value!r} in column {column!r} is not one of "
+            f"{', '.join(spec.labels)}; fix or remove this row (or check that this is the {spec.folder} file)."
+        )
+    return spec.labels[text]
+
+
+def read_glue_tsv(name: str, split: str, data_dir: str) -> list[dict]:
+    """Raw rows of one split of a local glue_data folder, without tokenization.
+
+    ``split`` is ``train``, ``validation`` (``validation_matched`` / ``validation_mismatched`` for mnli).
+    Each row is ``{<hub text fields>: str, "label": int | float, "idx": int}`` with the hub's field names
+    (e.g. mrpc ``sentence1``/``sentence2``, mnli ``premise``/``hypothesis``) and ClassLabel ids; ``idx``
+    is the 0-based row index in the file. Raises UserError for every problem with the file.
+    """
+    spec = _spec(name)
+    path = _task_file(spec, split, data_dir)
+    rows: list[dict] = []
+    try:
+        # utf-8-sig drops the BOM of MRPC; quoting off because sentences contain bare quote characters.
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            if spec.headerless_columns is not None:
+                ncols = spec.num_columns
+                index = spec.headerless_columns
+            else:
+                header = next(reader, None)
+                while header == []:  # blank lines before the header
+                    header = next(reader, None)
+                if header is None:
+                    raise UserError(
+                        f"{path} is empty; it needs a header line and at least one row "
+                        f"(re-create it from a complete glue_data folder)."
+                    )
+                header = [h.strip() for h in header]
+                required = (*spec.text_columns, spec.label_column)
+                missing = [c for c in required if c not in header]
+                if missing:
+                    raise UserError(
+                        f"{path} has the header {header!r} but the {spec.name} file needs the tab-separated "
+                        f"columns {', '.join(required)} (missing: {', '.join(missing)}); use the file from "
+                        f"the classic glue_data layout."
+                    )
+                ncols = len(header)
+                index = {c: header.index(c) for c in required}
+            text_index = [
+                (field_name, index[col]) for field_name, col in zip(
+                    spec.text_fields,
+                    spec.text_fields if spec.headerless_columns is not None else spec.text_columns,
+                )
+            ]
+            label_index = index["label" if spec.headerless_columns is not None else spec.label_column]
+            label_name = "label" if spec.headerless_columns is not None else spec.label_column
+            for row in reader:
+                if not row:  # blank line (e.g. a trailing empty line)
+                    continue
+                line = reader.line_num
+                if len(row) != ncols:
+                    raise UserError(
+                        f"{path}, line {line}: expected {ncols} tab-separated columns but found {len(row)}; "
+                        f"fix or remove this row (a stray tab or line break inside a sentence causes this)."
+                    )
+                example: dict[str, Any] = {fname: row[i] for fname, i in text_index}
+                example["label"] = _parse_label(spec, row[label_index], path, line, label_name)
+                example["idx"] = len(rows)
+                rows.append(example)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8.") from e
+    except csv.Error as e:
+        raise UserError(f"{path} could not be parsed as TSV ({e}); re-create it from the classic glue_data layout.") from e
+    except PermissionError as e:
+        raise UserError(f"{path} is not readable ({e.strerror}); fix its permissions.") from e
+    if not rows:
+        raise UserError(
+            f"{path} has no data rows (the {spec.name} {split} split is empty); use a complete glue_data file."
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# hub
+
+
+def _load_hub(spec: _TaskSpec) -> tuple[Any, dict[str, Any]]:
+    """(train Dataset, {eval split: Dataset}) from nyu-mll/glue; any failure is a UserError."""
+    try:
+        import datasets
+
+        dd = datasets.load_dataset(HUB_DATASET, spec.name)
+    except Exception as e:  # offline, unreachable, missing cache, ...
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise UserError(
+            f"GLUE task {spec.name} could not be loaded from the Hugging Face hub ({HUB_DATASET}: {reason}); "
+            f"pass task.data_dir=/path/to/glue_data or set {ENV_GLUE_DIR} to a local classic glue_data folder."
+        ) from e
+    wanted = ["train", *spec.eval_files]
+    missing = [s for s in wanted if s not in dd]
+    if missing:
+        raise UserError(
+            f"The hub dataset {HUB_DATASET}/{spec.name} has no split(s) {', '.join(missing)}; "
+            f"pass task.data_dir=/path/to/glue_data to use local files instead."
+        )
+    return dd["train"], {s: dd[s] for s in spec.eval_files}
+
+
+def _hub_rows(spec: _TaskSpec, ds: Any, indices: list[int] | None) -> list[dict]:
+    if indices is not None:
+        ds = ds.select(indices)
+    columns = {f: ds[f] for f in (*spec.text_fields, "label")}
+    rows = []
+    for i in range(len(ds)):
+        row = {f: columns[f][i] for f in spec.text_fields}
+        label = columns["label"][i]
+        row["label"] = float(label) if spec.labels is None else int(label)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# subsetting and tokenization
+
+
+def _train_indices(n: int, max_samples: int | None, seed: int) -> list[int] | None:
+    """None = all rows in file order; otherwise the first ``max_samples`` of a seeded shuffle."""
+    if max_samples is None:
+        return None
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order[:max_samples]
+
+
+def _eval_indices(n: int, max_samples: int | None) -> list[int] | None:
+    return None if max_samples is None or max_samples >= n else list(range(max_samples))
+
+
+def _check_limit(name: str, value: int | None, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{name}={value!r} is invalid; use an integer >= {minimum}, or null for all rows.")
+
+
+def _tokenize(spec: _TaskSpec, rows: list[dict], tokenizer: Any, max_length: int) -> list[dict]:
+    out: list[dict] = []
+    chunk_size = 1000
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start:start + chunk_size]
+        texts = [[r[f] for r in chunk] for f in spec.text_fields]
+        enc = tokenizer(*texts, truncation=True, max_length=max_length, return_attention_mask=True)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        for i, row in enumerate(chunk):
+            example = {k: list(enc[k][i]) for k in keys}
+            example["labels"] = row["label"]
+            out.append(example)
+    return out
+
+
+def load_glue(
+    name: str,
+    tokenizer: Any,
+    data_dir: str | None = None,
+    max_length: int = 128,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+) -> GlueData:
+    """Load, subset and tokenize one GLUE task.
+
+    Data come from ``resolve_glue_dir(data_dir)`` (task.data_dir, else $GNLORP_GLUE_DIR) when set, else
+    from the hub (``nyu-mll/glue``). ``max_train_samples``: the first N rows after a shuffle seeded by
+    ``seed`` (0 = no train split needed, e.g. for evaluation only; it is then not read at all);
+    ``max_eval_samples``: the first N rows of every eval split. Pairs are tokenized as
+    (sentence1, sentence2) with truncation to ``max_length``.
+    """
+    spec = _spec(name)
+    _check_limit("max_train_samples", max_train_samples, 0)
+    _check_limit("max_eval_samples", max_eval_samples, 1)
+    _check_limit("max_length", max_length, 1)
+    root = resolve_glue_dir(data_dir)
+    train_idx: list[int] | None
+    if root is not None:
+        _check_data_dir(root)
+        source = f"local:{os.path.abspath(root)}"
+        eval_raw = {split: read_glue_tsv(spec.name, split, root) for split in spec.eval_files}
+        train_raw = [] if max_train_samples == 0 else read_glue_tsv(spec.name, "train", root)
+        train_idx = _train_indices(len(train_raw), max_train_samples, seed)
+        train_rows = train_raw if train_idx is None else [train_raw[i] for i in train_idx]
+        eval_rows = {s: rows[:max_eval_samples] if max_eval_samples else rows for s, rows in eval_raw.items()}
+    else:
+        source = f"hub:{HUB_DATASET}"
+        train_ds, eval_ds = _load_hub(spec)
+        train_rows = _hub_rows(spec, train_ds, _train_indices(len(train_ds), max_train_samples, seed))
+        eval_rows = {s: _hub_rows(spec, ds, _eval_indices(len(ds), max_eval_samples)) for s, ds in eval_ds.items()}
+        if not all(eval_rows.values()):
+            raise UserError(f"The hub dataset {HUB_DATASET}/{spec.name} has an empty eval split; pass task.data_dir instead.")
+
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "eos_token_id", None)
+    return GlueData(
+        name=spec.name,
+        num_labels=spec.num_labels,
+        is_regression=spec.labels is None,
+        train=_tokenize(spec, train_rows, tokenizer, max_length),
+        eval_splits={s: _tokenize(spec, rows, tokenizer, max_length) for s, rows in eval_rows.items()},
+        metric_names=spec.metric_names,
+        main_metric=spec.main_metric,
+        source=source,
+        pad_token_id=int(pad_id) if pad_id is not None else 0,
+        pad_token_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
+        padding_side=str(getattr(tokenizer, "padding_side", "right") or "right"),
+    )

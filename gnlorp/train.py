@@ -1,0 +1,306 @@
+"""One training loop for GLUE fine-tuning and C4 pre-training.
+
+Gradient accumulation (exact, also over a partial last batch and across DDP processes), 10% warmup then
+cosine decay to 10% of the peak, gradient clipping, bf16 autocast, evaluation, checkpoints holding
+everything a resume needs (model, optimizer with its projectors, scheduler, RNG states, data position),
+SIGINT/SIGTERM handling, and NaN/Inf checks. The loop knows nothing about tasks or methods: a `Job`
+gives it data, a model, an optimizer and an evaluation function.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .methods import base_optimizer
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN/Inf and the config says to stop."""
+
+
+class Interrupted(Exception):
+    """Training stopped early (a signal, or train.stop_at_step); a checkpoint was written."""
+
+    def __init__(self, reason: str, step: int):
+        super().__init__(reason)
+        self.reason, self.step = reason, step
+
+
+@dataclass
+class TrainData:
+    """Examples addressed by index; `collate` turns a list of indices into a model batch."""
+
+    num_examples: int
+    collate: Callable[[list[int]], dict]
+    count_tokens: Callable[[dict], int]
+    drop_last: bool = False
+
+
+@dataclass
+class LoopConfig:
+    total_steps: int
+    batch_size: int
+    micro_batch_size: int
+    seed: int = 0
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int | None = None       # None: at each epoch end
+    eval_at_epoch_end: bool = True
+    log_every: int = 10
+    checkpoint_every: int | None = None
+    stop_at_step: int | None = None
+    on_nonfinite: str = "stop"
+    autocast: torch.dtype | None = None
+    progress: bool = True
+
+
+@dataclass
+class Position:
+    step: int = 0          # optimizer steps done
+    epoch: int = 0
+    batch: int = 0         # global batches done within `epoch`
+    tokens: int = 0
+    skipped: int = 0       # steps skipped for a non-finite loss/gradient
+    train_seconds: float = 0.0
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float, min_ratio: float) -> Callable[[int], float]:
+    """GaLore's schedule: linear warmup over the first warmup_ratio of the steps, then cosine to min_ratio."""
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class TrainLoop:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer,
+        data: TrainData,
+        cfg: LoopConfig,
+        evaluate: Callable[[nn.Module], dict],
+        on_log: Callable[[int, dict], None],
+        on_eval: Callable[[int, int, dict], None],
+        checkpoint_path: Path | None,
+        device: torch.device,
+        extra_state: Callable[[], dict] = dict,
+        world_size: int = 1,
+        rank: int = 0,
+        ddp_model: nn.Module | None = None,
+    ):
+        self.model, self.optimizer, self.data, self.cfg = model, optimizer, data, cfg
+        self.forward_model = ddp_model or model
+        self.evaluate, self.on_log, self.on_eval = evaluate, on_log, on_eval
+        self.checkpoint_path, self.device, self.extra_state = checkpoint_path, device, extra_state
+        self.world_size, self.rank = world_size, rank
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            base_optimizer(optimizer), warmup_cosine(cfg.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+        )
+        self.pos = Position()
+        self.names = {id(p): n for n, p in model.named_parameters()}
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.steps_per_epoch = (
+            data.num_examples // cfg.batch_size if data.drop_last else math.ceil(data.num_examples / cfg.batch_size)
+        )
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{data.num_examples} examples do not fill one batch of {cfg.batch_size}")
+        self._signal: str | None = None
+
+    # ------------------------------------------------------------------ data order
+    def _epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        return torch.randperm(self.data.num_examples, generator=g).tolist()
+
+    def _global_batch(self, order: list[int], index: int) -> list[int]:
+        return order[index * self.cfg.batch_size:(index + 1) * self.cfg.batch_size]
+
+    def _micro_batches(self, batch: list[int]) -> list[list[int]]:
+        """This process's share of a global batch, cut into micro-batches."""
+        share = math.ceil(len(batch) / self.world_size)
+        mine = batch[self.rank * share:(self.rank + 1) * share]
+        mb = self.cfg.micro_batch_size
+        return [mine[i:i + mb] for i in range(0, len(mine), mb)]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": base_optimizer(self.optimizer).state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "position": vars(self.pos).copy(),
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "extra": self.extra_state(),
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None or self.rank != 0:
+            return
+        path = self.checkpoint_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        base_optimizer(self.optimizer).load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.pos = Position(**state["position"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    # ------------------------------------------------------------------ signals
+    def _handle_signal(self, signum, frame) -> None:
+        self._signal = signal.Signals(signum).name
+
+    def _install_signals(self):
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, self._handle_signal)
+            except ValueError:  # not in the main thread
+                pass
+        return previous
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, batch: list[int]) -> tuple[float, int, bool]:
+        """Forward/backward over the micro-batches of one global batch, then the optimizer step.
+        Returns (mean loss over the global batch, tokens, whether the step was applied)."""
+        micro = self._micro_batches(batch)
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self.cfg.autocast)
+            if self.cfg.autocast is not None else nullcontext()
+        )
+        total_loss = torch.zeros((), device=self.device)
+        tokens = 0
+        self.forward_model.train()
+        for i, idx in enumerate(micro):
+            inputs = {k: v.to(self.device) for k, v in self.data.collate(idx).items()}
+            tokens += self.data.count_tokens(inputs)
+            # weight so that the summed gradient is the mean over the whole global batch (exact for a
+            # partial last batch, and after DDP averages over processes)
+            weight = len(idx) * self.world_size / len(batch)
+            last = i == len(micro) - 1
+            sync = self.forward_model.no_sync() if (self.world_size > 1 and not last) else nullcontext()
+            with sync, autocast:
+                loss = self.forward_model(**inputs).loss
+            (loss * weight).backward()
+            total_loss += loss.detach().float() * (len(idx) / len(batch))
+        if self.world_size > 1:
+            torch.distributed.all_reduce(total_loss)
+            t = torch.tensor([tokens], device=self.device)
+            torch.distributed.all_reduce(t)
+            tokens = int(t.item())
+        loss_value = float(total_loss)
+
+        bad = None
+        if not math.isfinite(loss_value):
+            bad = f"the loss is {loss_value}"
+        else:
+            grads = [p for p in self.params if p.grad is not None]
+            if grads:  # layer-wise mode has already stepped and freed them
+                max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+                norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
+                if not torch.isfinite(norm):
+                    name = next((self.names.get(id(p), "?") for p in grads if not torch.isfinite(p.grad).all()), "?")
+                    bad = f"the gradient of {name} holds NaN/Inf"
+        if bad is not None:
+            step = self.pos.step + 1
+            if self.cfg.on_nonfinite != "skip":
+                raise NonFiniteError(
+                    f"Training stopped at step {step}: {bad}; lower train.lr, keep train.grad_clip > 0, "
+                    "or set train.on_nonfinite=skip to skip such steps."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_value, tokens, False
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, tokens, True
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> Position:
+        cfg = self.cfg
+        previous = self._install_signals()
+        bar = None
+        if cfg.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.total_steps, initial=self.pos.step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            order = self._epoch_order(self.pos.epoch)
+            while self.pos.step < cfg.total_steps:
+                if self.pos.batch >= self.steps_per_epoch:
+                    self._end_epoch()
+                    order = self._epoch_order(self.pos.epoch)
+                batch = self._global_batch(order, self.pos.batch)
+                t0 = time.perf_counter()
+                loss, tokens, applied = self._step(batch)
+                self.pos.train_seconds += time.perf_counter() - t0
+                self.scheduler.step()
+                self.pos.step += 1
+                self.pos.batch += 1
+                self.pos.tokens += tokens
+                self.pos.skipped += not applied
+                lr = base_optimizer(self.optimizer).param_groups[0]["lr"]
+                tps = self.pos.tokens / max(self.pos.train_seconds, 1e-9)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+                if self.rank == 0:
+                    self.on_log(self.pos.step, {"loss": loss, "lr": lr, "tokens_per_second": tps})
+                epoch_done = self.pos.batch >= self.steps_per_epoch
+                if (
+                    (cfg.eval_every and self.pos.step % cfg.eval_every == 0)
+                    or (epoch_done and cfg.eval_at_epoch_end)
+                    or self.pos.step == cfg.total_steps
+                ):
+                    self._evaluate()
+                if cfg.checkpoint_every and self.pos.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self._signal or (cfg.stop_at_step and self.pos.step >= cfg.stop_at_step and self.pos.step < cfg.total_steps):
+                    reason = f"received {self._signal}" if self._signal else f"train.stop_at_step={cfg.stop_at_step}"
+                    self.save_checkpoint()
+                    raise Interrupted(reason, self.pos.step)
+        finally:
+            if bar is not None:
+                bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.pos
+
+    def _end_epoch(self) -> None:
+        self.pos.epoch += 1
+        self.pos.batch = 0
+
+    def _evaluate(self) -> None:
+        if self.rank == 0:
+            metrics = self.evaluate(self.model)
+            epochs_done = self.pos.epoch + (self.pos.batch >= self.steps_per_epoch)
+            self.on_eval(self.pos.step, epochs_done, metrics)
+        if self.world_size > 1:
+            torch.distributed.barrier()

@@ -1,0 +1,45 @@
+"""gnlorp: run one experiment (or a sweep) of full training, LoRA, GaLore or GradNormLoRP.
+
+Copy one of these (offline, on a CPU, with the shared data beside the checkout):
+
+  # GLUE MRPC, MiniLM, GradNormLoRP rank 8, 3 epochs (~7 min on 2 cores)
+  python run.py task=glue/mrpc model=minilm method=gradnormlorp rank=8 task.data_dir=../shared/data/glue_data
+
+  # C4 pre-training of a CPU-sized LLaMA, 300 steps of 8 x 256 tokens
+  python run.py task=c4 model=llama_20m model.tokenizer=mistral-sp method=gradnormlorp rank=128 \
+      task.data_dir=../shared/data/c4/en precision=bf16
+
+  # every method on one task, as a multirun sweep
+  python run.py -m method=full,lora,galore,gradnormlorp rank=8 task=glue/rte task.data_dir=../shared/data/glue_data
+
+  # the paper's setting on a GPU (hub data and models)
+  python run.py task=glue/mrpc model=roberta-base method=gradnormlorp rank=8 precision=bf16 train.epochs=30 train.batch_size=16
+
+Every run writes results/<run>.json (see README); `resume=true` continues an interrupted run.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from gnlorp.errors import UserError
+    from gnlorp.runner import run
+
+    try:
+        outcome = run(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
+
+
+if __name__ == "__main__":
+    from gnlorp.cli import quote_group_ints
+
+    sys.argv[1:] = quote_group_ints(sys.argv[1:])
+    main()
