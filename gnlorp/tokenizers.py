@@ -2,7 +2,8 @@
 
 - "t5-base" (the paper's, as in GaLore): a hub tokenizer via AutoTokenizer; needs network or a local cache.
 - "mistral-sp" (OFFLINE_LLAMA_TOKENIZER): the LLaMA-style 32000-piece SentencePiece model shipped in the
-  `mistral-common` pip package (mistral_common/data/tokenizer.model.v1), loaded offline.
+  `mistral-common` pip package (mistral_common/data/tokenizer.model.v1), loaded offline as a transformers
+  fast tokenizer that encodes exactly like `sentencepiece` (vocab 32000, BOS 1, EOS 2, no BOS added).
 
 Vocabulary vs model: t5-base has 32100 ids (32000 pieces + 100 <extra_id_*> sentinels) while the paper's
 LLaMA configs use vocab_size 32000. An id >= the model's vocab would index past the embedding table, so the

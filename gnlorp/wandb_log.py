@@ -138,7 +138,9 @@ class WandbLogger:
         *,
         online_init_timeout: float = ONLINE_INIT_TIMEOUT_S,
     ):
-        if mode is None and os.environ.get("WANDB_MODE", "").strip():
+        if "WANDB_MODE" in os.environ and not os.environ["WANDB_MODE"].strip():
+            del os.environ["WANDB_MODE"]  # wandb.Settings rejects an empty mode
+        if mode is None and os.environ.get("WANDB_MODE"):
             mode = os.environ["WANDB_MODE"]  # unset in the config: wandb's own variable decides
         key = mode.strip().lower() if isinstance(mode, str) else mode
         if mode is False:
@@ -146,7 +148,7 @@ class WandbLogger:
         if key not in _MODES:
             raise UserError(
                 f"wandb mode {mode!r} is not one of online, offline, disabled; "
-                "set wandb.mode to one of those."
+                "set logger.mode to one of those."
             )
         requested = _MODES[key]
         self._echo = echo

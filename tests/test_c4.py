@@ -68,13 +68,22 @@ def test_mistral_sp_known_encoding(mistral_tok):
     assert toks.vocab_size_for(mistral_tok, 32000) == 32000
 
 
-def test_mistral_sp_matches_sentencepiece_directly(mistral_tok):
+@pytest.mark.parametrize("text", [
+    "Beginners BBQ Class Taking Place in Missoula!\nDo you want to get better at making delicious BBQ?",
+    "2 New England     NE  16",            # whitespace runs: transformers' plain conversion gets this wrong
+    "OS X.  I don't know",
+    "  leading spaces", " ", "   ", " " * 40, "a" + " " * 17 + "b", "x\n  y", "",
+    "ünïcödé  ★ 1234567 \u3000wide\ttab",  # byte fallback, split digits
+    "raw <s> and </s> and <unk> in web text",  # sentencepiece encodes special-token strings as text
+])
+def test_mistral_sp_matches_sentencepiece_directly(mistral_tok, text):
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(toks.mistral_sp_model_file()))
-    text = "Beginners BBQ Class Taking Place in Missoula!\nDo you want to get better at making delicious BBQ?"
-    assert mistral_tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
-    assert sp.get_piece_size() == 32000 and sp.eos_id() == 2
+    assert sp.get_piece_size() == 32000 and sp.eos_id() == 2 and sp.bos_id() == 1
+    ids = mistral_tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == sp.encode(text)
+    assert mistral_tok.decode(ids) == sp.decode(ids)
 
 
 def test_mistral_sp_cache_created_atomically_and_reused(tmp_path, monkeypatch):
@@ -82,10 +91,13 @@ def test_mistral_sp_cache_created_atomically_and_reused(tmp_path, monkeypatch):
     first = toks._mistral_sp_folder()
     assert first.parent == tmp_path / "cache" / "mistral-sp"
     assert (first / "tokenizer.model").read_bytes() == toks.mistral_sp_model_file().read_bytes()
-    mtime = (first / "tokenizer.model").stat().st_mtime_ns
+    assert (first / "tokenizer.json").is_file()
+    mtime = (first / "tokenizer.json").stat().st_mtime_ns
     assert toks._mistral_sp_folder() == first
-    assert (first / "tokenizer.model").stat().st_mtime_ns == mtime  # reused, not rewritten
+    assert (first / "tokenizer.json").stat().st_mtime_ns == mtime  # reused, not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no leftover temp folders
+    tok = toks.load_causal_tokenizer("mistral-sp")
+    assert tok("The quick brown fox", add_special_tokens=False)["input_ids"] == [415, 2936, 9060, 285, 1142]
 
 
 def test_empty_tokenizer_guard(monkeypatch):

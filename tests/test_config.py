@@ -1,0 +1,59 @@
+"""Every config group option composes, and the settings that reach the method are the documented ones."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, compose
+from gnlorp.runner import check_config, method_config, run_name
+
+GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in ("model", "method", "precision", "rank")}
+GLUE = sorted(p.stem for p in (ROOT / "conf" / "task" / "glue").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def test_all_nine_glue_tasks_and_c4_exist():
+    assert GLUE == sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])
+    assert (ROOT / "conf" / "task" / "c4.yaml").exists()
+    assert GROUPS["rank"] == sorted(["4", "8", "16", "32", "64", "128", "256", "512", "1024"])
+    assert set(GROUPS["method"]) == {"full", "lora", "dora", "galore", "gradnormlorp"}
+    assert set(GROUPS["precision"]) == {"fp32", "bf16", "8bit"}
+
+
+@pytest.mark.parametrize("task", [f"glue/{t}" for t in GLUE] + ["c4"])
+def test_every_task_composes_with_a_learning_rate_per_method(task):
+    for method in GROUPS["method"]:
+        cfg = compose([f"task={task}", f"method={method}"])
+        derived = check_config(cfg)
+        assert derived["lr"] > 0
+    assert cfg.task.name == task.split("/")[-1]
+
+
+@pytest.mark.parametrize("group", ["model", "method", "precision", "rank"])
+def test_every_option_of_every_group_composes(group):
+    for option in GROUPS[group]:
+        cfg = compose([f"{group}={option}"])
+        assert cfg[group] is not None
+
+
+def test_rank_group_sets_rank_tied_scale_and_c4_overrides_it():
+    assert (compose(["rank=4", "method=galore"]).method.scale, compose(["rank=8", "method=galore"]).method.scale) == (4.0, 2.0)
+    c4 = compose(["task=c4", "rank=128", "method=gradnormlorp"])
+    assert c4.method.rank == 128 and c4.method.scale == 0.25
+    assert compose(["rank=8", "scale=3.0", "method=galore"]).method.scale == 3.0
+
+
+def test_method_config_carries_precision_and_accumulation():
+    cfg = compose(["method=gradnormlorp", "rank=8", "precision=8bit", "train.batch_size=32", "train.micro_batch_size=8"])
+    m = method_config(cfg, check_config(cfg))
+    assert (m.name, m.rank, m.scale, m.optim_bits, m.accumulation_steps, m.lr) == ("gradnormlorp", 8, 2.0, 8, 4, 3e-4)
+
+
+def test_run_name_names_the_groups():
+    assert run_name(compose(["task=glue/mrpc", "method=lora", "rank=4", "seed=2"])) == "glue-mrpc-minilm-lora-r4-fp32-s2"
+    assert run_name(compose(["task=c4", "model=llama_60m", "method=full", "precision=bf16"])) == "c4-llama_60m-full-bf16-s0"
+
+
+def test_quoting_only_touches_integer_rank_choices():
+    from gnlorp.cli import quote_group_ints
+
+    assert quote_group_ints(["rank=4,8", "rank=16", "seed=1", "train.lr=1e-4"]) == ["rank='4','8'", "rank='16'", "seed=1", "train.lr=1e-4"]

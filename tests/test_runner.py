@@ -1,0 +1,116 @@
+"""End-to-end runs of the runner on tiny models and real shared data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, compose, needs_shared, tiny_c4, tiny_glue
+from gnlorp.runner import run
+
+pytestmark = [needs_shared, pytest.mark.slow]
+
+
+def _quiet(*_):
+    pass
+
+
+def test_glue_run_records_metrics_memory_and_throughput(tmp_path):
+    out = run(compose(tiny_glue(tmp_path, "method=gradnormlorp", "rank=4")), echo=_quiet)
+    rec = json.loads(out.path.read_text())
+    assert rec["status"] == "complete"
+    assert set(rec["eval"]["validation"]) == {"accuracy"}
+    assert [e["epoch"] for e in rec["eval_history"]] == [1, 2]
+    assert rec["best"]["metrics"]["validation"]["accuracy"] >= rec["last"]["metrics"]["validation"]["accuracy"]
+    assert rec["train"]["steps"] == 8 and rec["train"]["tokens"] > 0 and rec["train"]["tokens_per_second"] > 0
+    mem = rec["memory"]
+    assert mem["kind"] == "cpu_rss" and mem["peak_rss_bytes"] > 0
+    assert mem["optimizer_state_bytes"] == mem["optimizer_state_bytes_analytic"] > 0
+    assert rec["config"]["method"]["rank"] == 4 and rec["config"]["derived"]["lr"] == 3e-4
+    assert len(rec["loss_curve"]) == 8
+
+
+def test_c4_run_reports_perplexity(tmp_path):
+    out = run(compose(tiny_c4(tmp_path, "method=gradnormlorp")), echo=_quiet)
+    rec = out.record
+    assert rec["status"] == "complete"
+    history = [e["metrics"]["validation"]["perplexity"] for e in rec["eval_history"]]
+    assert [e["step"] for e in rec["eval_history"]] == [6, 12]
+    assert history[-1] < 32000, "a model that learned nothing would sit near the vocabulary size"
+    v = rec["eval"]["validation"]
+    assert abs(v["perplexity"] - torch.tensor(v["loss"]).exp().item()) < 1e-3 * v["perplexity"]
+    assert rec["train"]["tokens"] == 12 * 4 * 64
+
+
+@pytest.mark.parametrize("method", ["galore", "gradnormlorp"])
+def test_resume_reaches_the_same_parameters(tmp_path, method):
+    straight = run(compose(tiny_c4(tmp_path / "a", f"method={method}", "method.update_proj_gap=5")), echo=_quiet)
+    assert straight.status == "complete"
+    part = run(compose(tiny_c4(tmp_path / "b", f"method={method}", "method.update_proj_gap=5", "train.stop_at_step=7")), echo=_quiet)
+    assert part.status == "incomplete" and part.record["train"]["steps"] == 7
+    resumed = run(compose(tiny_c4(tmp_path / "b", f"method={method}", "method.update_proj_gap=5", "resume=true")), echo=_quiet)
+    assert resumed.status == "complete"
+    name = straight.path.stem
+    a = torch.load(tmp_path / "a" / "checkpoints" / name / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoints" / name / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
+    assert straight.record["loss_curve"] == resumed.record["loss_curve"]
+
+
+def _cli(args, tmp_path, env_extra=None, timeout=300):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_multirun_over_methods_writes_four_complete_results(tmp_path):
+    p = _cli(["-m", "method=full,lora,galore,gradnormlorp", "rank=4", *tiny_glue(tmp_path, "train.epochs=1")], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    files = sorted((tmp_path / "results").glob("*.json"))
+    assert [f.name for f in files] == [
+        "glue-rte-bert_tiny-full-fp32-s0.json", "glue-rte-bert_tiny-galore-r4-fp32-s0.json",
+        "glue-rte-bert_tiny-gradnormlorp-r4-fp32-s0.json", "glue-rte-bert_tiny-lora-r4-fp32-s0.json",
+    ]
+    assert all(json.loads(f.read_text())["status"] == "complete" for f in files)
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    args = tiny_c4(tmp_path, "method=galore", "train.max_steps=6", "train.eval_every=null", "device=cpu")
+    one = _cli(args + [f"results_dir={tmp_path}/one", f"checkpoint_dir={tmp_path}/ck1"], tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(ROOT / "run.py"),
+         *args, f"results_dir={tmp_path}/two", f"checkpoint_dir={tmp_path}/ck2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    curve = lambda d: json.loads(next((tmp_path / d).glob("*.json")).read_text())["loss_curve"]
+    c1, c2 = curve("one"), curve("two")
+    assert [s for s, _ in c1] == [s for s, _ in c2] == list(range(1, 7))
+    assert max(abs(a - b) for (_, a), (_, b) in zip(c1, c2)) <= 1e-4
+    rec2 = json.loads(next((tmp_path / "two").glob("*.json")).read_text())
+    assert rec2["config"]["derived"]["world_size"] == 2
+
+
+def test_wandb_offline_leaves_a_run_folder_with_metrics(tmp_path):
+    p = _cli(tiny_glue(tmp_path, "method=galore", "rank=4", "train.epochs=1", "logger.mode=offline"), tmp_path,
+             {"WANDB_MODE": "", "WANDB_DIR": str(tmp_path)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    blob = b"".join(f.read_bytes() for f in runs[0].glob("*.wandb"))
+    assert b"eval/validation/accuracy" in blob and b"train/loss" in blob
+
+
+def test_no_key_and_no_mode_goes_offline_with_one_notice(tmp_path):
+    env = {"WANDB_MODE": "", "WANDB_API_KEY": "", "HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "cfg"),
+           "NETRC": str(tmp_path / "no-netrc")}
+    p = _cli(tiny_glue(tmp_path, "method=full", "train.epochs=1", "logger.mode=null"), tmp_path, env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    notices = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("W&B")]
+    assert len(notices) == 1 and "offline" in notices[0]
+    assert json.loads(next((tmp_path / "results").glob("*.json")).read_text())["status"] == "complete"
