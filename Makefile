@@ -25,8 +25,13 @@ test-fast: setup
 memory: setup
 	$(BIN)/python -m gnlorp.memory
 
+# results/*.json -> results/tables/*.md, *.tex and plots (deterministic: same results, same bytes)
 tables: setup
 	$(BIN)/python -m gnlorp.tables
+
+# optimizer-step, projector, weight-norm and end-to-end benchmarks; prints tables, writes results/bench/*.json
+bench: setup
+	$(BIN)/python -m gnlorp.bench
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
