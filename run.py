@@ -18,6 +18,7 @@ Copy one of these (offline, on a CPU, with the shared data beside the checkout):
 Every run writes results/<run>.json (see README); `resume=true` continues an interrupted run.
 """
 
+import os
 import sys
 
 import hydra
@@ -32,6 +33,10 @@ def main(cfg: DictConfig) -> None:
     try:
         outcome = run(cfg)
     except UserError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for stack traces
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     if outcome.exit_code:

@@ -46,6 +46,9 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
         from .errors import UserError
 
         raise UserError(f"The {t.name} train split is empty ({data.source}); check task.data_dir or task.max_train_samples.")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "classifier newly initialized" load report is expected here
     model = build_encoder_classifier(
         cfg.model, data.num_labels, problem_type="regression" if data.is_regression else "single_label_classification"
     )

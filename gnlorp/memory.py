@@ -129,7 +129,7 @@ def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
         hidden = model.config.hidden_size
         for method in METHOD_ORDER:
             for bits in (16, 8):
-                for rank in ([None] if method == "full" else [r for r in ranks if r <= hidden]):
+                for rank in ([None] if method == "full" else [r for r in ranks if r < hidden]):
                     cfg = MethodConfig(name=method, rank=rank, optim_bits=8 if bits == 8 else 32)
                     b = estimate_state_bytes(model, cfg, element_bytes=2)
                     rows.append({

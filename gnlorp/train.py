@@ -22,7 +22,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .methods import base_optimizer
+
+def base_optimizer(optimizer):
+    # imported on first use: gnlorp.methods pulls in peft (and bitsandbytes), seconds of startup that a
+    # run stopped by a bad config should not pay
+    from .methods import base_optimizer as base
+
+    return base(optimizer)
 
 
 class NonFiniteError(RuntimeError):
@@ -220,7 +226,8 @@ class TrainLoop:
 
         bad = None
         if not math.isfinite(loss_value):
-            bad = f"the loss is {loss_value}"
+            where = self._first_nonfinite()
+            bad = f"the loss is {loss_value}" + (f" and {where}" if where else "")
         else:
             grads = [p for p in self.params if p.grad is not None]
             if grads:  # layer-wise mode has already stepped and freed them
@@ -241,6 +248,16 @@ class TrainLoop:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, tokens, True
+
+    def _first_nonfinite(self) -> str | None:
+        """Which parameter a non-finite loss comes from: the first NaN/Inf weight, else gradient."""
+        for p in self.params:
+            if not torch.isfinite(p.detach()).all():
+                return f"the weight {self.names.get(id(p), '?')} holds NaN/Inf"
+        for p in self.params:
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                return f"the gradient of {self.names.get(id(p), '?')} holds NaN/Inf"
+        return None
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> Position:

@@ -121,7 +121,8 @@ class WandbLogger:
     mode "disabled": wandb is never initialised and nothing is written.
     mode "offline": the run is written to ``<dir>/wandb/offline-run-*`` (``wandb sync`` later).
     mode "online": online if credentials exist and init succeeds within ``online_init_timeout``
-    seconds, otherwise offline (then disabled) with one notice line each.
+    seconds (default: $WANDB_INIT_TIMEOUT, wandb's own variable, else 30), otherwise offline (then disabled)
+    with one notice line each.
     mode None: the WANDB_MODE environment variable if set, else "online".
     """
 
@@ -136,8 +137,13 @@ class WandbLogger:
         entity: str | None = None,
         echo: Callable[[str], Any] = print,
         *,
-        online_init_timeout: float = ONLINE_INIT_TIMEOUT_S,
+        online_init_timeout: float | None = None,
     ):
+        if online_init_timeout is None:
+            try:
+                online_init_timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or ONLINE_INIT_TIMEOUT_S)
+            except ValueError:
+                online_init_timeout = ONLINE_INIT_TIMEOUT_S
         if "WANDB_MODE" in os.environ and not os.environ["WANDB_MODE"].strip():
             del os.environ["WANDB_MODE"]  # wandb.Settings rejects an empty mode
         if mode is None and os.environ.get("WANDB_MODE"):

@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch.optim import Optimizer
 
-from .projector import PROJ_TYPES, SVD_METHODS, compute_projection, project, project_back, projection_side
+from .projector import PROJ_TYPES, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
 
 BLOCKSIZE = 256  # bitsandbytes' block size for blockwise 8-bit optimizer states
 
@@ -102,9 +102,12 @@ class GaLoreAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
+            params = [p for p in group["params"] if p.grad is not None]
+            if "rank" in group:
+                for p in params:
                     self._update(p, group)
+            else:
+                self._dense_step(params, group)
         return loss
 
     @torch.no_grad()
@@ -170,12 +173,14 @@ class GaLoreAdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
 
+        # Decoupled weight decay after the update, as galore-torch does: p <- (1 - lr wd) (p - update).
+        decay = 1.0 - lr * wd if wd > 0.0 else 1.0
         if state["exp_avg"].dtype == torch.uint8:
             F = _bnb_functional()
             qmap1, qmap2 = self._qmap(low.device)
             low = low.contiguous()
             # Dense parameters are updated in place by the kernel; a projected one gets its low-rank Adam
-            # direction in a zero buffer (lr 1, no decay), which is then projected back.
+            # direction, negated, in a zero buffer (lr 1, no decay), which is then projected back.
             target = torch.zeros_like(low) if galore else p
             F.optimizer_update_8bit_blockwise(
                 "adam", low, target, state["exp_avg"], state["exp_avg_sq"],
@@ -185,23 +190,59 @@ class GaLoreAdamW(Optimizer):
                 weight_decay=0.0, gnorm_scale=1.0, skip_zeros=False,
             )
             if galore:
-                p.add_(project_back(target, side, P, Q), alpha=lr * group["scale"])
-        else:
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            exp_avg.mul_(beta1).add_(low, alpha=1.0 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(low, low, value=1.0 - beta2)
+                add_projected_back(p, target, side, P, Q, alpha=lr * group["scale"] * decay, beta=decay)
+            elif wd > 0.0:
+                p.add_(p, alpha=-lr * wd)
+            return
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(low, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(low, low, value=1.0 - beta2)
+        step_size = lr
+        if group.get("correct_bias", True):
+            step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+        denom = exp_avg_sq.sqrt().add_(eps)
+        direction = torch.div(exp_avg, denom, out=denom)
+        if galore:
+            # One GEMM writes P R (or R Q) straight into p, scaled and decayed: no m x n temporary.
+            add_projected_back(p, direction, side, P, Q, alpha=-step_size * group["scale"] * decay, beta=decay)
+            return
+        p.add_(direction, alpha=-step_size)
+        if wd > 0.0:
+            p.add_(p, alpha=-lr * wd)
+
+    def _dense_step(self, params: list[torch.Tensor], group: dict) -> None:
+        """Adam on a group without projection. Float moments go through torch's _foreach ops in one call
+        per operation for all parameters at the same step count (the same element-wise arithmetic as
+        `_update`, without a Python loop over the parameters); 8-bit moments go through `_update`."""
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        by_step: dict[int, tuple[list, list, list, list]] = {}
+        for p in params:
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state.setdefault("step", 0)
+                self._init_moments(state, p.grad)
+            if state["exp_avg"].dtype == torch.uint8:
+                self._update(p, group)
+                continue
+            state["step"] += 1
+            lists = by_step.setdefault(state["step"], ([], [], [], []))
+            for dst, src in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])):
+                dst.append(src)
+        for t, (ps, grads, exp_avgs, exp_avg_sqs) in by_step.items():
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
             step_size = lr
             if group.get("correct_bias", True):
                 step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-            direction = exp_avg / exp_avg_sq.sqrt().add_(eps)
-            if galore:
-                p.add_(project_back(direction, side, P, Q), alpha=-step_size * group["scale"])
-            else:
-                p.add_(direction, alpha=-step_size)
-
-        # Decoupled weight decay after the update, as galore-torch does (keeps the 32-bit oracle exact).
-        if wd > 0.0:
-            p.add_(p, alpha=-lr * wd)
+            denoms = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denoms, eps)
+            directions = torch._foreach_div(exp_avgs, denoms)
+            torch._foreach_add_(ps, directions, alpha=-step_size)
+            if wd > 0.0:
+                torch._foreach_add_(ps, ps, alpha=-lr * wd)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

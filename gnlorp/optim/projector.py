@@ -101,3 +101,14 @@ def project_back(low: torch.Tensor, side: str, P, Q) -> torch.Tensor:
     if side == "right":
         return torch.matmul(low, Q)
     return torch.matmul(P, low) @ Q
+
+
+def add_projected_back(p: torch.Tensor, low: torch.Tensor, side: str, P, Q, alpha: float, beta: float = 1.0) -> None:
+    """p <- beta p + alpha project_back(low), in place, as one GEMM (addmm_) into p's memory: no m x n
+    temporary, and no separate pass over p to add it (nor to decay it when beta != 1)."""
+    if side == "left":
+        p.addmm_(P, low, beta=beta, alpha=alpha)
+    elif side == "right":
+        p.addmm_(low, Q, beta=beta, alpha=alpha)
+    else:
+        p.addmm_(torch.matmul(P, low), Q, beta=beta, alpha=alpha)

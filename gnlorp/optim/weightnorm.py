@@ -1,9 +1,15 @@
 """GradNormLoRP's weight-normalized linear layer (paper Eq. 1-2; METHOD.md).
 
-W = diag(g) V / ||V||_row, with a magnitude g (one per output unit) and a direction V. The forward pass
-never materializes W: y = (x V^T) * (g / ||V||_row) + b, so autograd saves x and V (the parameter itself),
-not a second m x n weight. The gradient autograd gives V is the weight-normalized one,
+W = diag(g) V / ||V||_row, with a magnitude g (one per output unit) and a direction V. The layer is one
+autograd Function: the forward builds W = V * (g / ||V||_row) (an m x n temporary), runs the Linear, and
+saves x, V and two m-vectors, never W (the backward rebuilds it), so no second weight-sized tensor lives
+between forward and backward. All the reparameterization's element-wise work is on m x n weights, not on
+the tokens x m activations (scaling the output instead costs three activation-sized passes and as many
+allocations per layer, forward and backward). The gradient V gets is the weight-normalized one,
 (g/||v||)(I - v v^T/||v||^2) dL/dw per row: orthogonal to each row of V.
+
+Under autocast the Linear runs in the autocast dtype, as nn.Linear's would (x and W cast to it, the
+norms and the scale in float32).
 """
 
 from __future__ import annotations
@@ -11,6 +17,57 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _compute_dtype(x: torch.Tensor, direction: torch.Tensor) -> torch.dtype:
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type) and torch.is_floating_point(x):
+        return torch.get_autocast_dtype(device_type)
+    return direction.dtype
+
+
+class _WeightNormLinearFn(torch.autograd.Function):
+    """y = x (diag(g) V / ||V||_row)^T + b, with the weight-norm gradients written out (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, direction, magnitude, bias):
+        acc = torch.promote_types(direction.dtype, torch.float32)  # norms and scale in float32 (or float64)
+        norm = torch.linalg.vector_norm(direction, dim=1, dtype=acc)
+        norm = norm.clamp_min(torch.finfo(direction.dtype).tiny)
+        scale = magnitude.to(acc) / norm
+        dtype = _compute_dtype(x, direction)
+        xc = x.to(dtype)
+        weight = (direction * scale[:, None]).to(dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = F.linear(xc, weight, None if bias is None else bias.to(dtype))
+        ctx.save_for_backward(xc, direction, scale, norm)
+        ctx.dtypes = (x.dtype, magnitude.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        xc, direction, scale, norm = ctx.saved_tensors
+        x_dtype, g_dtype, b_dtype = ctx.dtypes
+        need_x, need_v, need_g, need_b = ctx.needs_input_grad
+        grad_out = grad_out.to(xc.dtype)
+        gy = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_v = grad_g = grad_b = None
+        if need_x:
+            weight = (direction * scale[:, None]).to(xc.dtype)
+            grad_x = grad_out.matmul(weight).to(x_dtype)
+        if need_v or need_g:
+            grad_w = gy.t().matmul(xc.reshape(-1, xc.shape[-1])).to(norm.dtype)  # dL/dW, m x n
+            # dL/dg = <dL/dW, v/||v||> per row; dL/dV = (g/||v||) (dL/dW - (dL/dg / ||v||) v)
+            dot = (grad_w * direction).sum(dim=1).div_(norm)
+            if need_g:
+                grad_g = dot.to(g_dtype)
+            if need_v:
+                grad_v = torch.addcmul(grad_w, direction, (dot / norm)[:, None], value=-1.0)
+                grad_v = grad_v.mul_(scale[:, None]).to(direction.dtype)
+        if need_b:
+            grad_b = gy.sum(dim=0).to(b_dtype)
+        return grad_x, grad_v, grad_g, grad_b
 
 
 class WeightNormLinear(nn.Module):
@@ -26,11 +83,7 @@ class WeightNormLinear(nn.Module):
         return self.magnitude / self.direction.norm(dim=1).clamp_min(torch.finfo(self.direction.dtype).tiny)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.direction)
-        out = out * self.row_scale().to(out.dtype)
-        if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
-        return out
+        return _WeightNormLinearFn.apply(x, self.direction, self.magnitude, self.bias)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

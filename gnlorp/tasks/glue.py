@@ -209,6 +209,44 @@ def _task_file(spec: _TaskSpec, split: str, data_dir: str) -> str:
     return path
 
 
+def _check_hub_copy_offline(spec: _TaskSpec) -> None:
+    """Offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE), with nothing GLUE-like in either Hugging Face cache the hub
+    load cannot work: say so before the tokenizer and model are loaded. Unsure means no error."""
+    try:
+        from datasets import config
+        from huggingface_hub import constants
+
+        if not config.HF_HUB_OFFLINE:  # the flag datasets goes by
+            return
+        caches = [str(config.HF_DATASETS_CACHE), str(constants.HF_HUB_CACHE)]
+    except Exception:  # noqa: BLE001
+        return
+    for cache in caches:
+        try:
+            if any("glue" in entry.lower() for entry in os.listdir(cache)):
+                return
+        except OSError:
+            continue
+    raise UserError(
+        f"GLUE task {spec.name} is not available offline: HF_DATASETS_OFFLINE (or HF_HUB_OFFLINE) is set and no copy "
+        f"of {HUB_DATASET} is in {' or '.join(caches)}; pass task.data_dir=/path/to/glue_data or set {ENV_GLUE_DIR} "
+        f"to a local classic glue_data folder."
+    )
+
+
+def check_glue_files(name: str, data_dir: str | None, train: bool = True) -> None:
+    """UserError unless every TSV ``load_glue`` will read exists (only when a local folder is in use; nothing
+    is parsed). Lets the runner fail fast on a bad data_dir, before loading a tokenizer and a model."""
+    spec = _spec(name)
+    root = resolve_glue_dir(data_dir)
+    if root is None:
+        _check_hub_copy_offline(spec)
+        return
+    _check_data_dir(root)
+    for split in (*spec.eval_files, *(("train",) if train else ())):
+        _task_file(spec, split, root)
+
+
 # ----------------------------------------------------------------------------------------------------
 # reading TSVs
 

@@ -1,0 +1,279 @@
+"""sweeps/*.yaml: every sweep is a Hydra multirun whose grid points compose to the paper's settings, run as
+`python run.py -m -cd sweeps -cn <sweep>`, resumable (skip_complete, resume), and the CPU set fits its time budget."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import C4_DIR, ROOT, needs_shared
+from gnlorp.runner import check_config, run_name
+
+SWEEPS = ROOT / "sweeps"
+GRID_SIZE = {"paper_glue": 9 * 2 * 5, "paper_c4": 4 * 4, "paper_llama7b": 3, "cpu_glue": 5 * 3 * 4, "cpu_c4": 4}
+GLUE9 = ["cola", "stsb", "mrpc", "rte", "sst2", "mnli", "qnli", "qqp", "wnli"]
+C4_PAPER = {  # GaLore Table 2 / PAPER_NUMBERS.md: size -> (rank, steps)
+    "llama_60m": (128, 10_000), "llama_130m": (256, 20_000), "llama_350m": (256, 60_000), "llama_1b": (512, 100_000)}
+
+
+def compose_sweep(sweep: str, point: list[str]):
+    """The config one job of `run.py -m -cd sweeps -cn <sweep>` sees: the sweep file as the primary config
+    (with conf/ on the search path, as run.py has it) plus the grid point's overrides."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(SWEEPS), version_base="1.3"):
+        return compose(config_name=sweep, overrides=[f"hydra.searchpath=[file://{ROOT / 'conf'}]", *point])
+
+
+def grid(sweep: str, extra: list[str] = ()) -> list[list[str]]:
+    """The grid points, expanded by Hydra's own BasicSweeper from the file's hydra.sweeper.params (command-line
+    `extra` replace a key's list, as on the command line)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from gnlorp.cli import quote_group_ints
+
+    params = yaml.safe_load((SWEEPS / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    args = [f"{k}={v}" for k, v in params.items()] + quote_group_ints(list(extra))
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+    return [list(p) for b in batches for p in b]
+
+
+def _point(p: list[str]) -> dict:
+    return dict(a.split("=", 1) for a in p)
+
+
+def _sample(points: list, k: int = 6) -> list:
+    """The first three points and an even spread of the rest (all when few)."""
+    if len(points) <= k:
+        return points
+    step = math.ceil((len(points) - 3) / (k - 3))
+    return points[:3] + points[3::step]
+
+
+def test_every_sweep_file_is_a_resumable_multirun_over_an_experiment():
+    files = sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+    assert files == sorted(GRID_SIZE)
+    for name in files:
+        doc = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())
+        # the experiment sits in the defaults list, so the sweep-level config (which command-line keys such as
+        # task.eval_tokens=... are checked against) is already the experiment's
+        first = doc["defaults"][1]["override experiment"]
+        assert doc["defaults"] == ["config", {"override experiment": first}, "_self_"], name
+        assert doc["skip_complete"] is True and doc["resume"] is True, name
+        assert doc["hydra"]["sweep"]["dir"].startswith(f"multirun/{name}/"), name
+        experiments = doc["hydra"]["sweeper"]["params"].get("experiment", first).split(",")
+        assert experiments[0] == first, name
+        assert all((ROOT / "conf" / "experiment" / f"{e}.yaml").is_file() for e in experiments), name
+        assert f"python run.py -m -cd sweeps -cn {name}" in (SWEEPS / f"{name}.yaml").read_text()
+        assert len(grid(name)) == GRID_SIZE[name], name
+
+
+def _check_paper_glue(cfg, p):
+    task = p["task"].split("/")[1]
+    assert (cfg.model.name, cfg.precision.name, cfg.task.name) == ("roberta-base", "bf16", task)
+    assert cfg.method.name == p["method"] and cfg.rank == int(p["rank"].strip("'"))
+    assert cfg.method.get("rank") in (None, int(p["rank"].strip("'")))
+    assert cfg.scale == {4: 4.0, 8: 2.0}[cfg.rank]                # GaLore Table 7: alpha 4 at rank 4, 2 at rank 8
+    assert (cfg.train.epochs, cfg.task.max_length) == (30, 512)
+    assert cfg.train.batch_size == (32 if task == "cola" else 16)
+    assert cfg.method.update_proj_gap == 500 and cfg.task.data_dir is None
+    assert cfg.train.eval_every is None
+
+
+def _check_paper_c4(cfg, p):
+    model = cfg.model.name
+    rank, steps = C4_PAPER[model]
+    assert p["experiment"] == f"c4_{model}" and cfg.method.name == p["method"]
+    assert (cfg.task.family, cfg.precision.name, cfg.rank, cfg.scale) == ("c4", "bf16", rank, 0.25)
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.task.seq_len) == (steps, 512, 256)
+    assert (cfg.train.warmup_ratio, cfg.train.min_lr_ratio, cfg.model.tokenizer) == (0.1, 0.1, "t5-base")
+    assert cfg.train.max_steps % cfg.train.eval_every == 0
+
+
+def _check_paper_llama7b(cfg, p):
+    assert (cfg.model.name, cfg.precision.name, cfg.precision.optim_bits, cfg.rank) == ("llama_7b", "8bit", 8, 1024)
+    assert (cfg.train.max_steps, cfg.train.batch_size, cfg.task.seq_len) == (80_000, 512, 256)
+    assert cfg.train.max_steps * cfg.train.batch_size * cfg.task.seq_len == 10_485_760_000  # the paper's 10.5B tokens
+    assert 40_000 % cfg.train.eval_every == 0 and cfg.method.name == p["method"]
+
+
+def _check_cpu_glue(cfg, p):
+    task = p["task"].split("/")[1]
+    assert (cfg.model.name, cfg.rank, cfg.precision.name, cfg.task.name) == ("minilm", 8, "fp32", task)
+    assert cfg.seed == int(p["seed"]) and cfg.method.name == p["method"]
+    assert cfg.task.max_train_samples == {"cola": 4000, "stsb": 2000, "mrpc": 2000, "rte": 1000, "wnli": None}[task]
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.task.max_length) == (3, 32, 128)
+    assert cfg.task.data_dir == "../shared/data/glue_data"
+
+
+def _check_cpu_c4(cfg, p):
+    assert (cfg.model.name, cfg.model.tokenizer, cfg.rank, cfg.precision.name) == ("llama_20m", "mistral-sp", 64, "bf16")
+    assert cfg.train.max_steps * cfg.train.batch_size * cfg.task.seq_len == 524_288  # the fixed token budget
+    assert cfg.task.data_dir == "../shared/data/c4/en" and cfg.method.name == p["method"]
+
+
+CHECKS = {"paper_glue": _check_paper_glue, "paper_c4": _check_paper_c4, "paper_llama7b": _check_paper_llama7b,
+          "cpu_glue": _check_cpu_glue, "cpu_c4": _check_cpu_c4}
+
+
+def _check_point(sweep, point):
+    cfg = compose_sweep(sweep, point)
+    assert cfg.skip_complete is True and cfg.resume is True
+    CHECKS[sweep](cfg, _point(point))
+    check_config(cfg)  # everything the runner checks before it loads anything (8-bit: bitsandbytes imports)
+    return cfg
+
+
+@pytest.mark.parametrize("sweep", sorted(GRID_SIZE))
+def test_grid_points_compose_to_the_intended_settings(sweep):
+    names = [run_name(_check_point(sweep, p)) for p in _sample(grid(sweep))]
+    assert len(set(names)) == len(names) or sweep == "paper_glue"  # paper_glue: full is rank-free (see below)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", sorted(GRID_SIZE))
+def test_every_grid_point_composes(sweep):
+    names = [run_name(_check_point(sweep, p)) for p in grid(sweep)]
+    distinct = {"paper_glue": 9 * (1 + 4 * 2)}.get(sweep, GRID_SIZE[sweep])  # full runs once per task, not per rank
+    assert len(set(names)) == distinct
+
+
+def test_command_line_keys_replace_the_grid_lists():
+    """The README's parts: `task=glue/cola` runs one task of cpu_glue; `rank=8` halves paper_glue."""
+    part = grid("cpu_glue", ["task=glue/cola"])
+    assert len(part) == 12 and {_point(p)["task"] for p in part} == {"glue/cola"}
+    assert {_point(p)["rank"] for p in grid("paper_glue", ["rank=8"])} == {"'8'"}
+    assert {_point(p)["seed"] for p in grid("paper_glue", ["seed=0,1,2"])} == {"0", "1", "2"}
+
+
+def _cli(args, cwd, timeout=240, env_extra=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("sweep", ["paper_glue", "paper_c4", "paper_llama7b"])
+def test_run_py_cfg_job_dry_run_of_the_gpu_sweeps(sweep):
+    """`run.py --cfg job` with the sweep file and its first grid point: the real entry point composes it."""
+    point = grid(sweep)[0]
+    p = _cli([str(ROOT / "run.py"), "--cfg", "job", "--resolve", "-cd", "sweeps", "-cn", sweep, *point], ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    cfg = yaml.safe_load(p.stdout)
+    from omegaconf import OmegaConf
+
+    CHECKS[sweep](OmegaConf.create(cfg), _point(point))
+
+
+NOOP_APP = '''
+import json, sys
+sys.path.insert(0, {root!r})
+import hydra
+from gnlorp.cli import quote_group_ints
+
+@hydra.main(version_base="1.3", config_path={conf!r}, config_name="config")
+def main(cfg):
+    from gnlorp.runner import run_name
+    print("JOB " + json.dumps([run_name(cfg), cfg.skip_complete, cfg.resume]), flush=True)
+
+sys.argv[1:] = quote_group_ints(sys.argv[1:])
+main()
+'''
+
+
+def _dry_multirun(tmp_path, sweep, *extra):
+    """`-m -cd sweeps -cn <sweep>` through Hydra's real sweeper and launcher, with run.py's config and a task that
+    prints the job's run name instead of training."""
+    app = tmp_path / "noop_app.py"
+    app.write_text(NOOP_APP.format(root=str(ROOT), conf=str(ROOT / "conf")))
+    p = _cli([str(app), "-m", "-cd", str(SWEEPS), "-cn", sweep, f"hydra.sweep.dir={tmp_path}/multirun", *extra], ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return [json.loads(line[4:]) for line in p.stdout.splitlines() if line.startswith("JOB ")]
+
+
+def test_multirun_dry_run_cpu_c4(tmp_path):
+    jobs = _dry_multirun(tmp_path, "cpu_c4")
+    assert jobs == [[f"c4-llama_20m-{m}{'' if m == 'full' else '-r64'}-bf16-s0", True, True]
+                    for m in ("full", "lora", "galore", "gradnormlorp")]
+
+
+@pytest.mark.slow
+def test_multirun_dry_run_paper_glue_one_task_part(tmp_path):
+    jobs = _dry_multirun(tmp_path, "paper_glue", "task=glue/cola")
+    names = [j[0] for j in jobs]
+    assert len(names) == 10 and names[0] == "glue-cola-roberta-base-full-bf16-s0"
+    assert names.count("glue-cola-roberta-base-full-bf16-s0") == 2  # the second one is skipped as complete
+    assert "glue-cola-roberta-base-gradnormlorp-r4-bf16-s0" in names and "glue-cola-roberta-base-dora-r8-bf16-s0" in names
+
+
+@pytest.mark.slow
+def test_multirun_dry_run_paper_c4_and_7b(tmp_path):
+    names = [j[0] for j in _dry_multirun(tmp_path, "paper_c4")]
+    assert names[:4] == ["c4-llama_60m-full-bf16-s0", "c4-llama_60m-lora-r128-bf16-s0",
+                         "c4-llama_60m-galore-r128-bf16-s0", "c4-llama_60m-gradnormlorp-r128-bf16-s0"]
+    assert "c4-llama_1b-gradnormlorp-r512-bf16-s0" in names and len(names) == 16
+    names = [j[0] for j in _dry_multirun(tmp_path, "paper_llama7b")]
+    assert names == ["c4-llama_7b-gradnormlorp-r1024-8bit-s0", "c4-llama_7b-galore-r1024-8bit-s0",
+                     "c4-llama_7b-full-8bit-s0"]
+
+
+# --------------------------------------------------------------------------- the CPU time budget (sweeps/README.md)
+# Measured on this 2-core machine (sweeps/README.md): MiniLM, one MRPC epoch (3668 rows, batch 32, length 128) 125 s;
+# llama_20m 0.75 s per step of 8 x 256 tokens in bf16. Padded tokens per example (MiniLM tokenizer, batches of 32 padded
+# to their longest row, length 128) and dev-set tokens, counted from ../shared/data/glue_data:
+PADDED_TRAIN = {"cola": 23.3, "stsb": 69.7, "mrpc": 80.1, "rte": 128.0, "wnli": 81.9}
+DEV_TOKENS = {"cola": 27_433, "stsb": 98_896, "mrpc": 31_912, "rte": 35_456, "wnli": 6_282}
+TRAIN_ROWS = {"cola": 8551, "stsb": 5749, "mrpc": 3668, "rte": 2490, "wnli": 635}
+STEP_S = 0.1                                   # per-step overhead (optimizer step, data) inside the 125 s
+TOKEN_S = (125 - STEP_S * math.ceil(3668 / 32)) / (3668 * 80.1)   # training seconds per padded token
+EVAL_TOKEN_S = TOKEN_S / 3                     # forward only
+START_S = 20                                   # python, torch, model and data loading per run
+C4_EVAL_S_PER_TOKEN = 0.75 / 2048 / 3
+
+
+def _glue_run_seconds(task: str, samples: int | None, epochs: int) -> float:
+    n = TRAIN_ROWS[task] if samples is None else min(samples, TRAIN_ROWS[task])
+    train = epochs * (n * PADDED_TRAIN[task] * TOKEN_S + math.ceil(n / 32) * STEP_S)
+    return START_S + train + epochs * DEV_TOKENS[task] * EVAL_TOKEN_S
+
+
+def test_cpu_sweeps_fit_four_hours_in_parts_under_an_hour():
+    parts = {}
+    for p in grid("cpu_glue"):
+        task = _point(p)["task"].split("/")[1]
+        cfg = compose_sweep("cpu_glue", p) if task not in parts else None
+        if cfg is not None:
+            parts[task] = [0.0, cfg.task.max_train_samples, cfg.train.epochs]
+        parts[task][0] += _glue_run_seconds(task, parts[task][1], parts[task][2])
+    c4 = compose_sweep("cpu_c4", grid("cpu_c4")[0])
+    evals = c4.train.max_steps // c4.train.eval_every
+    c4_run = START_S + c4.train.max_steps * 0.75 + evals * c4.task.eval_tokens * C4_EVAL_S_PER_TOKEN
+    parts["c4"] = [len(grid("cpu_c4")) * c4_run]
+    minutes = {k: round(v[0] / 60) for k, v in parts.items()}
+    assert all(m <= 60 for m in minutes.values()), minutes
+    assert sum(v[0] for v in parts.values()) <= 4 * 3600, minutes
+    # the numbers sweeps/README.md gives
+    assert minutes == {"cola": 35, "stsb": 48, "mrpc": 47, "rte": 38, "wnli": 18, "c4": 18}, minutes
+
+
+@needs_shared
+@pytest.mark.slow
+def test_cpu_c4_sweep_runs_and_skips_complete_runs_on_a_rerun(tmp_path):
+    """The real `python run.py -m -cd sweeps -cn cpu_c4`, shrunk to a tiny LLaMA, 2 steps and one method, twice."""
+    args = [str(ROOT / "run.py"), "-m", "-cd", "sweeps", "-cn", "cpu_c4", "method=galore", "model=llama_tiny",
+            "model.tokenizer=mistral-sp", "task.seq_len=64", "train.max_steps=2", "train.eval_every=null",
+            "task.eval_tokens=512", "task.max_train_blocks=16", "train.num_threads=1", f"task.data_dir={C4_DIR}",
+            f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/ck", "logger.mode=disabled",
+            f"hydra.sweep.dir={tmp_path}/multirun"]
+    first = _cli(args, ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rec = json.loads((tmp_path / "results" / "c4-llama_tiny-galore-r64-bf16-s0.json").read_text())
+    assert rec["status"] == "complete" and rec["config"]["method"]["rank"] == 64 and rec["train"]["steps"] == 2
+    second = _cli(args, ROOT, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "skipped (skip_complete=true)" in second.stdout + second.stderr

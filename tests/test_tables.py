@@ -1,0 +1,330 @@
+"""`make tables` (gnlorp.tables.build_tables) on a folder of small result files written by the real RunRecord:
+exact Markdown cells (medians and spreads computed by hand below), left-out and unreadable files named, paper cells
+never filled in, and byte-identical outputs (PNGs included) when run twice."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from gnlorp import tables
+from gnlorp.record import RunRecord
+
+CLOCK = lambda: datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)  # noqa: E731
+
+
+def _config(family, task, model, method, rank, precision, seed, **extra):
+    cfg = {
+        "task": {"family": family, "name": task, "max_length": 128, "max_train_samples": extra.get("subset")},
+        "model": {"name": model},
+        "method": {"name": method, "rank": rank},
+        "precision": {"name": precision},
+        "seed": seed,
+        "train": {"epochs": extra.get("epochs", 3), "batch_size": 32},
+        "derived": {"lr": extra.get("lr", 3e-4)},
+    }
+    return cfg
+
+
+def write_glue(results: Path, task, method, rank, seed, best, last=None, *, model="minilm", status="complete",
+               dirty=False, precision="fp32", steps=20):
+    """One GLUE result file. `best`/`last`: {split: {metric: value}}."""
+    rank = rank if method != "full" else None
+    name = f"glue-{task}-{model}-{method}{'' if rank is None else f'-r{rank}'}-{precision}-s{seed}"
+    rec = RunRecord(results, name, _config("glue", task, model, method, rank, precision, seed, subset=1000), clock=CLOCK)
+    rec.git = {"sha": "0" * 40, "dirty": dirty}
+    for step in range(1, steps + 1):
+        rec.add_loss(step, 1.0 - 0.02 * step + 0.01 * seed + 0.05 * tables.METHOD_ORDER.index(method), 1e-4)
+    last = last or best
+    rec.add_eval(steps // 2, best, epoch=1)
+    rec.add_eval(steps, last, epoch=2)
+    rec.set_best_last({"step": steps // 2, "epoch": 1, "metrics": best}, {"step": steps, "epoch": 2, "metrics": last})
+    rec.set_train(steps=steps, tokens=1000 * steps)
+    rec.write(status)
+    return name
+
+
+def write_c4(results: Path, model, method, rank, seed, ppl, *, precision="bf16", history=None, steps=16, status="complete"):
+    rank = rank if method != "full" else None
+    name = f"c4-{model}-{method}{'' if rank is None else f'-r{rank}'}-{precision}-s{seed}"
+    rec = RunRecord(results, name, _config("c4", "c4", model, method, rank, precision, seed), clock=CLOCK)
+    rec.git = {"sha": "0" * 40, "dirty": False}
+    for step in range(1, steps + 1):
+        rec.add_loss(step, 10.0 - 0.3 * step + 0.1 * tables.METHOD_ORDER.index(method), 1e-3)
+    for step, value in (history or {steps: ppl}).items():
+        rec.add_eval(step, {"validation": {"loss": 1.0, "perplexity": value}}, epoch=1)
+    final = {"validation": {"loss": 1.0, "perplexity": ppl}}
+    rec.set_best_last({"step": steps, "epoch": 1, "metrics": final}, {"step": steps, "epoch": 1, "metrics": final})
+    rec.set_train(steps=steps, tokens=2048 * steps)
+    rec.write(status)
+    return name
+
+
+def acc(v):
+    return {"validation": {"accuracy": v}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fixed_sysinfo():
+    """RunRecord asks git, importlib.metadata and torch about the machine: fixed answers keep the files small,
+    fast and identical everywhere (the tests set git.dirty themselves)."""
+    from gnlorp import sysinfo
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sysinfo, "git_info", lambda *a, **k: {"sha": "0" * 40, "dirty": False})
+        mp.setattr(sysinfo, "package_versions", lambda: {"python": "3"})
+        mp.setattr(sysinfo, "device_info", lambda: {"type": "cpu"})
+        yield
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("results")
+    # CoLA (Matthews corr.): best epoch differs from the last one; the table must use `best`
+    for seed, (b, l) in enumerate([(0.50, 0.40), (0.52, 0.50), (0.56, 0.10)]):
+        write_glue(d, "cola", "full", None, seed, {"validation": {"matthews_correlation": b}},
+                   {"validation": {"matthews_correlation": l}})
+    for seed, b in enumerate([0.40, 0.45]):
+        write_glue(d, "cola", "lora", 8, seed, {"validation": {"matthews_correlation": b}})
+    write_glue(d, "cola", "lora", 8, 2, {"validation": {"matthews_correlation": 0.99}}, status="incomplete")
+    for seed, b in enumerate([0.55, 0.60, 0.58]):
+        write_glue(d, "cola", "gradnormlorp", 8, seed, {"validation": {"matthews_correlation": b}})
+    # MRPC: F1 is the headline, accuracy is not
+    for seed, f1 in enumerate([0.88, 0.90, 0.89]):
+        write_glue(d, "mrpc", "full", None, seed, {"validation": {"accuracy": 0.70, "f1": f1}})
+    for seed, f1 in enumerate([0.85, 0.86]):
+        write_glue(d, "mrpc", "lora", 8, seed, {"validation": {"accuracy": 0.70, "f1": f1}})
+    for seed, f1 in enumerate([0.90, 0.91, 0.87]):
+        write_glue(d, "mrpc", "gradnormlorp", 8, seed, {"validation": {"accuracy": 0.70, "f1": f1}})
+    write_glue(d, "mrpc", "gradnormlorp", 8, 3, {"validation": {"accuracy": 0.70, "f1": 0.20}}, dirty=True)
+    write_glue(d, "mrpc", "galore", 8, 0, {"validation": {"accuracy": 0.70, "f1": 0.50}}, status="failed")
+    # WNLI: one run, in the table but not in the average
+    write_glue(d, "wnli", "full", None, 0, acc(0.5634))
+    # another model: its own table
+    write_glue(d, "rte", "lora", 4, 0, acc(0.55), model="bert_tiny")
+    # C4: a CPU size, a paper size and 7B with an eval history
+    write_c4(d, "llama_20m", "full", None, 0, 120.0)
+    write_c4(d, "llama_20m", "galore", 64, 0, 130.0)
+    write_c4(d, "llama_20m", "galore", 64, 1, 131.0)
+    write_c4(d, "llama_20m", "gradnormlorp", 64, 0, 128.25)
+    write_c4(d, "llama_60m", "full", None, 0, 35.10)
+    write_c4(d, "llama_7b", "galore", 1024, 0, 15.9, precision="8bit", steps=80000,
+             history={40000: 18.5, 80000: 15.9})
+    # files load_results cannot use
+    (d / "broken.json").write_text("{not json")
+    (d / "empty.json").write_text("")
+    return d
+
+
+@pytest.fixture(scope="module")
+def memory_rows():
+    from gnlorp.memory import llama_memory_table
+
+    return llama_memory_table(sizes=("llama_60m",), ranks=(128,))
+
+
+@pytest.fixture(scope="module")
+def built(results, memory_rows, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tables")
+    paths = tables.build_tables(results, out, memory_rows=memory_rows)
+    return out, paths
+
+
+def _rows(md: str) -> dict[str, list[list[str]]]:
+    """Rows of the first Markdown table, keyed by 'label | source'."""
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    out = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        if not cells or cells[0] in ("task",):
+            break
+        out[f"{cells[0]} | {cells[1]}"] = cells[2:]
+    return out
+
+
+def _header(md: str) -> list[str]:
+    return [c.strip() for c in next(ln for ln in md.splitlines() if ln.startswith("|")).strip("|").split("|")]
+
+
+def test_writes_one_table_per_model_and_scale_and_the_plots(built):
+    out, paths = built
+    names = sorted(p.name for p in paths)
+    assert names == sorted([
+        "c4_llama_7b.md", "c4_llama_7b.tex", "c4_other-sizes.md", "c4_other-sizes.tex", "c4_paper-sizes.md",
+        "c4_paper-sizes.tex", "glue_bert_tiny.md", "glue_bert_tiny.tex", "glue_minilm.md", "glue_minilm.tex",
+        "index.md", "loss_c4_llama_20m.png", "loss_c4_llama_60m.png", "loss_c4_llama_7b.png",
+        "loss_glue_bert_tiny_rte.png", "loss_glue_minilm_cola.png", "loss_glue_minilm_mrpc.png",
+        "loss_glue_minilm_wnli.png", "memory.md", "memory.png", "memory.tex",
+    ])
+    for p in paths:
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_glue_cells_are_best_epoch_median_and_half_range(built):
+    md = (built[0] / "glue_minilm.md").read_text()
+    assert _header(md) == ["Method", "Source", "CoLA", "MRPC", "WNLI", "avg"]
+    rows = _rows(md)
+    # CoLA full best: 50, 52, 56 -> median 52, half-range 3 (the last epochs 40/50/10 are not used)
+    # MRPC full F1: 88, 90, 89 -> 89 ± 1; WNLI one run 56.34; avg over CoLA and MRPC (no WNLI): (52 + 89) / 2
+    assert rows["Full fine-tuning | ours (1–3 runs)"] == ["52.00 ± 3.00", "89.00 ± 1.00", "56.34", "70.50"]
+    # LoRA: CoLA 40, 45 (the incomplete seed 2 is left out) -> 42.50 ± 2.50; MRPC 85, 86 -> 85.50 ± 0.50
+    assert rows["LoRA (rank 8) | ours (2 runs)"] == ["42.50 ± 2.50", "85.50 ± 0.50", "—", "64.00"]
+    # GradNormLoRP: CoLA 55, 60, 58 -> 58 ± 2.5; MRPC 90, 91, 87 -> 90 ± 2 (the dirty seed 3, F1 20, left out)
+    assert rows["GradNormLoRP (rank 8) | ours (3 runs)"] == ["58.00 ± 2.50", "90.00 ± 2.00", "—", "74.00"]
+
+
+def test_glue_paper_rows_sit_beside_ours_and_are_never_filled_in(built):
+    md = (built[0] / "glue_minilm.md").read_text()
+    rows = _rows(md)
+    # GaLore Table 4, only for (method, rank) rows we have; no WNLI number and no average over other tasks
+    assert rows["Full fine-tuning | paper (GaLore Table 4)"] == ["62.24", "91.30", "—", "—"]
+    assert rows["LoRA (rank 8) | paper (GaLore Table 4)"] == ["61.83", "91.90", "—", "—"]
+    # the GradNormLoRP abstract gives only 8-task averages: nothing to show in this table's columns
+    assert not any("GradNormLoRP abstract" in k for k in rows)
+    assert not any("rank 4" in k for k in rows)
+    order = list(rows)
+    assert order.index("Full fine-tuning | paper (GaLore Table 4)") == order.index("Full fine-tuning | ours (1–3 runs)") + 1
+    assert "best validation score over the epochs" in md and "median over seeds ± half the range" in md
+
+
+def test_glue_average_of_the_paper_shown_only_for_the_same_eight_tasks(tmp_path):
+    res = tmp_path / "r"
+    for task in tables.PAPER_AVG_TASKS:
+        split = "validation_matched" if task == "mnli" else "validation"
+        metric = tables.HEADLINE[task][1]
+        for method in ("gradnormlorp", "lora"):
+            write_glue(res, task, method, 8, 0, {split: {metric: 0.8}}, model="roberta-base", precision="bf16")
+    tables.build_tables(res, tmp_path / "t", memory=False)
+    rows = _rows((tmp_path / "t" / "glue_roberta-base.md").read_text())
+    assert rows["GradNormLoRP (rank 8) | ours (1 run)"][-1] == "80.00"
+    assert rows["GradNormLoRP (rank 8) | paper (GradNormLoRP abstract)"] == ["—"] * 8 + ["80.65"]
+    assert rows["LoRA (rank 8) | paper (GradNormLoRP abstract)"] == ["—"] * 8 + ["79.23"]
+    assert rows["LoRA (rank 8) | paper (GaLore Table 4)"] == [
+        "61.83", "90.80", "91.90", "79.06", "93.46", "86.94", "92.25", "91.22", "85.93"]
+
+
+def test_left_out_and_unreadable_files_are_named(built):
+    out = built[0]
+    index = (out / "index.md").read_text()
+    assert "`glue-cola-minilm-lora-r8-fp32-s2` (glue-cola-minilm-lora-r8-fp32-s2.json): incomplete" in index
+    assert "`glue-mrpc-minilm-gradnormlorp-r8-fp32-s3`" in index and "git.dirty" in index
+    assert "`glue-mrpc-minilm-galore-r8-fp32-s0`" in index and "failed" in index
+    assert "- broken.json: invalid JSON" in index and "- empty.json: empty file" in index
+    glue = (out / "glue_minilm.md").read_text()
+    assert "## Left out" in glue and "glue-cola-minilm-lora-r8-fp32-s2" in glue
+    assert not any(k.startswith("GaLore") for k in _rows(glue))  # the failed GaLore run makes no row
+    assert str(built[0].parent) not in index  # file names only, no machine-specific paths
+
+
+def test_allow_dirty_includes_and_marks_dirty_runs(results, tmp_path):
+    tables.build_tables(results, tmp_path, memory=False, allow_dirty=True)
+    rows = _rows((tmp_path / "glue_minilm.md").read_text())
+    # MRPC F1 90, 91, 87, 20 -> median 88.5, half-range 35.5
+    assert rows["GradNormLoRP (rank 8) | ours (3–4 runs)"][1] == "88.50 ± 35.50†"
+
+
+def test_c4_tables_per_scale(built):
+    out = built[0]
+    rows = _rows((out / "c4_other-sizes.md").read_text())
+    assert rows["Full-Rank | ours (1 run)"] == ["120.00"]
+    assert rows["GaLore | ours (2 runs)"] == ["130.50 ± 0.50"]
+    assert rows["GradNormLoRP | ours (1 run)"] == ["128.25"]
+    assert rows["rank r | ours"] == ["64"]
+    assert rows["training tokens | ours"] == ["32,768"]
+    assert not any("paper" in k for k in rows)
+
+    paper = (out / "c4_paper-sizes.md").read_text()
+    assert _header(paper) == ["Method", "Source", "60M"]
+    rows = _rows(paper)
+    assert rows["Full-Rank | ours (1 run)"] == ["35.10"]
+    assert rows["Full-Rank | paper (GaLore Table 2)"] == ["34.06 (0.36G)"]
+    assert rows["rank r | paper (GaLore Table 2)"] == ["128"] and rows["training tokens | paper (GaLore Table 2)"] == ["1.1B"]
+
+    seven = (out / "c4_llama_7b.md").read_text()
+    assert _header(seven) == ["Method", "Source", "40K steps", "80K steps", "120K steps", "150K steps"]
+    rows = _rows(seven)
+    assert rows["8-bit GaLore | ours (1 run)"] == ["18.50", "15.90", "—", "—"]
+    assert rows["8-bit GaLore | paper (GaLore Table 3 (r=1024, 18G))"] == ["17.94", "15.39", "14.95", "14.65"]
+
+
+def test_memory_table_at_paper_ranks_with_published_cells(built, memory_rows):
+    md = (built[0] / "memory.md").read_text()
+    assert _header(md) == ["Method", "States", "Source", "60M (r=128)"]
+    by = {(r["method"], r["state_bits"]): r for r in memory_rows if r["rank"] in (None, 128)}
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    for (method, bits), r in by.items():
+        label = tables.MEM_METHOD_LABEL[method]
+        cell = f"{r['state_bytes'] / 1e9:.2f} GB ({100 * r['saving_vs_bf16_adamw']:.1f}%)"
+        assert f"| {label} | {bits}-bit | ours (analytic) | {cell} |" in lines
+    assert "| AdamW | 16-bit | ours (analytic) | 0.23 GB (0.0%) |" in lines
+    assert "| GaLore | 16-bit | paper (GaLore Table 6) | 0.13 GB |" in lines
+    assert not any(ln.startswith("| GradNormLoRP | 16-bit | paper") for ln in lines)  # the paper gives none
+    assert "| 8-bit GradNormLoRP: optimizer memory reduced by up to | GradNormLoRP abstract | 89.5% | — | — |" in lines
+
+
+def test_outputs_are_byte_identical_when_run_twice(results, memory_rows, built, tmp_path):
+    first_dir = built[0]
+    again = tables.build_tables(results, tmp_path / "again", memory_rows=memory_rows)
+    assert [p.name for p in again] == [p.name for p in built[1]]
+    for p in again:
+        assert p.read_bytes() == (first_dir / p.name).read_bytes(), p.name
+    # and in the same folder, over the previous outputs
+    tables.build_tables(results, tmp_path / "again", memory_rows=memory_rows)
+    for p in again:
+        assert p.read_bytes() == (first_dir / p.name).read_bytes(), p.name
+
+
+def test_stale_outputs_are_removed_and_other_files_kept(results, tmp_path):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "glue_gone.md").write_text("old")
+    (out / "my_notes.txt").write_text("mine")
+    tables.build_tables(results, out, memory=False)
+    assert not (out / "glue_gone.md").exists() and (out / "my_notes.txt").read_text() == "mine"
+
+
+def test_cli_writes_into_out(results, tmp_path, capsys):
+    tables.main(["--results", str(results), "--out", str(tmp_path / "cli"), "--no-memory"])
+    text = capsys.readouterr().out
+    assert "tabulated" in text and (tmp_path / "cli" / "glue_minilm.md").exists()
+    assert not (tmp_path / "cli" / "memory.md").exists()
+
+
+def test_a_real_run_record_is_tabulated(tmp_path):
+    """The record the runner writes (its config composed by Hydra) fits the table's reader."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+
+    cfg = compose(["experiment=glue_minilm_cpu", "task=glue/mrpc", "method=gradnormlorp", "seed=1"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["derived"] = {"lr": 3e-4}
+    rec = RunRecord(tmp_path / "r", "glue-mrpc-minilm-gradnormlorp-r8-fp32-s1", resolved, clock=CLOCK)
+    rec.git = {"sha": None, "dirty": False}
+    m = {"validation": {"accuracy": 0.75, "f1": 0.8125}}
+    rec.add_eval(10, m, epoch=1)
+    rec.set_best_last({"step": 10, "epoch": 1, "metrics": m}, {"step": 10, "epoch": 1, "metrics": m})
+    rec.write("complete")
+    tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
+    md = (tmp_path / "t" / "glue_minilm.md").read_text()
+    assert _rows(md)["GradNormLoRP (rank 8) | ours (1 run)"] == ["81.25", "81.25"]
+    assert "| MRPC | 3 | 32 | 128 | 2000 | 1 | gradnormlorp 0.0003 |" in md
+
+
+@pytest.mark.slow
+def test_full_memory_table_against_published_claims(tmp_path):
+    from gnlorp.memory import llama_memory_table
+
+    rows = llama_memory_table()
+    t = tables.memory_tables(rows)
+    md = t.markdown()
+    claims = {ln.split(" | ")[0].lstrip("| "): ln for ln in md.splitlines() if "abstract" in ln or "§5.5" in ln}
+    galore16 = claims["GaLore, 16-bit, LLaMA-7B r=1024: optimizer-state saving"]
+    ours = float(galore16.split(" | ")[3].rstrip("%"))
+    assert 64.0 < ours < 66.0  # GaLore §5.5: 65.5%
+    assert "| 7B (r=1024) |" in md.splitlines()[2]
+    tables.memory_plot(tmp_path / "m.png", rows)
+    assert (tmp_path / "m.png").stat().st_size > 20000
