@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .methods import MethodConfig, target_linear_names
+from .methods.base import MethodConfig
+from .methods.targets import target_linear_names
 from .methods.optimizers import base_optimizer
 from .optim.projector import low_rank_shape, projection_side
 

@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 
-# torch, and gnlorp.methods with peft, bitsandbytes and transformers, are imported only once the config and
-# the data folder have been checked, so a run stopped by a bad value answers at once, not after a long startup.
-# Hence this copy of gnlorp.methods.LOW_RANK (tests/test_failures.py checks that the two agree).
-LOW_RANK = ("lora", "dora", "galore", "gradnormlorp")
+from .methods import LOW_RANK  # light: method modules (peft, bitsandbytes) load only when a method is used
+
+# torch, transformers and peft are imported only once the config and the data folder have been checked, so a
+# run stopped by a bad value answers at once, not after a long startup.
 
 DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes; _dtype(name) gives the dtype
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
@@ -333,7 +333,10 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
 
     try:
         loop.run()
-        loop.save_checkpoint()
+        if cfg.keep_checkpoint:
+            loop.save_checkpoint()
+        elif rank == 0 and checkpoint_path.exists():
+            checkpoint_path.unlink()  # a complete run needs no resume point; sweeps would pile up GBs
     except Interrupted as stop:
         status = "incomplete"
         exit_code = EXIT_INTERRUPTED.get(stop.reason.removeprefix("received "), 0)

@@ -22,13 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-
-def base_optimizer(optimizer):
-    # imported on first use: gnlorp.methods pulls in peft (and bitsandbytes), seconds of startup that a
-    # run stopped by a bad config should not pay
-    from .methods import base_optimizer as base
-
-    return base(optimizer)
+from .methods.optimizers import base_optimizer
 
 
 class NonFiniteError(RuntimeError):

@@ -33,7 +33,8 @@ def tiny_glue(tmp_path, *extra: str) -> list[str]:
     return [
         "task=glue/rte", "model=bert_tiny", f"task.data_dir={GLUE_DIR}", "task.max_train_samples=64",
         "task.max_eval_samples=32", "train.batch_size=16", "train.epochs=2", f"results_dir={tmp_path}/results",
-        f"checkpoint_dir={tmp_path}/checkpoints", "train.progress=false", "logger.mode=disabled", *extra,
+        f"checkpoint_dir={tmp_path}/checkpoints", "keep_checkpoint=true", "train.progress=false", "logger.mode=disabled",
+        *extra,
     ]
 
 
@@ -43,5 +44,5 @@ def tiny_c4(tmp_path, *extra: str) -> list[str]:
         "task=c4", "model=llama_tiny", "model.tokenizer=mistral-sp", f"task.data_dir={C4_DIR}", "task.seq_len=64",
         "task.max_train_blocks=32", "task.eval_tokens=1024", "train.batch_size=4", "train.max_steps=12",
         "train.eval_every=6", "rank=8", f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/checkpoints",
-        "train.progress=false", "logger.mode=disabled", *extra,
+        "keep_checkpoint=true", "train.progress=false", "logger.mode=disabled", *extra,
     ]

@@ -34,7 +34,10 @@ def test_glue_run_records_metrics_memory_and_throughput(tmp_path):
 
 
 def test_c4_run_reports_perplexity(tmp_path):
-    out = run(compose(tiny_c4(tmp_path, "method=gradnormlorp")), echo=_quiet)
+    cfg = compose(tiny_c4(tmp_path, "method=gradnormlorp"))
+    cfg.keep_checkpoint = False
+    out = run(cfg, echo=_quiet)
+    assert not (tmp_path / "checkpoints" / out.path.stem / "last.pt").exists(), "a complete run drops its checkpoint"
     rec = out.record
     assert rec["status"] == "complete"
     history = [e["metrics"]["validation"]["perplexity"] for e in rec["eval_history"]]

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 SCHEMA_VERSION = 1
+MIN_SAMPLES_TO_COMPARE = 3
 RESULTS_DIR = Path("results") / "bench"
 EXTRA_PACKAGES = ("galore-torch", "numpy")
 
@@ -166,11 +167,11 @@ def environment(name: str | None = None, argv: Sequence[str] | None = None) -> d
     from .. import sysinfo
 
     packages = sysinfo.package_versions()
-    for name in EXTRA_PACKAGES:
+    for dist in EXTRA_PACKAGES:
         try:
-            packages[name] = metadata.version(name)
+            packages[dist] = metadata.version(dist)
         except Exception:
-            packages[name] = None
+            packages[dist] = None
     return {
         "device": sysinfo.device_info(),
         "torch_threads": torch.get_num_threads(),
@@ -211,7 +212,7 @@ def start(args, name: str | None = None, argv: Sequence[str] | None = None) -> d
         raise SystemExit("--repeats must be >= 1")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device} asked for, but CUDA is not available here")
-    return environment()
+    return environment(name, argv)
 
 
 # ----------------------------------------------------------------------------------------- result files
@@ -262,13 +263,13 @@ def _stats_leaves(obj, prefix=()):
 
 def compare_runs(previous: dict | None, current: dict, keys: dict[str, Callable[[dict], str]]) -> dict | None:
     """Does this run agree with the last one? For every figure present in both (rows of each section
-    matched by its key function), they agree when their [min, max] ranges overlap: the difference is
-    within the noise either run shows."""
+    matched by its key function) with at least MIN_SAMPLES_TO_COMPARE samples in each run, they agree when
+    their [min, max] ranges overlap: the difference is within the noise either run shows."""
     if not previous or previous.get("benchmark") != current.get("benchmark"):
         return None
     if previous.get("settings") != current.get("settings"):
         return {"comparable": False, "reason": "settings differ from the previous run"}
-    checked, disagree = 0, []
+    checked, skipped, disagree = 0, 0, []
     for section, key in keys.items():
         old = {key(r): dict(_stats_leaves(r)) for r in previous.get(section) or []}
         for row in current.get(section) or []:
@@ -279,6 +280,9 @@ def compare_runs(previous: dict | None, current: dict, keys: dict[str, Callable[
                 o = before.get(path)
                 if o is None:
                     continue
+                if min(s["n"], o["n"]) < MIN_SAMPLES_TO_COMPARE:  # one or two samples are no noise estimate
+                    skipped += 1
+                    continue
                 checked += 1
                 if s["min"] > o["max"] or o["min"] > s["max"]:
                     disagree.append({"row": f"{section}:{key(row)}", "figure": ".".join(path),
@@ -286,6 +290,7 @@ def compare_runs(previous: dict | None, current: dict, keys: dict[str, Callable[
                                      "current": [s["min"], s["median"], s["max"]]})
     return {
         "comparable": True, "previous_finished_at": previous.get("finished_at"), "figures_checked": checked,
+        "figures_skipped_few_samples": skipped,
         "figures_agreeing": checked - len(disagree), "disagreements": disagree,
     }
 

@@ -69,7 +69,7 @@ def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int):
         except torch.linalg.LinAlgError:
             continue
     raise SVDFailedError(
-        f"The SVD of the gradient of {name} ({tuple(matrix.shape)}) did not converge in float32 nor float64; "
+        f"The SVD of the gradient of {name} {tuple(matrix.shape)} did not converge in float32 nor float64; "
         "the gradient is probably ill-conditioned: lower the learning rate or use svd=randomized."
     )
 
