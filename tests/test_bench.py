@@ -60,6 +60,7 @@ def test_compare_runs_flags_only_non_overlapping_figures():
     key = {"rows": lambda r: r["k"]}
     same = timing.compare_runs(payload(1.0, 2.0), payload(1.5, 3.0), key)
     assert same["figures_checked"] == 1 and same["figures_agreeing"] == 1
+    assert (same["absolute_checked"], same["ratios_checked"]) == (1, 0)
     differ = timing.compare_runs(payload(1.0, 2.0), payload(2.5, 3.0), key)
     assert differ["figures_agreeing"] == 0 and differ["disagreements"][0]["figure"] == "t.wall"
     single = {"benchmark": "x", "settings": {"a": 1}, "rows": [{"k": "r", "t": {"wall": timing.stats([9.0])}}]}
@@ -68,6 +69,10 @@ def test_compare_runs_flags_only_non_overlapping_figures():
     other = payload(1.0, 2.0)
     other["settings"] = {"a": 2}
     assert timing.compare_runs(other, payload(1.0, 2.0), key)["comparable"] is False
+    other["settings"] = {"a": 1, "new_flag": 3}  # a flag the older run did not have is not a difference
+    assert timing.compare_runs(other, payload(1.0, 2.0), key)["comparable"] is True
+    ratio = {"benchmark": "x", "settings": {"a": 1}, "rows": [{"k": "r", "ratio_t": timing.stats([1.0, 1.1, 1.2])}]}
+    assert timing.compare_runs(ratio, ratio, key)["ratios_agreeing"] == 1
     assert timing.compare_runs(None, payload(1.0, 2.0), key) is None
 
 

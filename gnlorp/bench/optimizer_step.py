@@ -58,23 +58,27 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root, parts[-1], module)
 
 
-def block_stack(model_name: str, seed: int = 0, device="cpu") -> nn.Module:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def block_stack(model_name: str, seed: int = 0, device="cpu", dtype=torch.float32) -> nn.Module:
     """A module holding only the target Linear layers of `model_name`, under their real names (so the
     methods' default target pattern picks them all)."""
     gen = torch.Generator().manual_seed(seed)
     root = nn.Module()
     for name, (out, inp) in block_shapes(model_name):
         lin = nn.Linear(inp, out, bias=False, device="meta")
-        lin.weight = nn.Parameter((torch.randn(out, inp, generator=gen) * 0.02).to(device))
+        lin.weight = nn.Parameter((torch.randn(out, inp, generator=gen) * 0.02).to(device=device, dtype=dtype))
         _set_submodule(root, name, lin)
     return root
 
 
-def build(kind: str, model_name: str, rank: int, T: int, lr: float, wd: float, scale: float, seed: int, device):
-    """(optimizer, [(param, grad key)]) for one kind, on a fresh copy of the matrices."""
+def build(kind: str, model_name: str, rank: int, T: int, lr: float, wd: float, scale: float, seed: int, device,
+          dtype=torch.float32):
+    """(optimizer, [(name, param)], module) for one kind, on a fresh copy of the matrices."""
     from ..methods import MethodConfig, get_method
 
-    model = block_stack(model_name, seed, device)
+    model = block_stack(model_name, seed, device, dtype)
     method = {"adamw": "full", "adamw8bit": "full", "galore_torch": "galore"}.get(kind, kind.split("_")[0].removesuffix("8bit"))
     cfg = MethodConfig(
         name=method, lr=lr, weight_decay=wd, eps=1e-6, rank=rank, scale=scale, update_proj_gap=T, proj_type="std",
@@ -96,13 +100,13 @@ def build(kind: str, model_name: str, rank: int, T: int, lr: float, wd: float, s
     return opt, named, model
 
 
-def grads_for(model_name: str, seed: int, device) -> dict:
+def grads_for(model_name: str, seed: int, device, dtype=torch.float32) -> dict:
     """Random gradients keyed by (module name, kind): one for each matrix and one for each magnitude."""
     gen = torch.Generator().manual_seed(seed + 1)
     out = {}
     for name, (o, i) in block_shapes(model_name):
-        out[(name, "matrix")] = (torch.randn(o, i, generator=gen) * 1e-3).to(device)
-        out[(name, "vector")] = (torch.randn(o, generator=gen) * 1e-3).to(device)
+        out[(name, "matrix")] = (torch.randn(o, i, generator=gen) * 1e-3).to(device=device, dtype=dtype)
+        out[(name, "vector")] = (torch.randn(o, generator=gen) * 1e-3).to(device=device, dtype=dtype)
     return out
 
 
@@ -144,11 +148,12 @@ def rewind(opt, T: int, steps: int) -> None:
 
 
 def bench_model(model_name: str, kinds, rank: int, T: int, args, sync) -> dict:
-    device = torch.device(args.device)
-    grads = grads_for(model_name, args.seed, device)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    grads = grads_for(model_name, args.seed, device, dtype)
     built, inner = {}, {}
     for kind in kinds:
-        opt, named, model = build(kind, model_name, rank, T, args.lr, args.weight_decay, args.scale, args.seed, device)
+        opt, named, model = build(kind, model_name, rank, T, args.lr, args.weight_decay, args.scale, args.seed, device,
+                                  dtype)
         attach_grads(named, grads)
         opt.step()  # initializes the state and the projectors (a refresh); not timed
         for _ in range(args.warmup):
@@ -250,6 +255,8 @@ def main(argv=None) -> dict:
                     help=f"default: all but gradnormlorp_rsvd ({', '.join(OPTIMIZERS)})")
     ap.add_argument("--refresh-optimizers", nargs="+", default=list(DEFAULT_REFRESH), choices=OPTIMIZERS,
                     help="whose refresh step is timed (default: %(default)s; galore8bit runs galore's SVDs)")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
+                    help="weights, gradients and moments (bf16 as GaLore's GPU pre-training; default fp32)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--scale", type=float, default=0.25, help="GaLore alpha (C4 recipe: 0.25)")

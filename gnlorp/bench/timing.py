@@ -261,15 +261,26 @@ def _stats_leaves(obj, prefix=()):
             yield from _stats_leaves(v, prefix + (str(i),))
 
 
+def _is_ratio(section: str, path: Sequence[str]) -> bool:
+    """Ratios of two candidates timed in the same round cancel the machine's load; absolute times do not."""
+    return section != "rows" or any("ratio" in p or "over_" in p for p in path)
+
+
 def compare_runs(previous: dict | None, current: dict, keys: dict[str, Callable[[dict], str]]) -> dict | None:
     """Does this run agree with the last one? For every figure present in both (rows of each section
     matched by its key function) with at least MIN_SAMPLES_TO_COMPARE samples in each run, they agree when
-    their [min, max] ranges overlap: the difference is within the noise either run shows."""
+    their [min, max] ranges overlap: the difference is within the noise either run shows. Ratios (the
+    figures the targets are about) and absolute times are counted apart: on a shared machine the load can
+    change between two runs, which moves absolute times by more than the noise within either run, while
+    ratios of candidates timed back to back are not moved by it."""
     if not previous or previous.get("benchmark") != current.get("benchmark"):
         return None
-    if previous.get("settings") != current.get("settings"):
-        return {"comparable": False, "reason": "settings differ from the previous run"}
-    checked, skipped, disagree = 0, 0, []
+    old_s, new_s = previous.get("settings") or {}, current.get("settings") or {}
+    differing = sorted(k for k in old_s.keys() & new_s.keys() if old_s[k] != new_s[k])  # a new flag is no change
+    if differing:
+        return {"comparable": False, "reason": "settings differ from the previous run: " + ", ".join(differing)}
+    counts = {"ratio": [0, 0], "absolute": [0, 0]}  # [checked, agreeing]
+    skipped, disagree = 0, []
     for section, key in keys.items():
         old = {key(r): dict(_stats_leaves(r)) for r in previous.get(section) or []}
         for row in current.get(section) or []:
@@ -283,15 +294,21 @@ def compare_runs(previous: dict | None, current: dict, keys: dict[str, Callable[
                 if min(s["n"], o["n"]) < MIN_SAMPLES_TO_COMPARE:  # one or two samples are no noise estimate
                     skipped += 1
                     continue
-                checked += 1
+                kind = "ratio" if _is_ratio(section, path) else "absolute"
+                counts[kind][0] += 1
                 if s["min"] > o["max"] or o["min"] > s["max"]:
-                    disagree.append({"row": f"{section}:{key(row)}", "figure": ".".join(path),
+                    disagree.append({"row": f"{section}:{key(row)}", "figure": ".".join(path), "kind": kind,
                                      "previous": [o["min"], o["median"], o["max"]],
                                      "current": [s["min"], s["median"], s["max"]]})
+                else:
+                    counts[kind][1] += 1
+    checked = counts["ratio"][0] + counts["absolute"][0]
     return {
-        "comparable": True, "previous_finished_at": previous.get("finished_at"), "figures_checked": checked,
-        "figures_skipped_few_samples": skipped,
-        "figures_agreeing": checked - len(disagree), "disagreements": disagree,
+        "comparable": True, "previous_finished_at": previous.get("finished_at"),
+        "figures_checked": checked, "figures_agreeing": counts["ratio"][1] + counts["absolute"][1],
+        "ratios_checked": counts["ratio"][0], "ratios_agreeing": counts["ratio"][1],
+        "absolute_checked": counts["absolute"][0], "absolute_agreeing": counts["absolute"][1],
+        "figures_skipped_few_samples": skipped, "disagreements": disagree,
     }
 
 
@@ -300,11 +317,15 @@ def report_comparison(comparison: dict | None) -> str:
         return "No previous result to compare with."
     if not comparison["comparable"]:
         return f"Not compared with the previous run: {comparison['reason']}."
-    line = (f"Against the previous run ({comparison['previous_finished_at']}): "
-            f"{comparison['figures_agreeing']}/{comparison['figures_checked']} figures agree within their [min, max] noise.")
-    for d in comparison["disagreements"][:10]:
-        line += (f"\n  differs: {d['row']} {d['figure']}: previous {_g(d['previous'][1])} [{_g(d['previous'][0])}, "
-                 f"{_g(d['previous'][2])}], now {_g(d['current'][1])} [{_g(d['current'][0])}, {_g(d['current'][2])}]")
+    c = comparison
+    line = (f"Against the previous run ({c['previous_finished_at']}), figures whose [min, max] ranges overlap: "
+            f"ratios {c['ratios_agreeing']}/{c['ratios_checked']}, absolute times {c['absolute_agreeing']}/"
+            f"{c['absolute_checked']} (absolute times also move with the machine's load between runs).")
+    shown = sorted(c["disagreements"], key=lambda d: d["kind"] != "ratio")[:10]
+    for d in shown:
+        line += (f"\n  differs ({d['kind']}): {d['row']} {d['figure']}: previous {_g(d['previous'][1])} "
+                 f"[{_g(d['previous'][0])}, {_g(d['previous'][2])}], now {_g(d['current'][1])} "
+                 f"[{_g(d['current'][0])}, {_g(d['current'][2])}]")
     return line
 
 
