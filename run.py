@@ -7,7 +7,7 @@ Copy one of these (offline, on a CPU, with the shared data beside the checkout):
 
   # C4 pre-training of a CPU-sized LLaMA, 300 steps of 8 x 256 tokens
   python run.py task=c4 model=llama_20m model.tokenizer=mistral-sp method=gradnormlorp rank=128 \
-      task.data_dir=../shared/data/c4/en precision=bf16
+      task.data_dir=../shared/data/c4/en
 
   # every method on one task, as a multirun sweep
   python run.py -m method=full,lora,galore,gradnormlorp rank=8 task=glue/rte task.data_dir=../shared/data/glue_data

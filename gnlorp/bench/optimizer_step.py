@@ -14,14 +14,17 @@ Two kinds of step are timed, round-robin over the optimizers:
            the next multiple of T, which is the only thing the refresh condition reads)
 and the amortized cost at T is (refresh + (T - 1) * steady) / T.
 
-  python -m gnlorp.bench.optimizer_step                      # llama_20m and llama_60m, 5 repeats
-  python -m gnlorp.bench.optimizer_step --models llama_60m --rank 256 --repeats 9
+  python -m gnlorp.bench.optimizer_step          # llama_20m (r 64) and llama_60m (r 128), T 200, 7 steady + 5 refresh samples
+  python -m gnlorp.bench.optimizer_step --models llama_60m --rank 256 --repeats 9 --optimizers galore_torch galore
+  python -m gnlorp.bench.optimizer_step --device cuda --dtype bf16 --models llama_60m llama_130m
+
+A steady sample is the mean of as many back-to-back steps as last about --sample-s (step counters are kept
+away from multiples of T meanwhile). Wall time (perf_counter) is the figure; process CPU time is recorded too.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
