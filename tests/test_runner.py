@@ -81,12 +81,20 @@ def test_multirun_over_methods_writes_four_complete_results(tmp_path):
     assert all(json.loads(f.read_text())["status"] == "complete" for f in files)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_ddp_matches_one_process(tmp_path):
     args = tiny_c4(tmp_path, "method=galore", "train.max_steps=6", "train.eval_every=null", "device=cpu")
     one = _cli(args + [f"results_dir={tmp_path}/one", f"checkpoint_dir={tmp_path}/ck1"], tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(ROOT / "run.py"),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", str(ROOT / "run.py"),
          *args, f"results_dir={tmp_path}/two", f"checkpoint_dir={tmp_path}/ck2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

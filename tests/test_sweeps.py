@@ -114,7 +114,7 @@ def _check_cpu_glue(cfg, p):
 
 
 def _check_cpu_c4(cfg, p):
-    assert (cfg.model.name, cfg.model.tokenizer, cfg.rank, cfg.precision.name) == ("llama_20m", "mistral-sp", 64, "bf16")
+    assert (cfg.model.name, cfg.model.tokenizer, cfg.rank, cfg.precision.name) == ("llama_20m", "mistral-sp", 64, "fp32")
     assert cfg.train.max_steps * cfg.train.batch_size * cfg.task.seq_len == 524_288  # the fixed token budget
     assert cfg.task.data_dir == "../shared/data/c4/en" and cfg.method.name == p["method"]
 
@@ -198,7 +198,7 @@ def _dry_multirun(tmp_path, sweep, *extra):
 
 def test_multirun_dry_run_cpu_c4(tmp_path):
     jobs = _dry_multirun(tmp_path, "cpu_c4")
-    assert jobs == [[f"c4-llama_20m-{m}{'' if m == 'full' else '-r64'}-bf16-s0", True, True]
+    assert jobs == [[f"c4-llama_20m-{m}{'' if m == 'full' else '-r64'}-fp32-s0", True, True]
                     for m in ("full", "lora", "galore", "gradnormlorp")]
 
 
@@ -272,7 +272,7 @@ def test_cpu_c4_sweep_runs_and_skips_complete_runs_on_a_rerun(tmp_path):
             f"hydra.sweep.dir={tmp_path}/multirun"]
     first = _cli(args, ROOT, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    rec = json.loads((tmp_path / "results" / "c4-llama_tiny-galore-r64-bf16-s0.json").read_text())
+    rec = json.loads((tmp_path / "results" / "c4-llama_tiny-galore-r64-fp32-s0.json").read_text())
     assert rec["status"] == "complete" and rec["config"]["method"]["rank"] == 64 and rec["train"]["steps"] == 2
     second = _cli(args, ROOT, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
