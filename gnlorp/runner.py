@@ -189,6 +189,7 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
     from .record import RunRecord
     from .sysinfo import PeakMemory
     from .train import Interrupted, LoopConfig, NonFiniteError, TrainLoop
+    from .train import steps_per_epoch as train_steps_per_epoch
     from .wandb_log import WandbLogger
 
     if cfg.train.num_threads:
@@ -236,10 +237,7 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
         raise UserError(f"The optimizer for method={mcfg.name} could not be built: {exc}") from None
     params = count_parameters(model)
 
-    steps_per_epoch = (
-        job.data.num_examples // cfg.train.batch_size if job.data.drop_last
-        else math.ceil(job.data.num_examples / cfg.train.batch_size)
-    )
+    steps_per_epoch = train_steps_per_epoch(job.data, cfg.train.batch_size)
     if steps_per_epoch < 1:
         raise UserError(f"The training data has {job.data.num_examples} examples, fewer than one batch of "
                         f"train.batch_size={cfg.train.batch_size}; lower the batch size or use more data.")

@@ -76,6 +76,13 @@ class Position:
     train_seconds: float = 0.0
 
 
+def steps_per_epoch(data: TrainData, batch_size: int) -> int:
+    """Global batches in one pass over the data (a partial last batch counts unless drop_last)."""
+    if data.drop_last:
+        return data.num_examples // batch_size
+    return math.ceil(data.num_examples / batch_size)
+
+
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_ratio: float) -> Callable[[int], float]:
     """GaLore's schedule: linear warmup over the first warmup_ratio of the steps, then cosine to min_ratio."""
     warmup = int(warmup_ratio * total_steps)
@@ -117,9 +124,7 @@ class TrainLoop:
         self.pos = Position()
         self.names = {id(p): n for n, p in model.named_parameters()}
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.steps_per_epoch = (
-            data.num_examples // cfg.batch_size if data.drop_last else math.ceil(data.num_examples / cfg.batch_size)
-        )
+        self.steps_per_epoch = steps_per_epoch(data, cfg.batch_size)
         if self.steps_per_epoch < 1:
             raise ValueError(f"{data.num_examples} examples do not fill one batch of {cfg.batch_size}")
         self._signal: str | None = None

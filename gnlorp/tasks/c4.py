@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gnlorp.errors import UserError
+from gnlorp.tasks import resolve_data_dir
 
 ENV_DIR = "GNLORP_C4_DIR"
 HUB_ID = ("allenai/c4", "en")
@@ -30,10 +31,7 @@ _BUDGET_FILL = 0.5      # with max_blocks: a batch aims at this fraction of the 
 
 def resolve_c4_dir(data_dir: str | None) -> str | None:
     """task.data_dir if given, else $GNLORP_C4_DIR, else None (= stream from the hub)."""
-    for value in (data_dir, os.environ.get(ENV_DIR)):
-        if value is not None and str(value).strip():
-            return os.path.expanduser(str(value).strip())
-    return None
+    return resolve_data_dir(data_dir, ENV_DIR)
 
 
 def _check_split(split: str) -> None:

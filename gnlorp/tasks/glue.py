@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gnlorp.errors import UserError
+from gnlorp.tasks import resolve_data_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -171,10 +172,7 @@ def _spec(name: str) -> _TaskSpec:
 
 def resolve_glue_dir(data_dir: str | None) -> str | None:
     """task.data_dir if given, else env var GNLORP_GLUE_DIR if set, else None (= use the hub)."""
-    for candidate in (data_dir, os.environ.get(ENV_GLUE_DIR)):
-        if candidate is not None and str(candidate).strip():
-            return os.path.expanduser(str(candidate).strip())
-    return None
+    return resolve_data_dir(data_dir, ENV_GLUE_DIR)
 
 
 def _check_data_dir(data_dir: str) -> None:
