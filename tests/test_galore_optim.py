@@ -177,3 +177,21 @@ def test_randomized_svd_captures_the_dominant_subspace_and_keeps_global_rng():
     P_exact, _ = compute_projection(g, 8, "left", svd="exact")
     captured = (P.T @ g).norm() ** 2 / (P_exact.T @ g).norm() ** 2
     assert captured > 0.999
+
+
+def test_auto_svd_is_randomized_only_at_ranks_up_to_an_eighth_of_the_smaller_side():
+    from gnlorp.optim.projector import choose_svd
+
+    assert choose_svd((384, 1536), 8, "auto") == "randomized"      # MiniLM at rank 8: 8 <= 384 / 8
+    assert choose_svd((256, 688), 32, "auto") == "randomized"      # 32 == 256 / 8
+    assert choose_svd((256, 688), 33, "auto") == "exact"
+    assert choose_svd((256, 256), 64, "auto") == "exact"           # LLaMA-20M at rank 64
+    assert choose_svd((256, 256), 16, "exact") == "exact" and choose_svd((4096, 4096), 1024, "randomized") == "randomized"
+    torch.manual_seed(0)
+    g = torch.randn(96, 64)
+    for rank, same_as in ((8, "randomized"), (16, "exact")):   # 64 / 8 = 8
+        auto, _ = compute_projection(g, rank, "left", svd="auto", seed=3)
+        ref, _ = compute_projection(g, rank, "left", svd=same_as, seed=3)
+        assert torch.equal(auto, ref), rank
+    exact8, _ = compute_projection(g, 8, "left", svd="exact")
+    assert not torch.allclose(compute_projection(g, 8, "left", svd="auto", seed=3)[0].abs(), exact8.abs(), atol=1e-4)

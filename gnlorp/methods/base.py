@@ -19,7 +19,7 @@ class MethodConfig:
     scale: float = 1.0                 # GaLore's alpha
     update_proj_gap: int = 200         # T
     proj_type: str = "std"
-    svd: str = "exact"                 # exact | randomized projector refresh
+    svd: str = "auto"                  # exact | randomized | auto (randomized where rank <= min(m,n)/8)
     optim_bits: int = 32               # 8: 8-bit blockwise Adam moments (bitsandbytes)
     layerwise: bool = False            # step each weight inside backward (GaLore §4.3)
     accumulation_steps: int = 1        # honoured by layer-wise mode
