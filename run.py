@@ -18,7 +18,6 @@ Copy one of these (offline, on a CPU, with the shared data beside the checkout):
 Every run writes results/<run>.json (see README); `resume=true` continues an interrupted run.
 """
 
-import os
 import sys
 
 import hydra
@@ -27,20 +26,9 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    from gnlorp.errors import UserError
-    from gnlorp.runner import run
+    from gnlorp.cli import run_and_exit
 
-    try:
-        outcome = run(cfg)
-    except UserError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for stack traces
-            import traceback
-
-            traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if outcome.exit_code:
-        sys.exit(outcome.exit_code)
+    run_and_exit(cfg)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,34 @@ def test_a_traceback_only_when_asked_for(tmp_path):
     assert "Traceback" in p.stderr and "error: train.lr=0.0 must be a positive number" in p.stderr
 
 
+def test_keep_going_reports_a_failed_job_and_finishes_the_sweep(tmp_path):
+    # job 0 fails its config check (lr 0: exit 2, nothing written); job 1 must still run to completion
+    args = ["-m", *_with(_tiny_glue(tmp_path), "train.epochs=1"), "method=full", "train.lr=0,1e-3"]
+    stop = _cli(args, tmp_path)
+    assert stop.returncode == 2 and not (tmp_path / "results").exists(), stop.stderr[-2000:]
+    going = _cli([*args, "keep_going=true"], tmp_path)
+    assert going.returncode == 0, going.stderr[-2000:]
+    assert "error: train.lr=0.0 must be a positive number" in going.stderr
+    assert "keep_going=true: this job failed (exit 2); going on with the sweep." in going.stderr
+    assert [r["status"] for r in _records(tmp_path / "results")] == ["complete"]
+
+
+def test_ctrl_c_outside_training_is_one_sentence_and_exit_130(monkeypatch, capsys):
+    import gnlorp.runner
+    from gnlorp.cli import run_and_exit
+    from omegaconf import OmegaConf
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gnlorp.runner, "run", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        run_and_exit(OmegaConf.create({"keep_going": True}))
+    assert stop.value.code == 130  # a Ctrl-C ends a sweep even with keep_going
+    err = capsys.readouterr().err
+    assert err.startswith("error: interrupted (Ctrl-C) outside training") and err.count("\n") == 1, err
+
+
 def test_config_checks_need_neither_torch_nor_peft():
     """Why a bad value answers in about a second: importing the runner loads no heavy library."""
     code = "import sys, gnlorp.runner; print(sorted(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))"

@@ -233,7 +233,7 @@ def main(argv=None) -> dict:
                          "bf16 on CUDA (bf16 weights and autocast, as the runner does)")
     ap.add_argument("--rank", type=int, default=None, help="default: 64 for llama_20m, 128 for llama_60m and up")
     ap.add_argument("--T", type=int, default=200)
-    ap.add_argument("--svd", choices=("exact", "randomized"), default="exact")
+    ap.add_argument("--svd", choices=("exact", "randomized", "auto"), default="auto")
     ap.add_argument("--optim-bits", type=int, choices=(8, 32), default=32)
     ap.add_argument("--scale", type=float, default=0.25)
     ap.add_argument("--grad-clip", type=float, default=1.0)
