@@ -267,10 +267,17 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
         )
     best: dict = {}
 
+    # without a progress bar (sweep logs), ten lines per run say how far it is and how fast it goes
+    report_every = max(1, total_steps // 10)
+
     def on_log(step: int, values: dict) -> None:
         record.add_loss(step, values["loss"], values["lr"])
         if logger and (step % cfg.train.log_every == 0 or step == 1):
             logger.log({f"train/{k}": v for k, v in values.items()}, step=step)
+        if not cfg.train.progress and step % report_every == 0 and step < total_steps:
+            eta = (total_steps - step) * loop.pos.train_seconds / step  # train_seconds spans a resume too
+            _write(f"step {step}/{total_steps}: loss {values['loss']:.4f}, "
+                   f"{values['tokens_per_second']:,.0f} tokens/s, training ETA {eta / 60:.1f} min")
 
     def on_eval(step: int, epoch: int, metrics: dict) -> None:
         record.add_eval(step, metrics, epoch)

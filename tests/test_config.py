@@ -1,5 +1,6 @@
 """Every config group option composes, and the settings that reach the method are the documented ones."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,33 @@ def test_quoting_only_touches_integer_rank_choices():
     from gnlorp.cli import quote_group_ints
 
     assert quote_group_ints(["rank=4,8", "rank=16", "seed=1", "train.lr=1e-4"]) == ["rank='4','8'", "rank='16'", "seed=1", "train.lr=1e-4"]
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """Every `python run.py ...` command in README.md and run.py's docstring (continuation lines joined),
+    as its overrides; a multirun's comma lists give their first value. Sweeps (-cd/-cn) are tested in
+    test_sweeps.py."""
+    import run
+
+    commands = []
+    for source, text in (("README.md", (ROOT / "README.md").read_text()), ("run.py", run.__doc__)):
+        text = text.replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split("#")[0].strip()
+            if not re.match(r"(\.venv/bin/)?python run\.py ", line) or " -cd " in line or "--cfg" in line:
+                continue
+            args = line.split("run.py", 1)[1].split()
+            args = [a if "=" not in a else a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0]
+                    for a in args if a != "-m" and "=" in a]
+            commands.append((source, args))
+    return commands
+
+
+def test_every_documented_command_composes_and_passes_the_config_check():
+    commands = _documented_commands()
+    assert len(commands) >= 10, commands  # the README's and run.py's examples were found
+    for source, args in commands:
+        cfg = compose(args)
+        assert check_config(cfg)["lr"] > 0, (source, args)
+    experiment = compose(["experiment=c4_llama_20m_cpu", "method=gradnormlorp"])
+    assert (experiment.model.name, experiment.method.rank, experiment.train.max_steps) == ("llama_20m", 64, 300)

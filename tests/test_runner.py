@@ -36,7 +36,12 @@ def test_glue_run_records_metrics_memory_and_throughput(tmp_path):
 def test_c4_run_reports_perplexity(tmp_path):
     cfg = compose(tiny_c4(tmp_path, "method=gradnormlorp"))
     cfg.keep_checkpoint = False
-    out = run(cfg, echo=_quiet)
+    lines = []
+    out = run(cfg, echo=lines.append)
+    # no progress bar: a line every total_steps // 10 steps (here every step), not after the last one
+    steps = [line.split(":")[0] for line in lines if line.startswith("step ")]
+    assert steps == [f"step {i}/12" for i in range(1, 12)], lines
+    assert all("tokens/s, training ETA" in line for line in lines if line.startswith("step "))
     assert not (tmp_path / "checkpoints" / out.path.stem / "last.pt").exists(), "a complete run drops its checkpoint"
     rec = out.record
     assert rec["status"] == "complete"
