@@ -39,7 +39,11 @@ def run_name(cfg: DictConfig) -> str:
         return str(cfg.name)
     task = f"glue-{cfg.task.name}" if cfg.task.family == "glue" else cfg.task.name
     rank = f"-r{cfg.method.rank}" if cfg.method.name in LOW_RANK else ""
-    return f"{task}-{cfg.model.name}-{cfg.method.name}{rank}-{cfg.precision.name}-s{cfg.seed}"
+    # a run on a train subset is another experiment than one on the whole split: it gets its own result file,
+    # so that skip_complete never takes one for the other (the quickstart's MRPC run vs the CPU sweep's)
+    samples = cfg.task.get("max_train_samples")
+    subset = f"-n{samples}" if samples else ""
+    return f"{task}-{cfg.model.name}-{cfg.method.name}{rank}-{cfg.precision.name}{subset}-s{cfg.seed}"
 
 
 def _dtype(name: str):

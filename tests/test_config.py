@@ -52,6 +52,10 @@ def test_method_config_carries_precision_and_accumulation():
 def test_run_name_names_the_groups():
     assert run_name(compose(["task=glue/mrpc", "method=lora", "rank=4", "seed=2"])) == "glue-mrpc-minilm-lora-r4-fp32-s2"
     assert run_name(compose(["task=c4", "model=llama_60m", "method=full", "precision=bf16"])) == "c4-llama_60m-full-bf16-s0"
+    # a train subset is another experiment: the CPU sweep's MRPC run never shares a file with the quickstart's
+    sub = compose(["experiment=glue_minilm_cpu", "task=glue/mrpc", "method=gradnormlorp"])
+    assert run_name(sub) == "glue-mrpc-minilm-gradnormlorp-r8-fp32-n1000-s0"
+    assert run_name(compose(["task=glue/mrpc", "method=gradnormlorp"])) == "glue-mrpc-minilm-gradnormlorp-r8-fp32-s0"
 
 
 def test_quoting_only_touches_integer_rank_choices():

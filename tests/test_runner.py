@@ -80,8 +80,8 @@ def test_multirun_over_methods_writes_four_complete_results(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     files = sorted((tmp_path / "results").glob("*.json"))
     assert [f.name for f in files] == [
-        "glue-rte-bert_tiny-full-fp32-s0.json", "glue-rte-bert_tiny-galore-r4-fp32-s0.json",
-        "glue-rte-bert_tiny-gradnormlorp-r4-fp32-s0.json", "glue-rte-bert_tiny-lora-r4-fp32-s0.json",
+        "glue-rte-bert_tiny-full-fp32-n64-s0.json", "glue-rte-bert_tiny-galore-r4-fp32-n64-s0.json",
+        "glue-rte-bert_tiny-gradnormlorp-r4-fp32-n64-s0.json", "glue-rte-bert_tiny-lora-r4-fp32-n64-s0.json",
     ]
     assert all(json.loads(f.read_text())["status"] == "complete" for f in files)
 

@@ -302,7 +302,9 @@ def test_a_real_run_record_is_tabulated(tmp_path):
     cfg = compose(["experiment=glue_minilm_cpu", "task=glue/mrpc", "method=gradnormlorp", "seed=1"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["derived"] = {"lr": 3e-4}
-    rec = RunRecord(tmp_path / "r", "glue-mrpc-minilm-gradnormlorp-r8-fp32-s1", resolved, clock=CLOCK)
+    from gnlorp.runner import run_name
+
+    rec = RunRecord(tmp_path / "r", run_name(cfg), resolved, clock=CLOCK)
     rec.git = {"sha": None, "dirty": False}
     m = {"validation": {"accuracy": 0.75, "f1": 0.8125}}
     rec.add_eval(10, m, epoch=1)
