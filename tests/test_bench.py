@@ -71,6 +71,10 @@ def test_compare_runs_flags_only_non_overlapping_figures():
     assert timing.compare_runs(other, payload(1.0, 2.0), key)["comparable"] is False
     other["settings"] = {"a": 1, "new_flag": 3}  # a flag the older run did not have is not a difference
     assert timing.compare_runs(other, payload(1.0, 2.0), key)["comparable"] is True
+    elsewhere = payload(1.0, 2.0)
+    elsewhere["settings"] = {"a": 1, "out_dir": "/tmp/bench"}  # where a run was written is not what it measured
+    assert timing.compare_runs(elsewhere, {**payload(1.0, 2.0), "settings": {"a": 1, "out_dir": "results/bench"}},
+                               key)["comparable"] is True
     ratio = {"benchmark": "x", "settings": {"a": 1}, "rows": [{"k": "r", "ratio_t": timing.stats([1.0, 1.1, 1.2])}]}
     assert timing.compare_runs(ratio, ratio, key)["ratios_agreeing"] == 1
     assert timing.compare_runs(None, payload(1.0, 2.0), key) is None

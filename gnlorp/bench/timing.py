@@ -266,6 +266,10 @@ def _is_ratio(section: str, path: Sequence[str]) -> bool:
     return section != "rows" or any("ratio" in p or "over_" in p for p in path)
 
 
+# settings that say where the output went, not what was measured: a run written elsewhere still compares
+WHERE_NOT_WHAT = {"out_dir", "no_write"}
+
+
 def compare_runs(previous: dict | None, current: dict, keys: dict[str, Callable[[dict], str]]) -> dict | None:
     """Does this run agree with the last one? For every figure present in both (rows of each section
     matched by its key function) with at least MIN_SAMPLES_TO_COMPARE samples in each run, they agree when
@@ -276,7 +280,7 @@ def compare_runs(previous: dict | None, current: dict, keys: dict[str, Callable[
     if not previous or previous.get("benchmark") != current.get("benchmark"):
         return None
     old_s, new_s = previous.get("settings") or {}, current.get("settings") or {}
-    differing = sorted(k for k in old_s.keys() & new_s.keys() if old_s[k] != new_s[k])  # a new flag is no change
+    differing = sorted(k for k in (old_s.keys() & new_s.keys()) - WHERE_NOT_WHAT if old_s[k] != new_s[k])  # a new flag is no change
     if differing:
         return {"comparable": False, "reason": "settings differ from the previous run: " + ", ".join(differing)}
     counts = {"ratio": [0, 0], "absolute": [0, 0]}  # [checked, agreeing]
