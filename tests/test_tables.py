@@ -330,3 +330,16 @@ def test_full_memory_table_against_published_claims(tmp_path):
     assert "| 7B (r=1024) |" in md.splitlines()[2]
     tables.memory_plot(tmp_path / "m.png", rows)
     assert (tmp_path / "m.png").stat().st_size > 20000
+
+
+@pytest.mark.slow
+def test_committed_tables_are_what_make_tables_builds_from_the_committed_results(tmp_path):
+    """`make tables` on results/ regenerates results/tables/ byte for byte (Markdown and LaTeX; the PNGs must exist
+    under the same names: their bytes depend on the installed matplotlib)."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    written = tables.build_tables(root, tmp_path)
+    committed = sorted(p.name for p in (root / "tables").iterdir())
+    assert sorted(p.name for p in written) == committed, "rerun `make tables` and commit results/tables/"
+    for p in written:
+        if p.suffix in (".md", ".tex"):
+            assert p.read_bytes() == (root / "tables" / p.name).read_bytes(), f"{p.name}: rerun `make tables`"
