@@ -77,10 +77,8 @@ def _documented_commands() -> list[tuple[str, list[str]]]:
             line = line.split("#")[0].strip()
             if not re.match(r"(\.venv/bin/)?python run\.py ", line) or " -cd " in line or "--cfg" in line:
                 continue
-            args = line.split("run.py", 1)[1].split()
-            args = [a if "=" not in a else a.split("=", 1)[0] + "=" + a.split("=", 1)[1].split(",")[0]
-                    for a in args if a != "-m" and "=" in a]
-            commands.append((source, args))
+            overrides = [a.split("=", 1) for a in line.split("run.py", 1)[1].split() if "=" in a]
+            commands.append((source, [f"{key}={value.split(',')[0]}" for key, value in overrides]))
     return commands
 
 
