@@ -1,5 +1,6 @@
 """gnlorp.sysinfo: git state, versions, device and peak memory as written into result files."""
 
+import mmap
 import shutil
 import subprocess
 
@@ -110,11 +111,16 @@ def test_peak_memory_cpu_sees_a_200mb_tensor():
     assert before["note"] == "CPU peak resident set size of the whole process, not tensor bytes"
     start = before["start_rss_bytes"]
     assert start > 10 * MB  # a Python process with torch loaded
-    big = torch.ones(50_000_000, dtype=torch.float32)  # 200 MB, every page touched
+    # 200 MB in fresh anonymous pages, every one touched. A plain torch.ones could be served from heap
+    # memory that earlier tests freed but the allocator kept resident, and then RSS would not grow.
+    region = mmap.mmap(-1, 200 * MB)
+    big = torch.frombuffer(region, dtype=torch.uint8)
+    big.fill_(1)
     snap = tracker.snapshot()
     assert snap["peak_rss_bytes"] >= start + 190 * MB
     assert snap["start_rss_bytes"] == start
     del big
+    region.close()
     # The peak is a peak: freeing the tensor does not lower it.
     assert tracker.snapshot()["peak_rss_bytes"] >= start + 190 * MB
     if snap["peak_scope"] == "since_reset":
