@@ -104,3 +104,18 @@ def test_bad_rank_is_a_user_error(rank):
 def test_unknown_method_is_a_user_error():
     with pytest.raises(UserError, match="Unknown method 'adafactor'"):
         get_method("adafactor")
+
+
+@pytest.mark.parametrize("name", ["lora", "dora"])
+def test_lora_classifier_trains_the_whole_head_pooler_included(name):
+    """BERT's head is pooler + classifier (RoBERTa's `classifier` holds the same dense + tanh + projection),
+    so LoRA trains both, besides B A (and DoRA's magnitudes); the encoder's own weights stay frozen."""
+    model = get_method(name).prepare(tiny_bert(), cfg(name))
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    r, h, i = 4, 32, 64
+    lora_per_layer = 4 * r * (h + h) + r * (h + i) + r * (i + h)  # q, k, v, attn-out; intermediate; output
+    dora_per_layer = 5 * h + i if name == "dora" else 0            # one magnitude per output row
+    head = (h * h + h) + (h * 2 + 2)                               # pooler.dense + classifier
+    assert sum(trainable.values()) == 2 * (lora_per_layer + dora_per_layer) + head
+    assert any(".pooler." in n for n in trainable) and any("classifier" in n for n in trainable)
+    assert not any(n.endswith("query.base_layer.weight") for n in trainable)

@@ -1,7 +1,10 @@
 """LoRA and DoRA through peft: frozen W, trainable B A (DoRA adds a learned magnitude), merged into W
 after training. Pre-training from scratch keeps embeddings, norms and the LM head trainable (as the
 GaLore paper's LoRA/ReLoRA baselines do); a classifier keeps peft's SEQ_CLS convention (head trainable,
-encoder frozen)."""
+encoder frozen), where the head of a BERT-style model includes its pooler: RoBERTa's `classifier` is
+dense + tanh + projection, BERT's is `pooler` (dense + tanh) + `classifier`, so training both keeps the
+trainable head the same across the two. (A frozen pooler left LoRA predicting the majority class on
+CoLA with MiniLM, whose pooler was never tuned with the sentence-transformers encoder.)"""
 
 from peft import LoraConfig, get_peft_model
 from torch import nn
@@ -15,6 +18,11 @@ def _is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__.endswith("ForCausalLM")
 
 
+def _pooler_names(model: nn.Module) -> list[str] | None:
+    names = [n for n, m in model.named_modules() if n.split(".")[-1] == "pooler" and m is not None]
+    return names or None
+
+
 def prepare(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     names = target_linear_names(model, cfg.target_modules)
     check_rank(model, names, cfg.rank)
@@ -22,6 +30,7 @@ def prepare(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     config = LoraConfig(
         r=int(cfg.rank), lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names,
         use_dora=cfg.name == "dora", task_type=None if causal else "SEQ_CLS",
+        modules_to_save=None if causal else _pooler_names(model),
     )
     model = get_peft_model(model, config)
     if causal:
