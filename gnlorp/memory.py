@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .methods.base import MethodConfig
-from .methods.targets import target_linear_names
+from .methods.targets import pooler_names, target_linear_names
 from .methods.optimizers import base_optimizer
 from .optim.projector import low_rank_shape, projection_side
 
@@ -74,10 +74,11 @@ def estimate_state_bytes(model: nn.Module, cfg: MethodConfig, element_bytes: int
     if name in ("lora", "dora"):
         causal = type(model).__name__.endswith("ForCausalLM")
         prefixes = tuple(f"{n}." for n in targets)
+        head = ("classifier.", "score.") + tuple(f"{n}." for n in pooler_names(model))
         for pname, p in model.named_parameters():
             if pname.startswith(prefixes):
                 continue  # the frozen target weight and bias
-            if causal or pname.startswith(("classifier.", "score.")):
+            if causal or pname.startswith(head):
                 dense.append((p.numel(), size(p)))
         for w in targets.values():
             m, n = w.shape

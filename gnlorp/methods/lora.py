@@ -11,16 +11,11 @@ from torch import nn
 
 from .base import MethodConfig
 from .optimizers import build_adamw
-from .targets import check_rank, target_linear_names
+from .targets import check_rank, pooler_names, target_linear_names
 
 
 def _is_causal_lm(model: nn.Module) -> bool:
     return type(model).__name__.endswith("ForCausalLM")
-
-
-def _pooler_names(model: nn.Module) -> list[str] | None:
-    names = [n for n, m in model.named_modules() if n.split(".")[-1] == "pooler" and m is not None]
-    return names or None
 
 
 def prepare(model: nn.Module, cfg: MethodConfig) -> nn.Module:
@@ -30,7 +25,7 @@ def prepare(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     config = LoraConfig(
         r=int(cfg.rank), lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names,
         use_dora=cfg.name == "dora", task_type=None if causal else "SEQ_CLS",
-        modules_to_save=None if causal else _pooler_names(model),
+        modules_to_save=None if causal else (pooler_names(model) or None),
     )
     model = get_peft_model(model, config)
     if causal:

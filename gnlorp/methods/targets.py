@@ -24,6 +24,11 @@ def target_linear_names(model: nn.Module, pattern: str | None = None) -> list[st
     return names
 
 
+def pooler_names(model: nn.Module) -> list[str]:
+    """The BERT-style poolers (dense + tanh before the classifier): LoRA trains them with the head."""
+    return [n for n, m in model.named_modules() if n.split(".")[-1] == "pooler" and m is not None]
+
+
 def check_rank(model: nn.Module, names: list[str], rank: int) -> None:
     """A rank must be positive and no larger than the smallest dimension of every target matrix."""
     if rank is None or int(rank) <= 0:
