@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .methods.base import MethodConfig
-from .methods.targets import pooler_names, target_linear_names
+from .methods.targets import classifier_head_names, is_causal_lm, target_linear_names
 from .methods.optimizers import base_optimizer
 from .optim.projector import low_rank_shape, projection_side
 
@@ -72,9 +72,9 @@ def estimate_state_bytes(model: nn.Module, cfg: MethodConfig, element_bytes: int
     dense: list[tuple[int, int]] = []
     total, any8 = 0, False
     if name in ("lora", "dora"):
-        causal = type(model).__name__.endswith("ForCausalLM")
+        causal = is_causal_lm(model)
         prefixes = tuple(f"{n}." for n in targets)
-        head = ("classifier.", "score.") + tuple(f"{n}." for n in pooler_names(model))
+        head = tuple(f"{n}." for n in classifier_head_names(model))
         for pname, p in model.named_parameters():
             if pname.startswith(prefixes):
                 continue  # the frozen target weight and bias

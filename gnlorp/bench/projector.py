@@ -113,7 +113,7 @@ def bench_model(model_name: str, ranks: list[int], args, device, sync) -> list[d
                 "randomized_over_exact": {"wall": speed, "cpu": speed_cpu},
                 "quality_real": {"min": min(real_q), "median": statistics.median_low(real_q),
                                  "max": max(real_q), "matrices": len(real_q)},
-                "exact_energy_fraction_real": float(torch.tensor([f for _, f in real]).median()),
+                "exact_energy_fraction_real": statistics.median_low([f for _, f in real]),
                 "quality_gaussian": gq[0], "exact_energy_fraction_gaussian": gq[1],
             }
             row["randomized_recommended"] = bool(speed["median"] < 1.0 and speed["max"] < 1.05

@@ -11,21 +11,17 @@ from torch import nn
 
 from .base import MethodConfig
 from .optimizers import build_adamw
-from .targets import check_rank, pooler_names, target_linear_names
-
-
-def _is_causal_lm(model: nn.Module) -> bool:
-    return type(model).__name__.endswith("ForCausalLM")
+from .targets import check_rank, classifier_head_names, is_causal_lm, target_linear_names
 
 
 def prepare(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     names = target_linear_names(model, cfg.target_modules)
     check_rank(model, names, cfg.rank)
-    causal = _is_causal_lm(model)
+    causal = is_causal_lm(model)
     config = LoraConfig(
         r=int(cfg.rank), lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names,
         use_dora=cfg.name == "dora", task_type=None if causal else "SEQ_CLS",
-        modules_to_save=None if causal else (pooler_names(model) or None),
+        modules_to_save=None if causal else classifier_head_names(model),
     )
     model = get_peft_model(model, config)
     if causal:

@@ -24,9 +24,14 @@ def target_linear_names(model: nn.Module, pattern: str | None = None) -> list[st
     return names
 
 
-def pooler_names(model: nn.Module) -> list[str]:
-    """The BERT-style poolers (dense + tanh before the classifier): LoRA trains them with the head."""
-    return [n for n, m in model.named_modules() if n.split(".")[-1] == "pooler" and m is not None]
+def is_causal_lm(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForCausalLM")
+
+
+def classifier_head_names(model: nn.Module) -> list[str]:
+    """The modules of a classifier's head that LoRA trains densely: peft's SEQ_CLS `classifier` / `score`,
+    and a BERT-style `pooler` (the dense + tanh that RoBERTa keeps inside its `classifier`)."""
+    return [n for n, _ in model.named_modules() if n.split(".")[-1] in ("classifier", "score", "pooler")]
 
 
 def check_rank(model: nn.Module, names: list[str], rank: int) -> None:
