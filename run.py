@@ -14,13 +14,16 @@ Copy one of these (offline, on a CPU, with the shared data beside the checkout):
   # the paper's setting on a GPU (hub data and models)
   python run.py task=glue/mrpc model=roberta-base method=gradnormlorp rank=8 precision=bf16 train.epochs=30 train.batch_size=16
 
-Every run writes results/<run>.json (see README); `resume=true` continues an interrupted run.
+Every run writes results/<run>-<hash>.json (see README); `resume=true` continues an interrupted run.
+`python -m gnlorp.schema` lists every setting with its type, default and accepted values.
 """
-
-import sys
 
 import hydra
 from omegaconf import DictConfig
+
+from gnlorp.schema import register
+
+register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -31,7 +34,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from gnlorp.cli import quote_group_ints
+    from gnlorp.cli import main_with_one_line_errors
 
-    sys.argv[1:] = quote_group_ints(sys.argv[1:])
-    main()
+    main_with_one_line_errors(main)

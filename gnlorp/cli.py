@@ -1,20 +1,77 @@
-"""Command-line conveniences applied before Hydra parses argv."""
+"""run.py's body: Hydra's composition errors and the runner's user errors, each as one `error:` line."""
 
 from __future__ import annotations
 
-import re
+import os
+import sys
 
-# Hydra refuses a config-group choice that parses as an int ("Config group override must be a string"),
-# so `rank=8` or `rank=4,8` would fail although conf/rank/8.yaml exists. Quoting makes it a string choice.
-_RANK = re.compile(r"^(rank)=(\d+(?:,\d+)*)$")
+EXIT_USER_ERROR = 2
 
 
-def quote_group_ints(args: list[str]) -> list[str]:
-    out = []
-    for a in args:
-        m = _RANK.match(a)
-        out.append(f"{m.group(1)}=" + ",".join(f"'{v}'" for v in m.group(2).split(",")) if m else a)
-    return out
+def _user_wants_tracebacks() -> bool:
+    return os.environ.get("GNLORP_USER_HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR")) == "1"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def group_options(group: str) -> list[str]:
+    """The public options of a config group (files starting with _ are shared parts, not choices)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "conf" / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
+                  if not any(part.startswith("_") for part in p.relative_to(root).parts))
+
+
+def composition_error_line(exc: BaseException) -> str:
+    """One sentence for an error Hydra or OmegaConf raised while composing the config."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(exc, MissingConfigException):  # an unknown group option: name the public ones
+        wanted = (getattr(exc, "missing_cfg_file", None) or "").strip("/")
+        group = wanted.split("/", 1)[0]
+        options = group_options(group) if group else []
+        listed = f"; {group}= accepts: {', '.join(options)}" if options else ""
+        return f"{group or 'config'} option {wanted.split('/', 1)[-1]!r} does not exist ({wanted}.yaml){listed}."
+    from hydra.errors import OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        return (f"an override could not be parsed ({_first_line(exc)}); quote a value that holds brackets, "
+                f"commas, parentheses or spaces, e.g. method.target_modules='\"(q|v)_proj$\"'.")
+    cause = exc.__cause__ or exc.__context__
+    text = _first_line(exc)
+    if cause is not None and _first_line(cause) not in text:
+        text = f"{text}: {_first_line(cause)}"
+    if "not in struct" in text or "not in '" in text or "Could not override" in text:
+        text += "; `python -m gnlorp.schema` lists every setting"
+    else:
+        text += "; `python -m gnlorp.schema` lists every setting with its type and accepted values"
+    return text + "."
+
+
+def main_with_one_line_errors(hydra_main) -> None:
+    """Call the @hydra.main function so that a config Hydra cannot compose ends in one line and exit 2.
+
+    Hydra prints composition errors itself (several lines, exit 1) unless HYDRA_FULL_ERROR=1, in which case
+    it re-raises them: we set it for Hydra and keep the user's own choice for printing tracebacks."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ.setdefault("GNLORP_USER_HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "0"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as exc:
+        if _JOB_STARTED or _user_wants_tracebacks():
+            raise
+        print(f"error: {composition_error_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+_JOB_STARTED = False
 
 
 def _in_multirun() -> bool:
@@ -24,25 +81,34 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_and_exit(cfg) -> None:
-    """run.py's body: run one job; a user error or a Ctrl-C outside the training loop (which saves and stops
-    on its own) ends in one sentence and a non-zero exit. In a multirun with keep_going=true a failed job is
-    reported and the sweep goes on to the next one (a rerun with skip_complete=true retries only the failures)."""
-    import os
-    import sys
+def _check_choices() -> None:
+    from hydra.core.hydra_config import HydraConfig
 
+    from gnlorp.checks import check_group_choices
+
+    if HydraConfig.initialized():
+        check_group_choices(dict(HydraConfig.get().runtime.choices))
+
+
+def run_and_exit(cfg) -> None:
+    """One job: a user error or a Ctrl-C outside the training loop (which saves and stops on its own) ends
+    in one sentence and a non-zero exit. In a multirun with keep_going=true a failed job is reported and the
+    sweep goes on to the next one (a rerun with skip_complete=true retries only the failures)."""
+    global _JOB_STARTED
+    _JOB_STARTED = True
     from gnlorp.errors import UserError
     from gnlorp.runner import run
 
     try:
-        code = run(cfg).exit_code
+        _check_choices()
+        code = run(cfg, multirun=_in_multirun()).exit_code
     except UserError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for stack traces
+        if _user_wants_tracebacks():
             import traceback
 
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        code = 2
+        code = EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C) outside training; nothing of this step was saved: rerun the same "
               "command (with resume=true to continue from a checkpoint).", file=sys.stderr)

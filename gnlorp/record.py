@@ -253,6 +253,7 @@ class RunRecord:
         self.train: dict = {}
         self.memory: dict = {}
         self.notes: list[str] = []
+        self.identity: dict = {}
         self._loss = _Curve()
         self._lr = _Curve()
         self._has_lr = False
@@ -302,9 +303,17 @@ class RunRecord:
         """A free-text remark kept in the optional ``notes`` list (e.g. a substitution made)."""
         self.notes.append(str(note))
 
+    def set_identity(self, **fields: Any) -> None:
+        """The run identity (gnlorp/identity.py): its hash, the training settings it hashes, the config hash."""
+        self.identity = copy.deepcopy(fields)
+
     @property
     def loss_curve(self) -> list[list]:
         return self._loss.export()
+
+    @property
+    def lr_curve(self) -> list[list]:
+        return self._lr.export() if self._has_lr else []
 
     # -- output ----------------------------------------------------------------------------------
 
@@ -331,6 +340,8 @@ class RunRecord:
             record["lr_curve"] = self._lr.export()
         if self.notes:
             record["notes"] = list(self.notes)
+        if self.identity:
+            record["identity"] = self.identity
         return record
 
     def write(self, status: str) -> Path:

@@ -1,29 +1,37 @@
-"""One run, end to end: check the config, build the job (GLUE or C4), apply the method, train, evaluate,
-and record scores, memory and throughput in results/<run>.json and W&B.
+"""One run, end to end, as a sequence of named steps:
 
-Every user-fixable problem is found before anything is written to results/, and surfaces as a UserError
-(run.py prints its one sentence and exits with status 2).
+    plan_run          check every value, derive the settings, name the run by its identity, test the outputs
+    skip_if_complete  skip_complete=true and this very config already has a complete result
+    build_job         the data and the model (GLUE or C4)
+    apply_method      the method's model and optimizer, with the analytic state size
+    start_tracking    the result record, the W&B mirror and the curves (RunTracker)
+    resume            resume=true: this config's checkpoint, verified; another config's is refused
+    train_and_record  the training loop, then the result file (and the merged model if asked)
+
+Every user-fixable problem surfaces as a UserError before anything is written to results/ (run.py prints
+its one sentence and exits with status 2).
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import identity
+from .checks import check_config, check_name_length, check_writable_folder
 from .errors import UserError
-
 from .methods import LOW_RANK  # light: method modules (peft, bitsandbytes) load only when a method is used
 
 # torch, transformers and peft are imported only once the config and the data folder have been checked, so a
 # run stopped by a bad value answers at once, not after a long startup.
 
-DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes; _dtype(name) gives the dtype
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
+IDENTITY_FILE = "identity.json"  # beside each checkpoint: which training settings wrote it
 
 
 @dataclass
@@ -34,139 +42,48 @@ class Outcome:
     record: dict | None
 
 
+@dataclass
+class Plan:
+    """What plan_run decided, from the config alone."""
+
+    cfg: DictConfig
+    derived: dict
+    world: int
+    rank: int
+    name: str                       # readable
+    run_id: str                     # <name>-<hash>: the result file's and the checkpoint folder's name
+    settings: dict                  # the training settings the hash covers
+    resolved: dict = field(default_factory=dict)
+    multirun: bool = False
+
+    @property
+    def result_path(self) -> Path:
+        return Path(self.cfg.results_dir) / f"{self.run_id}.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.cfg.checkpoint_dir) / self.run_id / "last.pt"
+
+
 def run_name(cfg: DictConfig) -> str:
-    if cfg.name:
-        return str(cfg.name)
-    task = f"glue-{cfg.task.name}" if cfg.task.family == "glue" else cfg.task.name
-    rank = f"-r{cfg.method.rank}" if cfg.method.name in LOW_RANK else ""
-    # a run on a train subset is another experiment than one on the whole split: it gets its own result file,
-    # so that skip_complete never takes one for the other (the quickstart's MRPC run vs the CPU sweep's)
-    samples = cfg.task.get("max_train_samples")
-    subset = f"-n{samples}" if samples else ""
-    return f"{task}-{cfg.model.name}-{cfg.method.name}{rank}-{cfg.precision.name}{subset}-s{cfg.seed}"
-
-
-def _dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # unknown (not Linux): say nothing
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# --------------------------------------------------------------------------------------- checks
-def _device(cfg: DictConfig, local_rank: int) -> torch.device:
-    want = str(cfg.device)
-    if want not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device={want!r} is not one of auto, cpu, cuda.")
-    import torch
-
-    if want == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda was requested but this machine has no CUDA device; use device=cpu or device=auto.")
-    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
-
-
-def _learning_rate(cfg: DictConfig) -> float:
-    lr = cfg.train.lr
-    if lr is None:
-        table = cfg.task.get("lr") or {}
-        if cfg.method.name not in table:
-            raise UserError(f"task {cfg.task.name!r} has no learning rate for method {cfg.method.name!r}; pass train.lr=...")
-        lr = table[cfg.method.name]
-    try:
-        lr = float(lr)
-    except (TypeError, ValueError):
-        raise UserError(f"train.lr={lr!r} is not a number; pass e.g. train.lr=1e-4.") from None
-    if not (lr > 0 and math.isfinite(lr)):
-        raise UserError(f"train.lr={lr} must be a positive number; pass e.g. train.lr=1e-4.")
-    return lr
-
-
-def check_config(cfg: DictConfig, world_size: int = 1) -> dict:
-    """Everything that can be checked from the config alone; returns derived settings."""
-    t = cfg.train
-    for key in ("batch_size",):
-        if not isinstance(t[key], int) or t[key] <= 0:
-            raise UserError(f"train.{key}={t[key]!r} must be a positive integer.")
-    micro = t.micro_batch_size or math.ceil(t.batch_size / world_size)
-    if not isinstance(micro, int) or micro <= 0 or micro * world_size > t.batch_size:
-        raise UserError(
-            f"train.micro_batch_size={t.micro_batch_size} must be a positive integer with micro_batch_size x "
-            f"{world_size} process(es) <= train.batch_size={t.batch_size}."
-        )
-    if t.max_steps is not None and (not isinstance(t.max_steps, int) or t.max_steps <= 0):
-        raise UserError(f"train.max_steps={t.max_steps!r} must be a positive integer or null.")
-    if not isinstance(t.epochs, int) or t.epochs <= 0:
-        raise UserError(f"train.epochs={t.epochs!r} must be a positive integer.")
-    if t.on_nonfinite not in ("stop", "skip"):
-        raise UserError(f"train.on_nonfinite={t.on_nonfinite!r} must be stop or skip.")
-    if cfg.logger.mode not in (None, "online", "offline", "disabled"):
-        raise UserError(f"logger.mode={cfg.logger.mode!r} must be online, offline or disabled.")
-    layerwise = bool(cfg.method.get("layerwise", False))
-    if layerwise and t.grad_clip and t.grad_clip > 0:
-        raise UserError("method.layerwise=true steps each weight inside backward, so no global gradient norm exists "
-                        "to clip; set train.grad_clip=0.")
-    if layerwise and world_size > 1:
-        raise UserError("method.layerwise=true cannot be combined with DDP (the step would run before the gradient "
-                        "all-reduce); run on one process or set method.layerwise=false.")
-    if cfg.precision.optim_bits not in (8, 32):
-        raise UserError(f"precision.optim_bits={cfg.precision.optim_bits} must be 8 or 32.")
-    if cfg.precision.optim_bits == 8:
-        try:
-            import bitsandbytes.functional  # noqa: F401
-        except Exception as exc:
-            raise UserError(f"precision=8bit needs a working bitsandbytes >= 0.50, but importing it failed ({exc}); "
-                            "pip install 'bitsandbytes>=0.50' or use precision=bf16.") from None
-    for key in ("autocast", "cuda_param_dtype"):
-        value = cfg.precision.get(key)
-        if value is not None and value not in DTYPES:
-            raise UserError(f"precision.{key}={value!r} must be one of {', '.join(DTYPES)} or null.")
-    rank = cfg.method.get("rank")
-    if cfg.method.name in LOW_RANK and (not isinstance(rank, int) or rank <= 0):
-        raise UserError(f"rank={rank!r} is not a positive integer; choose e.g. rank=8.")
-    accumulation = math.ceil(t.batch_size / (micro * world_size))
-    return {"lr": _learning_rate(cfg), "micro_batch_size": micro, "accumulation_steps": accumulation}
+    """The readable part of a run's name (the files add the hash of its training settings)."""
+    return identity.readable_name(cfg, cfg.method.name in LOW_RANK)
 
 
 def method_config(cfg: DictConfig, derived: dict):
     from .methods import MethodConfig
 
-    m = OmegaConf.to_container(cfg.method, resolve=True)
+    low_rank = cfg.method.name in LOW_RANK
     return MethodConfig.from_mapping(
-        m, lr=derived["lr"], weight_decay=cfg.train.weight_decay, optim_bits=cfg.precision.optim_bits,
-        accumulation_steps=derived["accumulation_steps"],
+        OmegaConf.to_container(cfg.method, resolve=True), lr=derived["lr"], weight_decay=cfg.train.weight_decay,
+        optim_bits=cfg.precision.optim_bits, accumulation_steps=derived["accumulation_steps"],
+        rank=cfg.rank if low_rank else None, scale=derived["scale"],
     )
 
 
-# --------------------------------------------------------------------------------------- the run
-def _init_distributed(cfg: DictConfig):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 1, 0, 0
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if (torch.cuda.is_available() and cfg.device != "cpu") else "gloo"
-        dist.init_process_group(backend)
-    return world, dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _flatten(metrics: dict, prefix: str) -> dict:
-    return {f"{prefix}/{split}/{k}": v for split, ms in metrics.items() for k, v in ms.items() if isinstance(v, (int, float))}
-
-
+# --------------------------------------------------------------------------------------- plan_run
 def _check_data_dirs(cfg: DictConfig) -> None:
-    """The local data folder and its files exist (cheap; the files are parsed later), checked before the
-    tokenizer and model are loaded."""
+    """The local data folder and its files exist (cheap; the files are parsed later)."""
     if cfg.task.family == "glue":
         from .tasks.glue import check_glue_files
 
@@ -180,187 +97,284 @@ def _check_data_dirs(cfg: DictConfig) -> None:
                 c4_files(data_dir, split)
 
 
-def run(cfg: DictConfig, echo=print) -> Outcome:
-    world, rank, local_rank = _init_distributed(cfg)
+def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     derived = check_config(cfg, world)
     _check_data_dirs(cfg)
-    device = _device(cfg, local_rank)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    settings = identity.training_settings(resolved, derived)
+    name = run_name(cfg)
+    run_id = f"{name}-{identity.identity_hash(settings)}"
+    check_name_length(run_id)
+    check_writable_folder("results_dir", cfg.results_dir)
+    check_writable_folder("checkpoint_dir", cfg.checkpoint_dir)
+    return Plan(cfg, derived, world, rank, name, run_id, settings, resolved, multirun)
 
+
+# --------------------------------------------------------------------------------------- skip_if_complete
+def skip_if_complete(plan: Plan, echo) -> Outcome | None:
+    if not plan.cfg.skip_complete or not plan.result_path.exists():
+        return None
+    from .record import load_results
+
+    for rec in load_results(plan.cfg.results_dir)[0]:
+        if rec["run_name"] == plan.run_id and rec["status"] == "complete" and \
+                rec.get("identity", {}).get("settings") == plan.settings:
+            echo(f"{plan.run_id}: this config's complete result is at {plan.result_path}; skipped (skip_complete=true).")
+            return Outcome("skipped", 0, plan.result_path, rec)
+    return None
+
+
+# --------------------------------------------------------------------------------------- build_job
+def _device(cfg: DictConfig, local_rank: int):
+    import torch
+
+    want = str(cfg.device)
+    if want == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda was requested but this machine has no CUDA device; use device=cpu or device=auto.")
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # unknown (not Linux): say nothing
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _init_distributed(plan: Plan):
+    if plan.world <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if (torch.cuda.is_available() and plan.cfg.device != "cpu") else "gloo"
+        dist.init_process_group(backend)
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def build_job(plan: Plan, echo):
     import torch
 
     from .jobs import c4_job, glue_job
-    from .models import count_parameters
-    from .record import RunRecord
-    from .sysinfo import PeakMemory
-    from .train import Interrupted, LoopConfig, NonFiniteError, TrainLoop
-    from .train import steps_per_epoch as train_steps_per_epoch
-    from .wandb_log import WandbLogger
 
+    cfg = plan.cfg
+    device = _device(cfg, _init_distributed(plan))
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
-    name = run_name(cfg)
-    results_dir = Path(cfg.results_dir)
-    result_path = results_dir / f"{name}.json"
-    if cfg.skip_complete and result_path.exists():
-        from .record import load_results
-
-        done = [r for r in load_results(results_dir)[0] if r["run_name"] == name and r["status"] == "complete"]
-        if done:
-            echo(f"{name}: a complete result already exists at {result_path}; skipped (skip_complete=true).")
-            return Outcome("skipped", 0, result_path, done[0])
-
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    autocast = _dtype(cfg.precision.autocast) if cfg.precision.autocast else None
+    autocast = getattr(torch, cfg.precision.autocast) if cfg.precision.autocast else None
     if autocast is torch.bfloat16 and device.type == "cpu" and not _cpu_has_native_bf16():
         echo("note: this CPU has no native bf16 (AVX512-BF16 or AMX); bf16 autocast measured 25-50x slower than "
              "fp32 on such a CPU: consider precision=fp32.")
-    if cfg.task.family == "glue":
-        job = glue_job(cfg, device, autocast)
-    elif cfg.task.family == "c4":
-        job = c4_job(cfg, device, autocast)
-    else:
-        raise UserError(f"task.family={cfg.task.family!r} must be glue or c4.")
+    job = (glue_job if cfg.task.family == "glue" else c4_job)(cfg, device, autocast)
     echo(job.description)
-
-    from .memory import estimate_state_bytes, optimizer_state_bytes  # imports peft: after the data has loaded
-    from .methods import get_method
-    from .optim.projector import NonFiniteGradientError, SVDFailedError
-
-    model = job.model
     if device.type == "cuda":
-        model.to(dtype=_dtype(cfg.precision.cuda_param_dtype))
-    model.to(device)
-    mcfg = method_config(cfg, derived)
+        job.model.to(dtype=getattr(torch, cfg.precision.cuda_param_dtype))
+    job.model.to(device)
+    return job, device, autocast
+
+
+# --------------------------------------------------------------------------------------- apply_method
+@dataclass
+class Trainable:
+    model: object
+    method: object
+    optimizer: object
+    analytic_state_bytes: int
+    parameters: dict
+
+
+def apply_method(plan: Plan, model) -> Trainable:
+    from .memory import estimate_state_bytes  # imports peft: after the data has loaded
+    from .methods import get_method
+    from .models import count_parameters
+
+    mcfg = method_config(plan.cfg, plan.derived)
     method = get_method(mcfg.name)
-    analytic_state = estimate_state_bytes(model, mcfg)
+    analytic = estimate_state_bytes(model, mcfg)
     model = method.prepare(model, mcfg)
     try:
         optimizer = method.build_optimizer(model, mcfg)
     except RuntimeError as exc:  # e.g. bitsandbytes present but broken
         raise UserError(f"The optimizer for method={mcfg.name} could not be built: {exc}") from None
-    params = count_parameters(model)
+    return Trainable(model, method, optimizer, analytic, count_parameters(model))
 
+
+# --------------------------------------------------------------------------------------- resume
+def _read_identity(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / IDENTITY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _same_slot(mine: dict, theirs: dict) -> bool:
+    """Checkpoints of the same experiment slot (task, data subset, model, seed), whatever the method."""
+    keys = ("task.name", "task.max_train_samples", "model.name", "seed")
+    return all(mine.get(k) == theirs.get(k) for k in keys)
+
+
+def refuse_other_configs_checkpoint(plan: Plan, echo) -> None:
+    """resume=true found no checkpoint of this config: if one of another config of the same slot exists, the
+    user most likely changed a setting by mistake; say which, and keep that checkpoint. In a multirun the
+    other points of the sweep are such configs, so there a fresh start is the right answer."""
+    root = Path(plan.cfg.checkpoint_dir)
+    candidates = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        theirs = _read_identity(folder) if (folder / "last.pt").exists() and folder.name != plan.run_id else None
+        if theirs and _same_slot(plan.settings, theirs["settings"]):
+            keys = identity.differing_keys(plan.settings, theirs["settings"])
+            candidates.append((len(keys), folder, keys, theirs["settings"]))
+    if not candidates:
+        echo(f"resume=true but no checkpoint at {plan.checkpoint_path}: starting from scratch.")
+        return
+    _, folder, keys, theirs = min(candidates, key=lambda c: c[0])
+    if plan.multirun:
+        echo(f"resume=true: no checkpoint of this sweep point; starting it from scratch ({folder} is another point's).")
+        return
+    raise UserError(
+        f"resume=true, but the checkpoint {folder / 'last.pt'} was written with other training settings "
+        f"({identity.describe_differences(plan.settings, theirs, keys)}); it was kept: rerun with its settings to "
+        f"continue it, or drop resume=true to start this config from scratch.")
+
+
+def check_resume(plan: Plan, echo) -> bool:
+    """resume=true: whether this config's checkpoint exists (light: reads identity files, not checkpoints)."""
+    if not plan.cfg.resume:
+        return False
+    if not plan.checkpoint_path.exists():
+        refuse_other_configs_checkpoint(plan, echo if plan.rank == 0 else (lambda *_: None))
+        return False
+    theirs = (_read_identity(plan.checkpoint_path.parent) or {}).get("settings")
+    if theirs is not None and theirs != plan.settings:
+        keys = identity.differing_keys(plan.settings, theirs)
+        raise UserError(f"resume=true, but {plan.checkpoint_path} holds a run with other training settings "
+                        f"({identity.describe_differences(plan.settings, theirs, keys)}); it was kept.")
+    return True
+
+
+def load_resume_state(plan: Plan, device) -> dict:
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(plan.checkpoint_path, device)
+    theirs = state.get("extra", {}).get("identity", {}).get("settings")
+    if theirs != plan.settings:
+        keys = identity.differing_keys(plan.settings, theirs or {})
+        raise UserError(f"resume=true, but {plan.checkpoint_path} holds a run with other training settings "
+                        f"({identity.describe_differences(plan.settings, theirs or {}, keys)}); it was kept.")
+    return state
+
+
+def write_identity(plan: Plan) -> None:
+    if plan.rank != 0:
+        return
+    from .record import atomic_write_json
+
+    folder = plan.checkpoint_path.parent
+    atomic_write_json(folder / IDENTITY_FILE, {"run_id": plan.run_id, "settings": plan.settings})
+
+
+# --------------------------------------------------------------------------------------- the run
+def run(cfg: DictConfig, echo=print, multirun: bool = False) -> Outcome:
+    plan = plan_run(cfg, multirun)
+    skipped = skip_if_complete(plan, echo)
+    if skipped:
+        return skipped
+    resuming = check_resume(plan, echo)
+
+    job, device, autocast = build_job(plan, echo)
+    trainable = apply_method(plan, job.model)
+    resume_state = load_resume_state(plan, device) if resuming else None
+    wandb_id = (resume_state or {}).get("extra", {}).get("wandb_id")
+    tracker, loop, total_steps, steps_per_epoch = start_tracking(plan, job, trainable, device, autocast, wandb_id, echo)
+    if resume_state is not None:
+        loop.load_state_dict(resume_state)
+        tracker.load_state_dict(resume_state["extra"])
+        tracker.record.add_note(f"resumed from {plan.checkpoint_path} at step {loop.pos.step}")
+        echo(f"Resumed from {plan.checkpoint_path} at step {loop.pos.step} of {total_steps}.")
+        del resume_state
+    write_identity(plan)
+    return train_and_record(plan, loop, tracker, trainable, device, total_steps, steps_per_epoch, echo)
+
+
+def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wandb_id, echo):
+    from .record import RunRecord
+    from .tracker import RunTracker
+    from .train import LoopConfig, TrainLoop
+    from .train import steps_per_epoch as train_steps_per_epoch
+    from .wandb_log import WandbLogger
+
+    cfg, derived = plan.cfg, plan.derived
     steps_per_epoch = train_steps_per_epoch(job.data, cfg.train.batch_size)
     if steps_per_epoch < 1:
         raise UserError(f"The training data has {job.data.num_examples} examples, fewer than one batch of "
                         f"train.batch_size={cfg.train.batch_size}; lower the batch size or use more data.")
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["derived"] = {**derived, "total_steps": total_steps, "world_size": world, "device": str(device),
+    resolved = dict(plan.resolved)
+    resolved["derived"] = {**derived, "total_steps": total_steps, "world_size": plan.world, "device": str(device),
                            "steps_per_epoch": steps_per_epoch}
-    record = RunRecord(results_dir, name, resolved)
+    record = RunRecord(cfg.results_dir, plan.run_id, resolved)
+    record.set_identity(hash=plan.run_id.rsplit("-", 1)[1], settings=plan.settings,
+                        config_hash=identity.config_hash(plan.resolved))
+    logger = None
+    if plan.rank == 0:
+        logger = WandbLogger(cfg.logger.mode, cfg.logger.project, plan.run_id, resolved, dir=str(Path.cwd()),
+                             entity=cfg.logger.entity, resume_id=wandb_id, echo=echo)
+    progress = bool(cfg.train.progress) and plan.rank == 0
+    tracker = RunTracker(record, main_split=job.main_split, main_metric=job.main_metric,
+                         higher_is_better=job.higher_is_better, total_steps=total_steps,
+                         log_every=cfg.train.log_every, progress=bool(cfg.train.progress), logger=logger, echo=echo)
     ddp_model = None
-    if world > 1:
+    if plan.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    checkpoint_path = Path(cfg.checkpoint_dir) / name / "last.pt"
-    resume_state = None
-    if cfg.resume and checkpoint_path.exists():
-        resume_state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-    elif cfg.resume:
-        echo(f"resume=true but no checkpoint at {checkpoint_path}: starting from scratch.")
-
-    logger = None
-    if rank == 0:
-        logger = WandbLogger(
-            cfg.logger.mode, cfg.logger.project, name, resolved, dir=str(Path.cwd()), entity=cfg.logger.entity,
-            resume_id=(resume_state or {}).get("extra", {}).get("wandb_id"), echo=echo,
-        )
-    best: dict = {}
-
-    # without a progress bar (sweep logs), ten lines per run say how far it is and how fast it goes
-    report_every = max(1, total_steps // 10)
-
-    def on_log(step: int, values: dict) -> None:
-        record.add_loss(step, values["loss"], values["lr"])
-        if logger and (step % cfg.train.log_every == 0 or step == 1):
-            logger.log({f"train/{k}": v for k, v in values.items()}, step=step)
-        if not cfg.train.progress and step % report_every == 0 and step < total_steps:
-            eta = (total_steps - step) * loop.pos.train_seconds / step  # train_seconds spans a resume too
-            _write(f"step {step}/{total_steps}: loss {values['loss']:.4f}, "
-                   f"{values['tokens_per_second']:,.0f} tokens/s, training ETA {eta / 60:.1f} min")
-
-    def on_eval(step: int, epoch: int, metrics: dict) -> None:
-        record.add_eval(step, metrics, epoch)
-        value = metrics[job.main_split][job.main_metric]
-        better = not best or (value > best["value"] if job.higher_is_better else value < best["value"])
-        if better:
-            best.update(value=value, step=step, epoch=epoch, metrics=metrics)
-        record.set_best_last(
-            {"step": best["step"], "epoch": best["epoch"], "metrics": best["metrics"]},
-            {"step": step, "epoch": epoch, "metrics": metrics},
-        )
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics[job.main_split].items() if isinstance(v, float))
-        _write(f"eval step {step} (epoch {epoch}): {job.main_split} {shown}")
-        if logger:
-            logger.log(_flatten(metrics, "eval"), step=step)
-
-    def _write(line: str) -> None:
-        from tqdm.auto import tqdm
-
-        tqdm.write(line) if cfg.train.progress else echo(line)
-
+        ddp_model = DistributedDataParallel(trainable.model, device_ids=[device.index] if device.type == "cuda" else None)
     loop_cfg = LoopConfig(
         total_steps=total_steps, batch_size=cfg.train.batch_size, micro_batch_size=derived["micro_batch_size"],
         seed=cfg.seed, warmup_ratio=cfg.train.warmup_ratio, min_lr_ratio=cfg.train.min_lr_ratio,
-        grad_clip=cfg.train.grad_clip or 0.0, eval_every=cfg.train.eval_every,
+        grad_clip=cfg.train.grad_clip, eval_every=cfg.train.eval_every,
         eval_at_epoch_end=job.eval_at_epoch_end and not cfg.train.eval_every, log_every=cfg.train.log_every,
         checkpoint_every=cfg.train.checkpoint_every, stop_at_step=cfg.train.stop_at_step,
-        on_nonfinite=cfg.train.on_nonfinite, autocast=autocast, progress=bool(cfg.train.progress) and rank == 0,
+        on_nonfinite=cfg.train.on_nonfinite, autocast=autocast, progress=progress,
     )
 
     def extra_state() -> dict:
-        return {
-            "loss_curve": record.loss_curve, "eval_history": record.eval_history, "best": dict(best),
-            "wandb_id": logger.run_id if logger else None,
-        }
+        return {**tracker.state_dict(), "identity": {"run_id": plan.run_id, "settings": plan.settings}}
 
-    loop = TrainLoop(model, optimizer, job.data, loop_cfg, job.evaluate, on_log, on_eval,
-                     checkpoint_path, device, extra_state, world, rank, ddp_model)
-    if resume_state is not None:
-        loop.load_state_dict(resume_state)
-        extra = resume_state["extra"]
-        for step, loss in extra["loss_curve"]:
-            record.add_loss(step, loss)
-        for e in extra["eval_history"]:
-            record.add_eval(e["step"], e["metrics"], e["epoch"])
-        best.update(extra["best"])
-        record.add_note(f"resumed from {checkpoint_path} at step {loop.pos.step}")
-        echo(f"Resumed from {checkpoint_path} at step {loop.pos.step} of {total_steps}.")
-        del resume_state
+    loop = TrainLoop(trainable.model, trainable.optimizer, job.data, loop_cfg, job.evaluate, tracker.on_log,
+                     tracker.on_eval, plan.checkpoint_path, device, extra_state, plan.world, plan.rank, ddp_model)
+    tracker.train_seconds = lambda: loop.pos.train_seconds
+    return tracker, loop, total_steps, steps_per_epoch
 
+
+def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, total_steps: int,
+                     steps_per_epoch: int, echo) -> Outcome:
+    from .memory import optimizer_state_bytes
+    from .optim.projector import NonFiniteGradientError, SVDFailedError
+    from .sysinfo import PeakMemory
+    from .train import Interrupted, NonFiniteError
+
+    cfg, record = plan.cfg, tracker.record
     peak = PeakMemory(device)
     peak.reset()
     status, exit_code = "complete", 0
-
-    def finish_record(status: str) -> None:
-        pos = loop.pos
-        record.set_train(
-            steps=pos.step, total_steps=total_steps, epochs=pos.epoch + pos.batch / steps_per_epoch,
-            tokens=pos.tokens, wall_seconds=round(pos.train_seconds, 3),
-            tokens_per_second=pos.tokens / pos.train_seconds if pos.train_seconds else None,
-            nonfinite_skipped_steps=pos.skipped, accumulation_steps=derived["accumulation_steps"],
-        )
-        record.set_memory(
-            **peak.snapshot(), optimizer_state_bytes=optimizer_state_bytes(optimizer),
-            optimizer_state_bytes_analytic=analytic_state, parameters=params,
-        )
-        if rank == 0:
-            record.write(status)
-
     try:
         loop.run()
         if cfg.keep_checkpoint:
             loop.save_checkpoint()
-        elif rank == 0 and checkpoint_path.exists():
-            checkpoint_path.unlink()  # a complete run needs no resume point; sweeps would pile up GBs
+        elif plan.rank == 0:
+            _remove_checkpoint(plan)  # a complete run needs no resume point; sweeps would pile up GBs
     except Interrupted as stop:
         status = "incomplete"
         exit_code = EXIT_INTERRUPTED.get(stop.reason.removeprefix("received "), 0)
-        echo(f"Stopped at step {stop.step} ({stop.reason}); checkpoint at {checkpoint_path}. "
+        echo(f"Stopped at step {stop.step} ({stop.reason}); checkpoint at {plan.checkpoint_path}. "
              f"Continue with the same command plus resume=true.")
     except (NonFiniteError, NonFiniteGradientError, SVDFailedError) as exc:
         status, exit_code = "failed", 3
@@ -370,14 +384,36 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
     finally:
         if status == "complete" and loop.pos.step < total_steps:
             status = "failed"  # an unexpected exception is propagating
-        finish_record(status)
-        if logger:
-            logger.summary(_flatten(record.eval, "final"))
-            logger.finish(exit_code)
+        pos = loop.pos
+        record.set_train(
+            steps=pos.step, total_steps=total_steps, epochs=pos.epoch + pos.batch / steps_per_epoch,
+            tokens=pos.tokens, wall_seconds=round(pos.train_seconds, 3),
+            tokens_per_second=pos.tokens / pos.train_seconds if pos.train_seconds else None,
+            nonfinite_skipped_steps=pos.skipped, accumulation_steps=plan.derived["accumulation_steps"],
+        )
+        record.set_memory(
+            **peak.snapshot(), optimizer_state_bytes=optimizer_state_bytes(trainable.optimizer),
+            optimizer_state_bytes_analytic=trainable.analytic_state_bytes, parameters=trainable.parameters,
+        )
+        try:
+            if plan.rank == 0:
+                record.write(status)
+        finally:
+            tracker.finish(exit_code)
 
-    if status == "complete" and cfg.save_model and rank == 0:
-        out = results_dir / "models" / name
-        method.merge(model).save_pretrained(out)
+    if status == "complete" and cfg.save_model and plan.rank == 0:
+        out = Path(cfg.results_dir) / "models" / plan.run_id
+        trainable.method.merge(trainable.model).save_pretrained(out)
         echo(f"Merged model saved to {out}")
     echo(f"Result ({status}): {record.path}")
     return Outcome(status, exit_code, record.path, record.to_dict())
+
+
+def _remove_checkpoint(plan: Plan) -> None:
+    folder = plan.checkpoint_path.parent
+    for leftover in (plan.checkpoint_path, folder / IDENTITY_FILE):
+        leftover.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # something else lives there (a sidecar of a newer checkpoint format, a user's file): keep it

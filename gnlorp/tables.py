@@ -29,7 +29,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .identity import EXCLUDED_KEYS
+from .methods import LOW_RANK
 from .record import load_results
+
+_UNTRACKED = set(EXCLUDED_KEYS) | {"rank"}  # older records: the rank group also wrote a top-level rank
 
 DASH = "—"
 
@@ -124,6 +128,25 @@ class Run:
     seed: int
     record: dict = field(repr=False)
     dirty: bool = False
+    variant: str = ""     # the settings that set this run apart from others of its method, rank and precision
+
+    @property
+    def settings(self) -> dict:
+        """The training settings of its run identity (older records: the flattened config, lr resolved)."""
+        ident = self.record.get("identity") or {}
+        if "settings" in ident:
+            return {k: v for k, v in ident["settings"].items() if k != "seed"}
+        flat = {}
+
+        def walk(node, prefix):
+            for k, v in node.items():
+                if isinstance(v, dict) and k not in ("lr", "alpha"):
+                    walk(v, f"{prefix}{k}.")
+                elif f"{prefix}{k}" not in _UNTRACKED:
+                    flat[f"{prefix}{k}"] = v
+        walk({k: v for k, v in self.config.items() if k not in ("derived", "seed")}, "")
+        flat["train.lr"] = (self.config.get("derived") or {}).get("lr")
+        return flat
 
     @property
     def config(self) -> dict:
@@ -143,12 +166,25 @@ def _as_run(rec: dict, file: str) -> Run | str:
     try:
         task, method, model = cfg["task"], cfg["method"], cfg["model"]
         family = str(task["family"])
-        rank = method.get("rank") if method.get("name") in ("lora", "dora", "galore", "gradnormlorp") else None
+        rank = cfg.get("rank", method.get("rank")) if method.get("name") in LOW_RANK else None
         return Run(rec["run_name"], file, family, str(task["name"]), str(model["name"]), str(method["name"]),
                    None if rank is None else int(rank), str(cfg["precision"]["name"]), int(cfg.get("seed", 0)), rec,
                    bool((rec.get("git") or {}).get("dirty")))
     except (KeyError, TypeError, ValueError) as exc:
         return f"config lacks {exc}"
+
+
+def _mark_variants(runs: list[Run]) -> None:
+    """Runs of one method, rank and precision that differ in a training setting other than the seed are never
+    pooled: each gets a variant label naming the settings in which they differ (e.g. `train.lr=0.001`)."""
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r.family, r.task, r.model, r.method, r.rank, r.precision)].append(r)
+    for rs in groups.values():
+        settings = [r.settings for r in rs]
+        keys = sorted({k for s in settings for k in s if any(s.get(k) != o.get(k) for o in settings)})
+        for r, s in zip(rs, settings):
+            r.variant = ", ".join(f"{k}={s.get(k)}" for k in keys)
 
 
 def _glue_value(run: Run) -> float | None:
@@ -215,13 +251,18 @@ def collect(results_dir: str | Path, allow_dirty: bool = False):
                 else "last/validation/perplexity"
             excluded.append(Excluded(run.name, file, group, f"no {want} in the result"))
         else:
-            key = (run.family, run.task, run.model, run.method, run.rank, run.precision, run.seed)
-            if key in seen:
-                excluded.append(Excluded(run.name, file, group, f"same model, task, method, rank, precision and seed "
-                                                                f"as {seen[key].name} (kept)"))
-                continue
-            seen[key] = run
             runs.append(run)
+    _mark_variants(runs)
+    kept = []
+    for run in runs:
+        key = (run.family, run.task, run.model, run.method, run.rank, run.precision, run.variant, run.seed)
+        if key in seen:
+            excluded.append(Excluded(run.name, run.file, _group(run), f"same model, task, method, rank, precision, "
+                                                                     f"settings and seed as {seen[key].name} (kept)"))
+            continue
+        seen[key] = run
+        kept.append(run)
+    runs = kept
     # load_results names files by path: keep the file name only (no machine-specific directories in the outputs)
     unreadable = sorted((Path(p).name, reason) for p, reason in problems)
     return runs, excluded, unreadable
@@ -315,21 +356,21 @@ class Table:
         return _tex_table(self.title, self.header, self.rows, self.align, self.notes)
 
 
-def _row_order(method: str, rank: int | None, precision: str) -> tuple:
+def _row_order(method: str, rank: int | None, precision: str, variant: str = "") -> tuple:
     m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return (rank or 0, m, method, precision)
+    return (rank or 0, m, method, precision, variant)
 
 
 def _labels(keys: list[tuple], base: dict, with_rank: bool) -> dict:
     """Row labels; the precision is named only where it is 8-bit or two rows would otherwise look the same."""
     def plain(k):
-        method, rank, precision = k
+        method, rank, precision, variant = k
         label = base.get(method, method)
         if precision == "8bit":
             label = "8-bit Adam" if (method == "full" and not with_rank) else f"8-bit {label}"
         if with_rank and rank is not None:
             label += f" (rank {rank})"
-        return label
+        return f"{label} [{variant}]" if variant else label
 
     first = {k: plain(k) for k in keys}
     counts = defaultdict(int)
@@ -349,7 +390,7 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
     avg_tasks = [t for t in tasks if t not in AVG_EXCLUDED and t in GLUE_TASKS]
     cells: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        cells[(r.method, r.rank, r.precision)][r.task].append(r)
+        cells[(r.method, r.rank, r.precision, r.variant)][r.task].append(r)
     keys = sorted(cells, key=lambda k: _row_order(*k))
     labels = _labels(keys, GLUE_METHOD_LABEL, with_rank=True)
     paper_avg_ok = tuple(avg_tasks) == PAPER_AVG_TASKS
@@ -444,7 +485,7 @@ def _c4_keys(runs: list[Run]) -> tuple[dict, list[tuple]]:
     split = {(m, p) for (m, p, _), rs in ranks.items() if len(rs) > 1}
     key_of = {}
     for r in runs:
-        key_of[id(r)] = (r.method, r.rank if (r.method, r.precision) in split else None, r.precision)
+        key_of[id(r)] = (r.method, r.rank if (r.method, r.precision) in split else None, r.precision, r.variant)
     keys = sorted(set(key_of.values()), key=lambda k: _row_order(*k))
     return key_of, keys
 
@@ -719,14 +760,14 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
             if stem.startswith("glue_"):
                 model = rs[0].model
                 table = glue_table(model, rs, excluded_by_group.get(stem, []))
-                keys = sorted({(r.method, r.rank, r.precision) for r in rs}, key=lambda k: _row_order(*k))
+                keys = sorted({(r.method, r.rank, r.precision, r.variant) for r in rs}, key=lambda k: _row_order(*k))
                 labels = _labels(keys, GLUE_METHOD_LABEL, with_rank=True)
                 for task in sorted({r.task for r in rs}, key=lambda t: (GLUE_TASKS + (t,)).index(t)):
                     trs = [r for r in rs if r.task == task]
                     name = f"loss_glue_{_safe(model)}_{task}.png"
                     loss_plot(out / name, f"GLUE {TASK_LABEL.get(task, task)}, {model}: training loss per method "
                               "(one line per run)", trs, labels,
-                              lambda r: (r.method, r.rank, r.precision))
+                              lambda r: (r.method, r.rank, r.precision, r.variant))
                     written.add(name)
             else:
                 table = c4_table(stem, rs, excluded_by_group.get(stem, []))

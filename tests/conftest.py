@@ -22,10 +22,11 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from gnlorp.cli import quote_group_ints
+    from gnlorp.schema import register
 
+    register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=quote_group_ints(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides))
 
 
 def tiny_glue(tmp_path, *extra: str) -> list[str]:
@@ -46,3 +47,28 @@ def tiny_c4(tmp_path, *extra: str) -> list[str]:
         "train.eval_every=6", "rank=8", f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/checkpoints",
         "keep_checkpoint=true", "train.progress=false", "logger.mode=disabled", *extra,
     ]
+
+
+def run_cli(args: list[str], cwd, env_extra: dict | None = None, timeout: float = 240):
+    """`python run.py <args>` as a user runs it, in `cwd`; the CompletedProcess gets `.seconds`."""
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for key, value in (env_extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    p.seconds = time.monotonic() - t0
+    return p
+
+
+def with_overrides(args: list[str], *overrides: str) -> list[str]:
+    """`args` with each `key=value` of `overrides` replacing the entry for that key (one entry per key)."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [a for a in args if a.split("=", 1)[0] not in keys] + list(overrides)

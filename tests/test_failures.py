@@ -144,16 +144,13 @@ BAD_INPUT = {
     "unknown_method": (HYDRA, lambda t: _glue(t, "method=sgd"), None, ["method/sgd", "gradnormlorp", "galore"], None),
     "unknown_task": (HYDRA, lambda t: _glue(t, "task=glue/rtee"), None, ["glue/rtee", "glue/rte"], None),
     "unknown_model": (HYDRA, lambda t: _glue(t, "model=gpt2"), None, ["model/gpt2", "bert_tiny", "roberta-base"], None),
-    "unknown_rank": (HYDRA, lambda t: _glue(t, "method=lora", "rank=3"), None, ["rank/3", "1024"], None),
     "unknown_precision": (HYDRA, lambda t: _glue(t, "precision=fp8"), None, ["precision/fp8", "bf16", "8bit"], None),
     "unknown_config_key": (HYDRA, lambda t: _glue(t, "train.nonexistent=1"), None, ["train.nonexistent"], None),
-    "rank_zero": (OURS, lambda t: _glue(t, "method=galore", "rank=4", "method.rank=0"), None,
-                  ["rank=0", "positive integer"], None),
+    "rank_zero": (OURS, lambda t: _glue(t, "method=galore", "rank=0"), None, ["rank=0", ">= 1"], None),
     "rank_above_smallest_matrix": (OURS, lambda t: _glue(t, "method=galore", "rank=1024"), None,
                                    ["rank=1024", "rank <= 32"], None),
-    "lr_zero": (OURS, lambda t: _glue(t, "method=full", "train.lr=0"), None, ["train.lr=0", "positive"], None),
-    "lr_negative": (OURS, lambda t: _glue(t, "method=lora", "train.lr=-1e-4"), None,
-                    ["train.lr=-0.0001", "positive"], None),
+    "lr_zero": (OURS, lambda t: _glue(t, "method=full", "train.lr=0"), None, ["train.lr=0", "> 0"], None),
+    "lr_negative": (OURS, lambda t: _glue(t, "method=lora", "train.lr=-1e-4"), None, ["train.lr=-0.0001", "> 0"], None),
     "data_dir_missing": (OURS, lambda t: _glue(t, f"task.data_dir={t / 'nowhere'}"), None,
                          ["nowhere does not exist", "task.data_dir"], None),
     "data_dir_not_a_folder": (OURS, lambda t: _glue(t, f"task.data_dir={ROOT / 'run.py'}"), None,
@@ -206,7 +203,7 @@ def test_bad_input_fails_in_one_sentence_and_writes_no_result(tmp_path, case):
 def test_a_traceback_only_when_asked_for(tmp_path):
     p = _cli(_glue(tmp_path, "train.lr=0"), tmp_path, {"HYDRA_FULL_ERROR": "1"})
     assert p.returncode == 2
-    assert "Traceback" in p.stderr and "error: train.lr=0.0 must be a positive number" in p.stderr
+    assert "Traceback" in p.stderr and "error: train.lr=0.0 is out of range" in p.stderr
 
 
 def test_keep_going_reports_a_failed_job_and_finishes_the_sweep(tmp_path):

@@ -528,8 +528,12 @@ def test_malformed_rows(tok, tmp_path):
             read_glue_tsv(task, "train", str(root))
     hdr = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
     write_task(tmp_path, "STS-B", {"dev.tsv": hdr + "0\tg\tf\ty\t0\tn\tn\tA.\tB.\t3.2\n1\tg\tf\ty\t1\tn\tn\tC.\tD.\thigh\n"})
-    with pytest.raises(UserError, match=r"STS-B/dev\.tsv, line 3: score 'high' is not a finite number"):
+    with pytest.raises(UserError, match=r"STS-B/dev\.tsv, line 3: score 'high' is not a number from 0.0 to 5.0"):
         read_glue_tsv("stsb", "validation", str(tmp_path))
+    for bad in ("7.5", "-0.1", "nan"):  # the STS-B scale is 0-5: a score outside it is a broken row
+        write_task(tmp_path, "STS-B", {"dev.tsv": hdr + f"0\tg\tf\ty\t0\tn\tn\tA.\tB.\t5.0\n1\tg\tf\ty\t1\tn\tn\tC.\tD.\t{bad}\n"})
+        with pytest.raises(UserError, match=rf"STS-B/dev\.tsv, line 3: score '{bad}' is not a number from 0.0 to 5.0"):
+            read_glue_tsv("stsb", "validation", str(tmp_path))
 
 
 def test_empty_split_and_bad_encoding(tok, tmp_path):

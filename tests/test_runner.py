@@ -29,7 +29,8 @@ def test_glue_run_records_metrics_memory_and_throughput(tmp_path):
     mem = rec["memory"]
     assert mem["kind"] == "cpu_rss" and mem["peak_rss_bytes"] > 0
     assert mem["optimizer_state_bytes"] == mem["optimizer_state_bytes_analytic"] > 0
-    assert rec["config"]["method"]["rank"] == 4 and rec["config"]["derived"]["lr"] == 3e-4
+    assert rec["config"]["rank"] == 4 and rec["config"]["derived"]["lr"] == 3e-4
+    assert out.path.name == f"glue-rte-bert_tiny-gradnormlorp-r4-fp32-n64-s0-{rec['identity']['hash']}.json"
     assert len(rec["loss_curve"]) == 8
 
 
@@ -79,9 +80,9 @@ def test_multirun_over_methods_writes_four_complete_results(tmp_path):
     p = _cli(["-m", "method=full,lora,galore,gradnormlorp", "rank=4", *tiny_glue(tmp_path, "train.epochs=1")], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     files = sorted((tmp_path / "results").glob("*.json"))
-    assert [f.name for f in files] == [
-        "glue-rte-bert_tiny-full-fp32-n64-s0.json", "glue-rte-bert_tiny-galore-r4-fp32-n64-s0.json",
-        "glue-rte-bert_tiny-gradnormlorp-r4-fp32-n64-s0.json", "glue-rte-bert_tiny-lora-r4-fp32-n64-s0.json",
+    assert [f.stem.rsplit("-", 1)[0] for f in files] == [  # <readable name>-<hash of the training settings>
+        "glue-rte-bert_tiny-full-fp32-n64-s0", "glue-rte-bert_tiny-galore-r4-fp32-n64-s0",
+        "glue-rte-bert_tiny-gradnormlorp-r4-fp32-n64-s0", "glue-rte-bert_tiny-lora-r4-fp32-n64-s0",
     ]
     assert all(json.loads(f.read_text())["status"] == "complete" for f in files)
 

@@ -343,3 +343,25 @@ def test_committed_tables_are_what_make_tables_builds_from_the_committed_results
     for p in written:
         if p.suffix in (".md", ".tex"):
             assert p.read_bytes() == (root / "tables" / p.name).read_bytes(), f"{p.name}: rerun `make tables`"
+
+
+def test_runs_with_other_training_settings_are_never_pooled(tmp_path):
+    """An lr sweep writes two results of the same method, rank and seed: two rows, each naming its lr."""
+    from gnlorp.record import RunRecord
+
+    for lr, value in ((1e-4, 0.60), (3e-3, 0.70)):
+        for seed in (0, 1):
+            settings = {"train.lr": lr, "method.name": "galore", "rank": 8, "seed": seed}
+            cfg = _config("glue", "rte", "minilm", "galore", 8, "fp32", seed, lr=lr)
+            rec = RunRecord(tmp_path / "r", f"glue-rte-minilm-galore-r8-fp32-s{seed}-{lr:g}", cfg, clock=CLOCK)
+            rec.set_identity(hash=f"{lr:g}", settings=settings)
+            rec.git = {"sha": "0" * 40, "dirty": False}
+            m = acc(value + 0.01 * seed)
+            rec.add_eval(10, m, epoch=1)
+            rec.set_best_last({"step": 10, "epoch": 1, "metrics": m}, {"step": 10, "epoch": 1, "metrics": m})
+            rec.write("complete")
+    tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
+    rows = _rows((tmp_path / "t" / "glue_minilm.md").read_text())
+    # medians of (60, 61) and (70, 71) x 100, half-range 0.5: never the median of all four
+    assert rows["GaLore (rank 8) [train.lr=0.0001] | ours (2 runs)"][0] == "60.50 ± 0.50"
+    assert rows["GaLore (rank 8) [train.lr=0.003] | ours (2 runs)"][0] == "70.50 ± 0.50"

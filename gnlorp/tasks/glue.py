@@ -249,6 +249,9 @@ def check_glue_files(name: str, data_dir: str | None, train: bool = True) -> Non
 # reading TSVs
 
 
+STSB_RANGE = (0.0, 5.0)  # the STS-B similarity scale (Cer et al., 2017)
+
+
 def _parse_label(spec: _TaskSpec, value: str, path: str, line: int, column: str) -> int | float:
     text = value.strip()
     if spec.labels is None:
@@ -256,10 +259,10 @@ def _parse_label(spec: _TaskSpec, value: str, path: str, line: int, column: str)
             score = float(text)
         except ValueError:
             score = math.nan
-        if not math.isfinite(score):
+        if not math.isfinite(score) or not STSB_RANGE[0] <= score <= STSB_RANGE[1]:
             raise UserError(
-                f"{path}, line {line}: {column} {value!r} is not a finite number; "
-                f"STS-B scores must be numbers (0 to 5), so fix or remove this row."
+                f"{path}, line {line}: {column} {value!r} is not a number from {STSB_RANGE[0]} to {STSB_RANGE[1]}; "
+                f"STS-B scores are similarities on that scale, so fix or remove this row."
             )
         return score
     if text not in spec.labels:

@@ -1,0 +1,200 @@
+"""Every value checked before any work: the accepted values declared in gnlorp/schema.py, the relations
+between keys, and the output locations. Light: no torch, no transformers.
+
+`check_config(cfg, world_size)` raises a UserError naming the key, the value and what is accepted, or
+returns the derived settings (learning rate, scale, micro-batch, accumulation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import ListConfig
+
+from .errors import UserError
+from .schema import RunSettings
+
+NAME_MAX = 255          # bytes in one file name (ext4, xfs, apfs ...)
+_RESULT_SUFFIX = ".json.tmp-4194304"  # the longest name the runner writes for a result (atomic write's temp file)
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def _bounds_text(a: dict) -> str:
+    parts = []
+    for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if key in a:
+            parts.append(f"{sym} {a[key]}")
+    return " and ".join(parts)
+
+
+def _check_value(key: str, value: Any, a: dict) -> None:
+    if value is None:
+        if "choices" in a and None not in a["choices"]:
+            raise UserError(f"{key}=null is not accepted; {key} accepts {', '.join(map(_shown, a['choices']))}.")
+        return  # Optional fields: null means "not set" (the schema's types say which may be null)
+    if "choices" in a and value not in a["choices"]:
+        raise UserError(f"{key}={_shown(value)} is not accepted; {key} accepts {', '.join(map(_shown, a['choices']))}.")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if a.get("finite") and not math.isfinite(value):
+            raise UserError(f"{key}={value} must be a finite number.")
+        bounds = _bounds_text(a)
+        ok = all((
+            "ge" not in a or value >= a["ge"], "gt" not in a or value > a["gt"],
+            "le" not in a or value <= a["le"], "lt" not in a or value < a["lt"],
+        ))
+        if not ok:
+            raise UserError(f"{key}={value} is out of range; {key} must be {bounds}.")
+    if isinstance(value, (list, tuple)):
+        if "length" in a and len(value) != a["length"]:
+            raise UserError(f"{key}={list(value)} must hold {a['length']} values.")
+        for v in value:
+            if not isinstance(v, (int, float)) or not (a.get("each_ge", -math.inf) <= v < a.get("each_lt", math.inf)):
+                raise UserError(f"{key}={list(value)}: each value must be a number >= {a.get('each_ge')} and "
+                                f"< {a.get('each_lt')}.")
+    if a.get("regex") and isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise UserError(f"{key}={value!r} is not a valid regular expression ({exc}); pass a Python regex over "
+                            f"module names, e.g. {key}='.*(q_proj|v_proj)$'.") from None
+    if "regex_match" in a and isinstance(value, str) and not re.fullmatch(a["regex_match"], value):
+        raise UserError(f"{key}={value!r} may hold only letters, digits and . _ = + - (it names files).")
+
+
+def check_schema_values(cfg, schema=RunSettings, prefix: str = "") -> None:
+    """The accepted values declared in the schema's field metadata, for every key."""
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        value = cfg.get(f.name) if hasattr(cfg, "get") else getattr(cfg, f.name)
+        if isinstance(value, ListConfig):
+            value = list(value)
+        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Settings")):
+            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+            check_schema_values(value, type(sub()) if sub else f.type, prefix=f"{key}.")
+            continue
+        _check_value(key, value, f.metadata.get("accepts", {}))
+
+
+# --------------------------------------------------------------------------------------- derived values
+def learning_rate(cfg) -> float:
+    if cfg.train.lr is not None:
+        return float(cfg.train.lr)
+    table = cfg.task.lr or {}
+    if cfg.method.name not in table:
+        raise UserError(f"task {cfg.task.name!r} has no learning rate for method {cfg.method.name!r}; pass train.lr=...")
+    lr = table[cfg.method.name]
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise UserError(f"task.lr.{cfg.method.name}={lr} must be a positive number.")
+    return float(lr)
+
+
+def galore_scale(cfg) -> float:
+    """scale= if given, else the task's alpha for this rank (task.alpha[<rank>], else task.alpha.default)."""
+    if cfg.scale is not None:
+        return float(cfg.scale)
+    table = cfg.task.alpha or {}
+    value = table.get(str(cfg.rank), table.get("default"))
+    if value is None:
+        return 1.0
+    if not (value > 0 and math.isfinite(value)):
+        raise UserError(f"task.alpha for rank {cfg.rank} is {value}; it must be a positive number.")
+    return float(value)
+
+
+def _relations(cfg, world_size: int) -> dict:
+    t = cfg.train
+    if t.batch_size % world_size:
+        raise UserError(f"train.batch_size={t.batch_size} must be divisible by the {world_size} processes.")
+    per_process = t.batch_size // world_size
+    micro = t.micro_batch_size or per_process
+    if per_process % micro:
+        raise UserError(f"train.micro_batch_size={micro} must divide the batch of each process (train.batch_size="
+                        f"{t.batch_size} / {world_size} process(es) = {per_process}); e.g. "
+                        f"train.micro_batch_size={math.gcd(per_process, micro)}.")
+    if t.stop_at_step is not None and t.max_steps is not None and t.stop_at_step > t.max_steps:
+        raise UserError(f"train.stop_at_step={t.stop_at_step} is after the last step (train.max_steps={t.max_steps}); "
+                        f"pass a smaller value or null.")
+    layerwise = bool(cfg.method.layerwise)
+    if layerwise and t.grad_clip > 0:
+        raise UserError("method.layerwise=true steps each weight inside backward, so no global gradient norm exists "
+                        "to clip; set train.grad_clip=0.")
+    if layerwise and world_size > 1:
+        raise UserError("method.layerwise=true cannot be combined with DDP (the step would run before the gradient "
+                        "all-reduce); run on one process or set method.layerwise=false.")
+    if cfg.task.family == "c4" and cfg.model.kind != "llama":
+        raise UserError(f"task=c4 pre-trains a LLaMA; model={cfg.model.name} is an encoder: pick model=llama_20m "
+                        f"(or another llama_*).")
+    if cfg.task.family == "glue" and cfg.model.kind == "llama":
+        raise UserError(f"GLUE fine-tunes an encoder; model={cfg.model.name} is a LLaMA: pick model=minilm, "
+                        f"roberta-base or bert_tiny.")
+    return {"micro_batch_size": micro, "accumulation_steps": per_process // micro}
+
+
+def _check_bitsandbytes(cfg) -> None:
+    if cfg.precision.optim_bits == 8:
+        try:
+            import bitsandbytes.functional  # noqa: F401
+        except Exception as exc:
+            raise UserError(f"precision=8bit needs a working bitsandbytes >= 0.50, but importing it failed ({exc}); "
+                            "pip install 'bitsandbytes>=0.50' or use precision=bf16.") from None
+
+
+def check_method_name(cfg) -> None:
+    from .methods import METHODS
+
+    if cfg.method.name not in METHODS:
+        raise UserError(f"method.name={cfg.method.name!r} is not a method; choose one of {', '.join(METHODS)}.")
+
+
+def check_config(cfg, world_size: int = 1) -> dict:
+    """Everything that can be checked from the config alone; returns the derived settings."""
+    check_schema_values(cfg)
+    check_method_name(cfg)
+    derived = _relations(cfg, world_size)
+    _check_bitsandbytes(cfg)
+    return {"lr": learning_rate(cfg), "scale": galore_scale(cfg), **derived}
+
+
+# --------------------------------------------------------------------------------------- output locations
+def check_writable_folder(key: str, folder: str | Path) -> Path:
+    """Create the folder if needed and prove a file can be written there (then remove it)."""
+    path = Path(os.path.expanduser(str(folder)))
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{key}={str(folder)!r} is a file, not a folder; point {key} at a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".gnlorp-write-test-") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UserError(f"{key}={str(folder)!r} cannot be written ({reason.lower()}); point {key} at a writable "
+                        f"folder with free space.") from None
+    return path
+
+
+def check_name_length(run_file_stem: str) -> None:
+    longest = len((run_file_stem + _RESULT_SUFFIX).encode())
+    if longest > NAME_MAX:
+        raise UserError(f"the run name {run_file_stem!r} makes file names of {longest} bytes, over the file system's "
+                        f"{NAME_MAX}; pass a shorter name=...")
+
+
+def check_group_choices(choices: dict) -> None:
+    """Hydra skips an `optional` group whose option does not exist (experiment=typo would run the defaults)."""
+    from .cli import group_options
+
+    for group, choice in choices.items():
+        if group == "experiment" and choice not in (None, "null") and choice not in group_options(group):
+            raise UserError(f"experiment={choice} does not exist; experiment= accepts: "
+                            f"{', '.join(group_options(group))}.")

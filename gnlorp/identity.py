@@ -1,0 +1,87 @@
+"""A run's identity: the readable name plus a short hash of every setting that changes what it trains.
+
+The result file is results/<name>-<hash>.json and the checkpoint checkpoints/<name>-<hash>/last.pt, so two
+configs that train differently never share a file, `skip_complete` skips only an identical config, and a
+resume never continues another config's state. Settings declared with identity=False in gnlorp/schema.py
+(paths, logging and evaluation cadence, stop/resume controls) are left out; the effective learning rate
+and GaLore scale replace the per-method and per-rank tables they were looked up in, so an edit to the lr
+of another method does not change this run's identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from .schema import RunSettings
+
+HASH_CHARS = 8
+
+
+def _training_keys(schema=RunSettings, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(identity keys, excluded keys) as dotted paths, from the schema's metadata."""
+    keep, drop = [], []
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            k, d = _training_keys(f.default_factory, f"{key}.")
+            keep += k
+            drop += d
+        elif f.metadata.get("identity", True):
+            keep.append(key)
+        else:
+            drop.append(key)
+    return keep, drop
+
+
+IDENTITY_KEYS, EXCLUDED_KEYS = _training_keys()
+
+
+def _get(container: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(container, dict) or part not in container:
+            return None
+        container = container[part]
+    return container
+
+
+def training_settings(resolved: dict, derived: dict) -> dict:
+    """{dotted key: value} of everything that changes training (see the module docstring)."""
+    settings = {key: _get(resolved, key) for key in IDENTITY_KEYS}
+    settings.pop("task.lr")
+    settings.pop("task.alpha")
+    settings["train.lr"] = derived["lr"]
+    settings["scale"] = derived["scale"]
+    return settings
+
+
+def identity_hash(settings: dict) -> str:
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def config_hash(resolved: dict) -> str:
+    """Hash of the whole resolved config (recorded beside the identity; changes with any key)."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def readable_name(cfg, low_rank: bool) -> str:
+    if cfg.name:
+        return str(cfg.name)
+    task = f"glue-{cfg.task.name}" if cfg.task.family == "glue" else cfg.task.name
+    rank = f"-r{cfg.rank}" if low_rank else ""
+    samples = cfg.task.max_train_samples
+    subset = f"-n{samples}" if samples else ""  # a train subset is another experiment than the whole split
+    return f"{task}-{cfg.model.name}-{cfg.method.name}{rank}-{cfg.precision.name}{subset}-s{cfg.seed}"
+
+
+def differing_keys(mine: dict, theirs: dict) -> list[str]:
+    return sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+
+
+def describe_differences(mine: dict, theirs: dict, keys: list[str], limit: int = 6) -> str:
+    shown = [f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(shown) + more

@@ -1,0 +1,197 @@
+"""The config schema: every setting of a run declared once, with its type, default and accepted values.
+
+Hydra composes conf/*.yaml (values only) over these dataclasses (registered in Hydra's ConfigStore by
+`register()`), so an unknown key or a value of the wrong type is refused while composing; `gnlorp.checks`
+then applies the ranges, choices and relations declared here, before anything heavy is imported.
+
+Each field's metadata says:
+- `help`: what it does (shown by `python run.py --help` through the YAML comments, and in error lines);
+- `accepts`: the accepted values, checked by gnlorp.checks (ge/gt/le/lt bounds, `choices`, `regex`);
+- `identity`: whether the setting changes what a run trains (default True). Settings with identity=False
+  (paths, logging and evaluation cadence, stop/resume controls) are left out of the run identity, so
+  changing them neither creates another result file nor blocks a resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Dict, List, Optional
+
+SEED_LIMIT = 2**31  # torch, numpy and Python generators all accept [0, 2**31); the loop derives seeds from it
+
+
+def setting(default: Any = MISSING, help: str = "", *, identity: bool = True, factory=None, **accepts):
+    """A dataclass field with its documentation and accepted values (see the module docstring)."""
+    metadata = {"help": help, "identity": identity, "accepts": accepts}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainSettings:
+    lr: Optional[float] = setting(None, "peak learning rate; null: the task's recipe for the method (task.lr)",
+                                  gt=0, finite=True)
+    epochs: int = setting(1, "passes over the training data (GLUE); capped by max_steps", ge=1)
+    max_steps: Optional[int] = setting(None, "optimizer steps; caps epochs when both are set", ge=1)
+    batch_size: int = setting(32, "examples per optimizer step, over all processes", ge=1)
+    micro_batch_size: Optional[int] = setting(
+        None, "examples per forward pass; null: batch_size / processes (accumulation = batch / micro / processes)", ge=1)
+    warmup_ratio: float = setting(0.1, "fraction of the steps with linear warmup", ge=0, lt=1)
+    min_lr_ratio: float = setting(0.1, "cosine decay ends at this fraction of the peak", ge=0, le=1)
+    grad_clip: float = setting(1.0, "global gradient-norm clip; 0 disables (must be 0 in layer-wise mode)", ge=0,
+                               finite=True)
+    weight_decay: float = setting(0.0, "decoupled weight decay (AdamW)", ge=0, finite=True)
+    on_nonfinite: str = setting("stop", "a NaN/Inf loss or gradient stops the run, or skips that step",
+                                choices=("stop", "skip"))
+    activation_checkpointing: bool = setting(False, "recompute each transformer block's activations in backward")
+    eval_every: Optional[int] = setting(None, "steps between evaluations; null: every epoch (GLUE) / at the end (C4)",
+                                        identity=False, ge=1)
+    log_every: int = setting(10, "steps between W&B loss points", identity=False, ge=1)
+    checkpoint_every: Optional[int] = setting(None, "steps between checkpoints; null: on interruption and at the end",
+                                              identity=False, ge=1)
+    stop_at_step: Optional[int] = setting(None, "stop cleanly (checkpoint + incomplete result) after this step",
+                                          identity=False, ge=1)
+    progress: bool = setting(True, "tqdm progress bar (else ten progress lines per run)", identity=False)
+    num_threads: Optional[int] = setting(None, "torch CPU threads; null: torch's default", identity=False, ge=1)
+
+
+@dataclass
+class TaskSettings:
+    family: str = setting("glue", "glue (fine-tuning) or c4 (pre-training)", choices=("glue", "c4"))
+    name: str = setting("mrpc", "GLUE task name, or c4")
+    data_dir: Optional[str] = setting(None, "local data folder; null: $GNLORP_GLUE_DIR / $GNLORP_C4_DIR, else the hub",
+                                      identity=False)
+    lr: Dict[str, float] = setting(help="peak learning rate per method (train.lr overrides)", factory=dict)
+    alpha: Dict[str, float] = setting(
+        help="GaLore's scale (alpha) per rank, with a 'default' entry; `scale=` overrides", factory=dict)
+    # GLUE
+    max_length: int = setting(128, "GLUE: tokens per example (truncated)", ge=1)
+    max_train_samples: Optional[int] = setting(None, "GLUE: a seeded subset of the train split (0: none)", ge=0)
+    max_eval_samples: Optional[int] = setting(None, "GLUE: the first rows of each evaluation split", ge=1)
+    # C4
+    seq_len: int = setting(256, "C4: tokens per packed block", ge=2)
+    max_train_blocks: Optional[int] = setting(None, "C4: cap on the train blocks read", ge=1)
+    eval_tokens: int = setting(262144, "C4: validation budget in tokens (the first eval_tokens / seq_len blocks)",
+                               ge=2)
+
+
+@dataclass
+class ModelSettings:
+    name: str = setting("minilm", "the model's name in run names and tables")
+    kind: str = setting("encoder", "encoder (pretrained), encoder_config (random, from dims), llama (from dims)",
+                        choices=("encoder", "encoder_config", "llama"))
+    path: Optional[str] = setting(None, "hub id, local folder, or pip:<package> of a pretrained encoder")
+    model_type: Optional[str] = setting(None, "encoder_config: the transformers model type (e.g. bert)")
+    tokenizer: Optional[str] = setting(None, "tokenizer id (LLaMA: t5-base or mistral-sp; encoder_config: a path)")
+    attn_implementation: Optional[str] = setting(None, "transformers attention implementation; null: its default")
+    hidden_size: Optional[int] = setting(None, "width", ge=1)
+    intermediate_size: Optional[int] = setting(None, "MLP width", ge=1)
+    num_hidden_layers: Optional[int] = setting(None, "transformer blocks", ge=1)
+    num_attention_heads: Optional[int] = setting(None, "attention heads", ge=1)
+    vocab_size: Optional[int] = setting(None, "vocabulary size", ge=1)
+    max_position_embeddings: Optional[int] = setting(None, "longest sequence", ge=1)
+
+
+PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
+
+
+@dataclass
+class MethodSettings:
+    """What the user sets for a method (conf/method/*.yaml). Rank and scale are run-level keys (`rank=`,
+    `scale=`); the runner adds them, the learning rate and the precision to make a methods.MethodConfig."""
+
+    name: str = setting("gradnormlorp", "full, lora, dora, galore or gradnormlorp")
+    update_proj_gap: int = setting(200, "GaLore family: T, steps between projector refreshes", ge=1)
+    proj_type: str = setting("std", "GaLore family: which side is projected", choices=PROJ_TYPES)
+    svd: str = setting("auto", "exact, randomized, or auto (randomized where rank <= min(m,n)/8)",
+                       choices=("exact", "randomized", "auto"))
+    eps: float = setting(1e-6, "Adam epsilon", gt=0, finite=True)
+    betas: List[float] = setting(help="Adam betas, each in [0, 1)", factory=lambda: [0.9, 0.999],
+                                 each_ge=0, each_lt=1, length=2)
+    target_modules: Optional[str] = setting(None, "regex over module names; null: every attention/MLP Linear",
+                                            regex=True)
+    layerwise: bool = setting(False, "step each weight inside backward (no gradient clipping, one process)")
+    lora_alpha: float = setting(16.0, "LoRA/DoRA: scaling is lora_alpha / rank", gt=0, finite=True)
+    lora_dropout: float = setting(0.0, "LoRA/DoRA dropout", ge=0, lt=1)
+
+
+@dataclass
+class PrecisionSettings:
+    name: str = setting("fp32", "fp32, bf16 or 8bit")
+    autocast: Optional[str] = setting(None, "autocast dtype; null: none", choices=(None, "bfloat16", "float16"))
+    cuda_param_dtype: str = setting("float32", "parameter dtype on CUDA", choices=("float32", "bfloat16", "float16"))
+    optim_bits: int = setting(32, "optimizer-state bits", choices=(8, 32))
+
+
+@dataclass
+class LoggerSettings:
+    mode: Optional[str] = setting(None, "W&B mode; null: online with an API key, else offline",
+                                  identity=False, choices=(None, "online", "offline", "disabled"))
+    project: str = setting("gnlorp", "W&B project", identity=False)
+    entity: Optional[str] = setting(None, "W&B entity", identity=False)
+
+
+@dataclass
+class RunSettings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    task: TaskSettings = field(default_factory=TaskSettings)
+    method: MethodSettings = field(default_factory=MethodSettings)
+    precision: PrecisionSettings = field(default_factory=PrecisionSettings)
+    logger: LoggerSettings = field(default_factory=LoggerSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    rank: int = setting(8, "rank of the low-rank methods (ignored by full training)", ge=1)
+    scale: Optional[float] = setting(None, "GaLore's alpha; null: the task's value for this rank (task.alpha)",
+                                     gt=0, finite=True)
+    seed: int = setting(0, "seed of initialization, data order and subsets", ge=0, lt=SEED_LIMIT)
+    name: Optional[str] = setting(None, "readable run name; null: <task>-<model>-<method>-r<rank>-<precision>-s<seed>",
+                                  identity=False, regex_match=r"[A-Za-z0-9._=+-]+")
+    results_dir: str = setting("results", "where results/<run>.json goes", identity=False)
+    checkpoint_dir: str = setting("checkpoints", "where checkpoints/<run>/last.pt goes", identity=False)
+    resume: bool = setting(False, "continue this config's interrupted run from its checkpoint", identity=False)
+    keep_checkpoint: bool = setting(False, "keep the checkpoint after a complete run", identity=False)
+    skip_complete: bool = setting(False, "do nothing if this config's result is already complete", identity=False)
+    keep_going: bool = setting(False, "multirun: report a failed job and go on", identity=False)
+    device: str = setting("auto", "auto (cuda if available), cpu or cuda", identity=False,
+                          choices=("auto", "cpu", "cuda"))
+    save_model: bool = setting(False, "write the merged Hugging Face model to <results_dir>/models/<run>/",
+                               identity=False)
+    per_task: Dict[str, Any] = setting(help="per-task tables that experiments interpolate into other keys",
+                                       identity=False, factory=dict)
+
+
+def register() -> None:
+    """Make the schema Hydra's base config (conf/config.yaml lists `_schema` first in its defaults)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="_schema", node=RunSettings)
+
+
+def describe(schema=RunSettings, prefix: str = "") -> list[str]:
+    """One line per setting: key, type, default, accepted values, help (`python -m gnlorp.schema`)."""
+    import dataclasses
+
+    lines = []
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.default_factory is not MISSING and dataclasses.is_dataclass(f.default_factory):
+            lines += describe(f.default_factory, f"{key}.")
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        accepts = f.metadata.get("accepts", {})
+        rules = [f"{sym} {accepts[k]}" for k, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+                 if k in accepts]
+        if "choices" in accepts:
+            rules.append("one of " + ", ".join("null" if c is None else str(c) for c in accepts["choices"]))
+        if accepts.get("regex"):
+            rules.append("a regex")
+        kind = str(f.type).replace("typing.", "")
+        note = "" if f.metadata.get("identity", True) else "  [not part of the run identity]"
+        rule = f" ({'; '.join(rules)})" if rules else ""
+        lines.append(f"{key}: {kind} = {default!r}{rule}  {f.metadata.get('help', '')}{note}")
+    return lines
+
+
+if __name__ == "__main__":
+    print("Every setting of `python run.py` (gnlorp/schema.py); set one with key=value:")
+    print("\n".join(describe()))

@@ -1,0 +1,84 @@
+"""Everything a run keeps about itself while it trains, in one object the training loop calls:
+the loss and learning-rate curves, the evaluations with the best and last one, the W&B mirror, the
+progress lines, and the part of it a checkpoint must carry so that a resumed run's record is whole.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .record import RunRecord
+
+
+def _flatten(metrics: dict, prefix: str) -> dict:
+    return {f"{prefix}/{split}/{k}": v for split, ms in metrics.items() for k, v in ms.items() if isinstance(v, (int, float))}
+
+
+class RunTracker:
+    def __init__(self, record: RunRecord, *, main_split: str, main_metric: str, higher_is_better: bool,
+                 total_steps: int, log_every: int, progress: bool, logger=None, echo: Callable[[str], None] = print):
+        self.record, self.logger, self.echo = record, logger, echo
+        self.main_split, self.main_metric, self.higher_is_better = main_split, main_metric, higher_is_better
+        self.total_steps, self.log_every, self.progress = total_steps, log_every, progress
+        self.best: dict = {}
+        self.train_seconds: Callable[[], float] = lambda: 0.0  # the loop's clock, for the ETA (spans a resume)
+        # without a progress bar (sweep logs), ten lines per run say how far it is and how fast it goes
+        self._report_every = max(1, total_steps // 10)
+
+    # ------------------------------------------------------------------ called by the loop
+    def on_log(self, step: int, values: dict) -> None:
+        self.record.add_loss(step, values["loss"], values["lr"])
+        if self.logger and (step % self.log_every == 0 or step == 1):
+            self.logger.log({f"train/{k}": v for k, v in values.items()}, step=step)
+        if not self.progress and step % self._report_every == 0 and step < self.total_steps:
+            eta = (self.total_steps - step) * self.train_seconds() / step
+            self.write(f"step {step}/{self.total_steps}: loss {values['loss']:.4f}, "
+                       f"{values['tokens_per_second']:,.0f} tokens/s, training ETA {eta / 60:.1f} min")
+
+    def on_eval(self, step: int, epoch: int, metrics: dict) -> None:
+        self.record.add_eval(step, metrics, epoch)
+        value = metrics[self.main_split][self.main_metric]
+        better = not self.best or (value > self.best["value"] if self.higher_is_better else value < self.best["value"])
+        if better:
+            self.best = {"value": value, "step": step, "epoch": epoch, "metrics": metrics}
+        self.record.set_best_last(
+            {"step": self.best["step"], "epoch": self.best["epoch"], "metrics": self.best["metrics"]},
+            {"step": step, "epoch": epoch, "metrics": metrics},
+        )
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics[self.main_split].items() if isinstance(v, float))
+        self.write(f"eval step {step} (epoch {epoch}): {self.main_split} {shown}")
+        if self.logger:
+            self.logger.log(_flatten(metrics, "eval"), step=step)
+
+    def write(self, line: str) -> None:
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(line)
+        else:
+            self.echo(line)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "loss_curve": self.record.loss_curve, "lr_curve": self.record.lr_curve,
+            "eval_history": self.record.eval_history, "best": dict(self.best),
+            "wandb_id": self.logger.run_id if self.logger else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        lrs = dict((step, lr) for step, lr in state.get("lr_curve", []))
+        for step, loss in state["loss_curve"]:
+            self.record.add_loss(step, loss, lrs.get(step))
+        for e in state["eval_history"]:
+            self.record.add_eval(e["step"], e["metrics"], e["epoch"])
+        self.best = dict(state["best"])
+        if self.best:
+            last = state["eval_history"][-1]
+            self.record.set_best_last({k: self.best[k] for k in ("step", "epoch", "metrics")}, last)
+
+    # ------------------------------------------------------------------ the end
+    def finish(self, exit_code: int) -> None:
+        if self.logger:
+            self.logger.summary(_flatten(self.record.eval, "final"))
+            self.logger.finish(exit_code)
