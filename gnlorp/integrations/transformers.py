@@ -17,7 +17,9 @@ model's state_dict holds, under each target's vanilla `weight` key, the merged W
 reparameterized model sets V = W, g = ||W||_row (the same function). The exact V and g, which a merged W
 cannot hold (V's row norms are lost) and the trajectory depends on, are saved in the optimizer's state_dict
 (`optimizer.pt`) and written back into the parameters when Trainer loads it, after the model weights: so
-`resume_from_checkpoint` continues the uninterrupted run.
+`resume_from_checkpoint` continues the uninterrupted run. The cost is one more copy of the target weights in
+each checkpoint's optimizer.pt; with `save_only_model=True` there is no optimizer.pt, and a resume restarts
+from the merged W with fresh Adam moments, as it does for any optimizer under Trainer.
 
 Layer-wise mode is refused: it steps each weight inside backward, leaving no optimizer step for Trainer's
 scheduler, gradient clipping, accumulation and checkpoints to act on.
