@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ..optim import GaLoreAdamW, LayerwiseOptimizer
-from .base import MethodConfig, no_decay
+from ..optim.param_groups import adamw_param_groups
+from .base import MethodConfig
 
 
 def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter] = ()):
@@ -16,22 +17,10 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
     Plain AdamW (no projection, not layer-wise) is torch.optim.AdamW, or bitsandbytes' AdamW8bit with
     8-bit states: the baselines users know. Anything projected or layer-wise is our GaLoreAdamW.
     """
-    projected = {id(p) for p in low_rank}
-    decay, plain = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad and id(p) not in projected:
-            (plain if no_decay(name, p) else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
-    if low_rank:
-        groups.append({
-            "params": list(low_rank), "weight_decay": cfg.weight_decay, "rank": int(cfg.rank),
-            "update_proj_gap": int(cfg.update_proj_gap), "scale": float(cfg.scale),
-            "proj_type": cfg.proj_type, "svd": cfg.svd,
-        })
-    groups = [g for g in groups if g["params"]]
+    groups = adamw_param_groups(
+        model, low_rank, weight_decay=cfg.weight_decay, rank=cfg.rank, update_proj_gap=cfg.update_proj_gap,
+        scale=cfg.scale, proj_type=cfg.proj_type, svd=cfg.svd,
+    )
     kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
     if not low_rank and not cfg.layerwise:

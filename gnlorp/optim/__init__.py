@@ -3,6 +3,7 @@ GradNormLoRP's weight-norm reparameterization."""
 
 from .galore_adamw import GaLoreAdamW, GaLoreAdamW8bit
 from .layerwise import LayerwiseOptimizer
+from .param_groups import adamw_param_groups, galore_param_groups
 from .projector import (
     PROJ_TYPES,
     SVD_METHODS,
@@ -18,5 +19,6 @@ from .weightnorm import WeightNormLinear, apply_weight_norm, merge_weight_norm
 __all__ = [
     "GaLoreAdamW", "GaLoreAdamW8bit", "LayerwiseOptimizer", "PROJ_TYPES", "SVD_METHODS",
     "NonFiniteGradientError", "SVDFailedError", "compute_projection", "project", "project_back",
-    "projection_side", "WeightNormLinear", "apply_weight_norm", "merge_weight_norm",
+    "projection_side", "WeightNormLinear", "apply_weight_norm", "merge_weight_norm", "adamw_param_groups",
+    "galore_param_groups",
 ]

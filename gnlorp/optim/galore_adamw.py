@@ -82,6 +82,11 @@ class GaLoreAdamW(Optimizer):
             raise ValueError(f"svd must be one of {SVD_METHODS}, got {group['svd']!r}")
         if "rank" not in group:
             return
+        if not group["params"]:
+            raise ValueError(
+                f"A projected param group (rank={group['rank']}) has no parameters: training would be plain AdamW; "
+                "select the target weights, e.g. with gnlorp.optim.galore_param_groups(model, rank=...)."
+            )
         group.setdefault("update_proj_gap", 200)
         group.setdefault("scale", 1.0)
         group.setdefault("proj_type", "std")
@@ -262,9 +267,13 @@ class GaLoreAdamW(Optimizer):
 
 class GaLoreAdamW8bit(GaLoreAdamW):
     """GaLoreAdamW with 8-bit blockwise Adam moments (bitsandbytes); tensors under `min_8bit_size`
-    elements keep float moments, as in bitsandbytes. Defaults as galore-torch's GaLoreAdamW8bit."""
+    elements keep float moments, as in bitsandbytes.
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, svd="exact", min_8bit_size=4096):
+    The defaults are the 32-bit class's (galore-torch's 32-bit GaLoreAdamW: eps=1e-6, weight_decay=0), so
+    switching precision changes only the moments' storage. galore-torch's GaLoreAdamW8bit defaults differ
+    (bitsandbytes' eps=1e-8, weight_decay=1e-2): pass those explicitly to reproduce it."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, svd="exact", min_8bit_size=4096):
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, svd=svd, optim_bits=8, min_8bit_size=min_8bit_size
         )

@@ -70,13 +70,18 @@ class _WeightNormLinearFn(torch.autograd.Function):
         return grad_x, grad_v, grad_g, grad_b
 
 
+def row_norm(weight: torch.Tensor) -> torch.Tensor:
+    """||W||_row in float32, in W's dtype: the magnitude g that leaves W = diag(g) V / ||V||_row unchanged for V = W."""
+    return weight.float().norm(dim=1).to(weight.dtype)
+
+
 class WeightNormLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # V shares the original weight's storage (no copy); g starts at ||W||_row so the function is unchanged.
         self.direction = nn.Parameter(linear.weight.data, requires_grad=linear.weight.requires_grad)
-        self.magnitude = nn.Parameter(linear.weight.data.float().norm(dim=1).to(linear.weight.dtype))
+        self.magnitude = nn.Parameter(row_norm(linear.weight.data))
         self.bias = linear.bias
 
     def row_scale(self) -> torch.Tensor:
