@@ -188,6 +188,7 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
 
     import torch
 
+    from .checkpoint import load_checkpoint
     from .jobs import c4_job, glue_job
     from .models import count_parameters
     from .record import RunRecord
@@ -259,7 +260,7 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
     checkpoint_path = Path(cfg.checkpoint_dir) / name / "last.pt"
     resume_state = None
     if cfg.resume and checkpoint_path.exists():
-        resume_state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        resume_state = load_checkpoint(checkpoint_path, map_location=device)
     elif cfg.resume:
         echo(f"resume=true but no checkpoint at {checkpoint_path}: starting from scratch.")
 

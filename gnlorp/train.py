@@ -10,7 +10,6 @@ gives it data, a model, an optimizer and an evaluation function.
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import time
@@ -22,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .checkpoint import save_checkpoint
 from .methods.optimizers import base_optimizer
 
 
@@ -161,13 +161,7 @@ class TrainLoop:
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is None or self.rank != 0:
             return
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+        save_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

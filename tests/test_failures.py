@@ -74,7 +74,9 @@ def _records(results: Path) -> list[dict]:
 
 
 def _load_model(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+    from gnlorp.checkpoint import load_checkpoint  # verifies the checksum too
+
+    return load_checkpoint(path, map_location="cpu")["model"]
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -465,13 +467,12 @@ _SLOW_SAVE = textwrap.dedent("""
         buf = io.BytesIO()
         real_save(obj, buf, *args, **kwargs)
         data = buf.getvalue()
-        with open(f, "wb") as out:
-            for i in range(0, len(data), 4096):
-                out.write(data[i:i + 4096])
-                out.flush()
-                if i == 4096 * 4:
-                    print("writing", flush=True)
-                time.sleep(0.05)
+        for i in range(0, len(data), 4096):     # f: the checkpoint's temporary file (wrapped)
+            f.write(data[i:i + 4096])
+            f.flush()
+            if i == 4096 * 4:
+                print("writing", flush=True)
+            time.sleep(0.05)
     torch.save = slow_save
     loop.save_checkpoint()
     print("finished", flush=True)
