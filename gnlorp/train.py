@@ -191,6 +191,8 @@ class TrainLoop:
         """Forward/backward over the micro-batches of one global batch, then the optimizer step.
         Returns (mean loss over the global batch, tokens, whether the step was applied)."""
         micro = self._micro_batches(batch)
+        if hasattr(self.optimizer, "begin_step"):  # layer-wise mode steps inside the last backward pass
+            self.optimizer.begin_step(len(micro))
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.cfg.autocast)
             if self.cfg.autocast is not None else nullcontext()
@@ -271,12 +273,12 @@ class TrainLoop:
                 t0 = time.perf_counter()
                 loss, tokens, applied = self._step(batch)
                 self.pos.train_seconds += time.perf_counter() - t0
+                lr = base_optimizer(self.optimizer).param_groups[0]["lr"]  # the lr this step used
                 self.scheduler.step()
                 self.pos.step += 1
                 self.pos.batch += 1
                 self.pos.tokens += tokens
                 self.pos.skipped += not applied
-                lr = base_optimizer(self.optimizer).param_groups[0]["lr"]
                 tps = self.pos.tokens / max(self.pos.train_seconds, 1e-9)
                 if bar is not None:
                     bar.update(1)
