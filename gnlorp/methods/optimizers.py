@@ -10,24 +10,28 @@ from ..optim import GaLoreAdamW, LayerwiseOptimizer
 from .base import MethodConfig, no_decay
 
 
-def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter] = ()):
+def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter] = (), decay_low_rank: bool = True,
+                decay: list[nn.Parameter] = ()):
     """AdamW over the trainable parameters; those in `low_rank` get GaLore's projection.
+
+    Weight decay goes to every weight matrix (`no_decay`), to the `low_rank` ones unless decay_low_rank=False,
+    and to the parameters listed in `decay` (GradNormLoRP's magnitudes, although 1-D).
 
     Plain AdamW (no projection, not layer-wise) is torch.optim.AdamW, or bitsandbytes' AdamW8bit with
     8-bit states: the baselines users know. Anything projected or layer-wise is our GaLoreAdamW.
     """
-    projected = {id(p) for p in low_rank}
+    projected, decayed = {id(p) for p in low_rank}, {id(p) for p in decay}
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in projected:
-            (plain if no_decay(name, p) else decay).append(p)
+            (plain if no_decay(name, p) and id(p) not in decayed else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": plain, "weight_decay": 0.0},
     ]
     if low_rank:
         groups.append({
-            "params": list(low_rank), "weight_decay": cfg.weight_decay, "rank": int(cfg.rank),
+            "params": list(low_rank), "weight_decay": cfg.weight_decay if decay_low_rank else 0.0, "rank": int(cfg.rank),
             "update_proj_gap": int(cfg.update_proj_gap), "scale": float(cfg.scale),
             "proj_type": cfg.proj_type, "svd": cfg.svd,
         })
