@@ -67,6 +67,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _remove(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # nothing more can be done; the error that matters is already propagating
+
+
 def _replace_sidecar(path: Path, digests: list[str]) -> None:
     sidecar = sidecar_path(path)
     tmp = sidecar.with_name(f"{sidecar.name}.tmp-{os.getpid()}")
@@ -77,7 +84,7 @@ def _replace_sidecar(path: Path, digests: list[str]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, sidecar)
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
 
 
 def file_sha256(path: Path) -> str:
@@ -122,7 +129,9 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             writer = _HashingWriter(f)
-            torch.save(state, writer)  # a file object, not a path: a full disk raises OSError(ENOSPC), not RuntimeError
+            # a file object, not a path: a failed write then carries its OSError (ENOSPC, ...) where torch's
+            # own file writer raises a bare RuntimeError
+            torch.save(state, writer)
             f.flush()
             os.fsync(f.fileno())
         new = writer.sha.hexdigest()
@@ -141,7 +150,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             f"could not save checkpoint {path}: {cause}; any previous checkpoint there is kept; {fix}."
         ) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
 
 
 def _damaged(path: Path, why: str) -> UserError:
