@@ -6,6 +6,7 @@ Per target matrix W (m x n), rank r, element size b (bytes):
   LoRA           2 (m r + r n) b          (+ 2 m b for DoRA's magnitude)
   GaLore         projector + 2 b * |R|    with R = r x n (left), m x r (right) or r x r (full)
   GradNormLoRP   GaLore's + 2 m b         (Adam on the magnitude g)
+LoRA's A and B and the magnitudes (DoRA, GradNormLoRP) are float32 next to 16-bit weights, so b = 4 for them.
 8-bit moments take 1 byte per element plus a float32 scale per 256-element block, for tensors of at
 least 4096 elements (smaller ones keep float32 moments, as in bitsandbytes), and two shared 256-entry
 float32 quantization maps. torch.optim.AdamW also keeps a float32 `step` scalar per parameter.
@@ -68,6 +69,11 @@ def estimate_state_bytes(model: nn.Module, cfg: MethodConfig, element_bytes: int
     def size(p: torch.Tensor) -> int:
         return element_bytes or p.element_size()
 
+    def added_size(w: torch.Tensor) -> int:
+        """A tensor a method adds next to a weight w (LoRA's A and B, DoRA's and GradNormLoRP's magnitude):
+        float32 when w is 16-bit (peft's autocast_adapter_dtype; WeightNormLinear's g)."""
+        return element_bytes or max(w.element_size(), 4)
+
     # (numel, element bytes) of every parameter tensor the optimizer keeps dense Adam state for
     dense: list[tuple[int, int]] = []
     total, any8 = 0, False
@@ -82,7 +88,7 @@ def estimate_state_bytes(model: nn.Module, cfg: MethodConfig, element_bytes: int
                 dense.append((p.numel(), size(p)))
         for w in targets.values():
             m, n = w.shape
-            dense += [(r * n, size(w)), (m * r, size(w))] + ([(m, size(w))] if name == "dora" else [])
+            dense += [(r * n, added_size(w)), (m * r, added_size(w))] + ([(m, added_size(w))] if name == "dora" else [])
         uses_torch_adamw = True
     else:
         for p in model.parameters():
@@ -100,7 +106,7 @@ def estimate_state_bytes(model: nn.Module, cfg: MethodConfig, element_bytes: int
             total += moment_bytes
             any8 |= is8
             if name == "gradnormlorp":
-                dense.append((m, b))  # the magnitude g
+                dense.append((m, added_size(w)))  # the magnitude g
     if uses_torch_adamw and bits == 32:
         total += 4 * len(dense)  # torch.optim.AdamW's float32 step scalar per parameter
     for numel, b in dense:

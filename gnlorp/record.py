@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gnlorp.errors import UserError
+from gnlorp.errors import UserError, os_error_cause
 
 SCHEMA_VERSION = 1
 STATUSES = ("complete", "incomplete", "failed")
@@ -110,18 +110,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, setting: str = "results_dir") -> None:
     """Write ``data`` to ``path`` so that ``path`` always holds either the old or the new content.
 
     Writes ``<path>.tmp-<pid>`` in the same directory, fsyncs it, then ``os.replace``s it over
-    ``path`` (and fsyncs the directory). A crash leaves at most the tmp file behind.
+    ``path`` (and fsyncs the directory). A crash leaves at most the tmp file behind. A failed write
+    (disk full, read-only folder, ...) removes the tmp file, keeps the old content and raises a one-line
+    UserError naming the path, the cause and the fix (`setting`: the config key choosing the folder).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     view = memoryview(data)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
             written = 0
             while written < len(view):
@@ -130,11 +132,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            cause, fix = os_error_cause(exc, setting)
+            raise UserError(f"could not write {path}: {cause}; {fix}.") from None
         raise
     _fsync_dir(path.parent)
 

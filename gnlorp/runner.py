@@ -369,8 +369,6 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
         loop.run()
         if cfg.keep_checkpoint:
             loop.save_checkpoint()
-        elif plan.rank == 0:
-            _remove_checkpoint(plan)  # a complete run needs no resume point; sweeps would pile up GBs
     except Interrupted as stop:
         status = "incomplete"
         exit_code = EXIT_INTERRUPTED.get(stop.reason.removeprefix("received "), 0)
@@ -401,6 +399,8 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
         finally:
             tracker.finish(exit_code)
 
+    if status == "complete" and not cfg.keep_checkpoint and plan.rank == 0:
+        _remove_checkpoint(plan)  # only once the result is safely written; sweeps would pile up GBs of them
     if status == "complete" and cfg.save_model and plan.rank == 0:
         out = Path(cfg.results_dir) / "models" / plan.run_id
         trainable.method.merge(trainable.model).save_pretrained(out)
@@ -410,8 +410,10 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
 
 
 def _remove_checkpoint(plan: Plan) -> None:
+    from .checkpoint import sidecar_path
+
     folder = plan.checkpoint_path.parent
-    for leftover in (plan.checkpoint_path, folder / IDENTITY_FILE):
+    for leftover in (plan.checkpoint_path, sidecar_path(plan.checkpoint_path), folder / IDENTITY_FILE):
         leftover.unlink(missing_ok=True)
     try:
         folder.rmdir()

@@ -10,7 +10,6 @@ gives it data, a model, an optimizer and an evaluation function.
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import time
@@ -22,6 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .checkpoint import save_checkpoint
 from .methods.optimizers import base_optimizer
 
 
@@ -161,13 +161,7 @@ class TrainLoop:
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is None or self.rank != 0:
             return
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # a crash mid-save leaves the previous checkpoint intact
+        save_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -197,6 +191,8 @@ class TrainLoop:
         """Forward/backward over the micro-batches of one global batch, then the optimizer step.
         Returns (mean loss over the global batch, tokens, whether the step was applied)."""
         micro = self._micro_batches(batch)
+        if hasattr(self.optimizer, "begin_step"):  # layer-wise mode steps inside the last backward pass
+            self.optimizer.begin_step(len(micro))
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=self.cfg.autocast)
             if self.cfg.autocast is not None else nullcontext()
@@ -277,12 +273,12 @@ class TrainLoop:
                 t0 = time.perf_counter()
                 loss, tokens, applied = self._step(batch)
                 self.pos.train_seconds += time.perf_counter() - t0
+                lr = base_optimizer(self.optimizer).param_groups[0]["lr"]  # the lr this step used
                 self.scheduler.step()
                 self.pos.step += 1
                 self.pos.batch += 1
                 self.pos.tokens += tokens
                 self.pos.skipped += not applied
-                lr = base_optimizer(self.optimizer).param_groups[0]["lr"]
                 tps = self.pos.tokens / max(self.pos.train_seconds, 1e-9)
                 if bar is not None:
                     bar.update(1)

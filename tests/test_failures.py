@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -74,7 +75,9 @@ def _records(results: Path) -> list[dict]:
 
 
 def _load_model(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+    from gnlorp.checkpoint import load_checkpoint  # verifies the checksum too
+
+    return load_checkpoint(path, map_location="cpu")["model"]
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -332,6 +335,64 @@ def test_stop_at_step_then_resume_matches_an_uninterrupted_run(tmp_path, method)
     assert straight.record["loss_curve"] == resumed.record["loss_curve"]
 
 
+def test_a_damaged_checkpoint_is_refused_at_resume_and_kept(tmp_path):
+    from gnlorp.errors import UserError
+
+    common = ["method=gradnormlorp", "train.max_steps=4", "train.eval_every=null"]
+    part = _run_inprocess(_tiny_c4(tmp_path, *common, "train.stop_at_step=2"))
+    assert part.status == "incomplete"
+    ckpt = tmp_path / "checkpoints" / part.path.stem / "last.pt"
+    raw = bytearray(ckpt.read_bytes())
+    mid = len(raw) // 2
+    assert raw[mid:mid + 16] != struct.pack("<4f", *[1234.5] * 4)
+    raw[mid:mid + 16] = struct.pack("<4f", *[1234.5] * 4)  # four float32 values overwritten in the middle
+    ckpt.write_bytes(bytes(raw))
+    result_before = part.path.read_bytes()
+    with pytest.raises(UserError) as info:
+        _run_inprocess(_tiny_c4(tmp_path, *common, "resume=true"))
+    assert str(info.value) == (f"checkpoint {ckpt} is damaged (checksum mismatch): it was kept; "
+                               "delete it to start over or restore it.")
+    assert ckpt.read_bytes() == bytes(raw), "a refused checkpoint is kept as it was"
+    assert part.path.read_bytes() == result_before, "a refused resume writes no result"
+
+
+def test_a_result_that_cannot_be_written_is_not_complete(tmp_path, monkeypatch):
+    from gnlorp import record
+    from gnlorp.errors import UserError
+
+    real = record.atomic_write_bytes
+
+    def disk_full_for_the_final_record(path, data, setting="results_dir"):
+        if b'"status": "complete"' in data:
+            return _raise_enospc_via(real, path, data, monkeypatch)
+        return real(path, data, setting)
+
+    monkeypatch.setattr(record, "atomic_write_bytes", disk_full_for_the_final_record)
+    args = _with(_tiny_c4(tmp_path, "method=full", "train.max_steps=2", "train.eval_every=null",
+                          "train.checkpoint_every=1"), "keep_checkpoint=false")
+    with pytest.raises(UserError) as info:  # run.py: "error: <message>", exit 2
+        _run_inprocess(args)
+    assert str(info.value).startswith(f"could not write {tmp_path / 'results'}/")
+    assert str(info.value).endswith(".json: no space left on device; free disk space or set results_dir to a disk "
+                                    "with room.")
+    assert not list((tmp_path / "results").glob("*.json")) and not list((tmp_path / "results").glob("*.tmp-*"))
+    assert list((tmp_path / "checkpoints").rglob("last.pt")), "the training is not lost: its checkpoint stays"
+
+
+def _raise_enospc_via(real, path, data, monkeypatch):
+    """The real atomic write with the disk filling at fsync: the UserError comes from record.py itself."""
+    import errno
+
+    from gnlorp import record
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(record.os, "fsync", full)
+        real(path, data)
+
+
 # ============================================================================================== NaN / Inf
 def test_huge_learning_rate_stops_at_the_step_naming_the_parameter(tmp_path):
     p = _cli(_tiny_c4(tmp_path, "method=full", "train.lr=1e6", "train.grad_clip=0"), tmp_path)
@@ -462,13 +523,12 @@ _SLOW_SAVE = textwrap.dedent("""
         buf = io.BytesIO()
         real_save(obj, buf, *args, **kwargs)
         data = buf.getvalue()
-        with open(f, "wb") as out:
-            for i in range(0, len(data), 4096):
-                out.write(data[i:i + 4096])
-                out.flush()
-                if i == 4096 * 4:
-                    print("writing", flush=True)
-                time.sleep(0.05)
+        for i in range(0, len(data), 4096):     # f: the checkpoint's temporary file (wrapped)
+            f.write(data[i:i + 4096])
+            f.flush()
+            if i == 4096 * 4:
+                print("writing", flush=True)
+            time.sleep(0.05)
     torch.save = slow_save
     loop.save_checkpoint()
     print("finished", flush=True)

@@ -18,13 +18,16 @@ def tiny(kind):
                                         num_attention_heads=2, max_position_embeddings=64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("bits", [32, 8])
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 @pytest.mark.parametrize("name", list(METHODS))
-def test_measured_equals_analytic(name, kind, bits):
-    # rank 32: the projected moments of the 64x128 MLP matrices hold 4096 elements, the 8-bit threshold
+def test_measured_equals_analytic(name, kind, bits, dtype):
+    # rank 32: the projected moments of the 64x128 MLP matrices hold 4096 elements, the 8-bit threshold.
+    # bf16 weights: 8-bit mode keeps float32 moments for tensors under the threshold (norms, biases, the
+    # 32x64 projected moments), and GradNormLoRP's magnitude g and its moments are float32 in both modes.
     cfg = MethodConfig(name=name, lr=1e-3, rank=32, optim_bits=bits, proj_type="std")
-    model = tiny(kind)
+    model = tiny(kind).to(dtype)
     expected = estimate_state_bytes(model, cfg)
     method = get_method(name)
     model = method.prepare(model, cfg)

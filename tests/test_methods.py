@@ -119,3 +119,45 @@ def test_lora_classifier_trains_the_whole_head_pooler_included(name):
     assert sum(trainable.values()) == 2 * (lora_per_layer + dora_per_layer) + head
     assert any(".pooler." in n for n in trainable) and any("classifier" in n for n in trainable)
     assert not any(n.endswith("query.base_layer.weight") for n in trainable)
+
+
+@pytest.mark.parametrize("bits", [32, 8])
+def test_gradnormlorp_weight_decay_scales_g_and_leaves_v_alone(bits):
+    """Decoupled decay on W = diag(g) V / ||V||_row acts on g: one step with weight_decay=wd equals the step
+    with wd=0 followed by g <- (1 - lr wd) g (GaLoreAdamW decays after the update, as galore-torch), while V
+    ends bit for bit where it would without decay."""
+    lr, wd = 1e-2, 0.5
+    out = {}
+    for decay in (0.0, wd):
+        model = tiny_llama()
+        c = MethodConfig(name="gradnormlorp", lr=lr, rank=4, weight_decay=decay, optim_bits=bits)
+        model = get_method("gradnormlorp").prepare(model, c)
+        opt = get_method("gradnormlorp").build_optimizer(model, c)
+        model(**batch("llama")).loss.backward()
+        opt.step()
+        out[decay] = dict(model.named_parameters())
+    plain, decayed = out[0.0], out[wd]
+    magnitudes = [n for n in plain if n.endswith(".magnitude")]
+    directions = [n for n in plain if n.endswith(".direction")]
+    assert len(magnitudes) == len(directions) == 14
+    for n in directions:
+        assert torch.equal(decayed[n], plain[n]), n
+    for n in magnitudes:
+        assert torch.allclose(decayed[n], (1 - lr * wd) * plain[n], rtol=1e-6, atol=0), n
+        assert not torch.allclose(decayed[n], plain[n], rtol=1e-3, atol=0), n
+    # with a zero gradient, Adam's update is 0 and the step is the decay alone: g (1 - lr wd), by hand
+    model = tiny_llama()
+    c = MethodConfig(name="gradnormlorp", lr=lr, rank=4, weight_decay=wd, optim_bits=bits)
+    model = get_method("gradnormlorp").prepare(model, c)
+    opt = get_method("gradnormlorp").build_optimizer(model, c)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        if n.endswith(".magnitude"):
+            assert torch.allclose(p, before[n] * (1 - lr * wd), rtol=1e-6, atol=0), n
+        elif n.endswith(".direction") or p.dim() < 2:
+            assert torch.equal(p, before[n]), n  # V and norm weights: no decay
+        else:
+            assert torch.allclose(p, before[n] * (1 - lr * wd), rtol=1e-6, atol=0), n  # embeddings, LM head

@@ -1,5 +1,6 @@
 """gnlorp.record (results/<run>.json) and gnlorp.wandb_log (the W&B mirror)."""
 
+import errno
 import json
 import math
 import os
@@ -119,14 +120,37 @@ def test_failed_write_keeps_old_file_and_removes_tmp(tmp_path, monkeypatch):
     atomic_write_json(path, {"v": 1})
 
     def broken_fsync(fd):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(rec.os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError) as info:
         atomic_write_json(path, {"v": 2})
     monkeypatch.undo()
+    assert str(info.value) == (f"could not write {path}: no space left on device; free disk space or set "
+                               "results_dir to a disk with room.")
     assert json.loads(path.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+@pytest.mark.parametrize("where", ["results dir is a file", "read-only"])
+def test_unwritable_results_folder_is_one_line(tmp_path, monkeypatch, where):
+    if where == "results dir is a file":
+        (tmp_path / "results").write_text("")
+        path = tmp_path / "results" / "r.json"
+    else:  # as root a chmod would not stop the write: the file system's refusal is simulated
+        path = tmp_path / "r.json"
+
+        def read_only(*a, **k):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(rec.os, "open", read_only)
+    with pytest.raises(UserError) as info:
+        atomic_write_json(path, {"v": 1})
+    msg = str(info.value)
+    assert msg.startswith(f"could not write {path}: ") and "\n" not in msg
+    assert ("file exists" in msg or "not a directory" in msg) if where != "read-only" else "read-only file system" in msg
+    monkeypatch.undo()
+    assert not list(tmp_path.rglob("*.tmp-*"))
 
 
 _SLOW_WRITER = textwrap.dedent("""

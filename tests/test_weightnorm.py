@@ -110,3 +110,48 @@ def test_merged_hf_model_loads_in_vanilla_transformers(tmp_path):
     loaded = LlamaForCausalLM.from_pretrained(tmp_path).eval()
     assert not any(isinstance(m, WeightNormLinear) for m in loaded.modules())
     assert torch.allclose(loaded(ids).logits, logits, atol=1e-5)
+
+
+def test_bf16_weights_keep_a_float32_magnitude_and_the_output_at_init():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(9, 64).to(torch.bfloat16)
+    ref = lin(x)
+    wn = WeightNormLinear(lin)
+    assert wn.magnitude.dtype == torch.float32
+    assert torch.allclose(wn.magnitude, lin.weight.float().norm(dim=1), rtol=1e-6, atol=0)
+    assert torch.equal(wn(x), ref), "g / ||V|| is exactly 1 at init: the bf16 Linear's output, bit for bit"
+
+
+def test_bf16_merged_weight_is_the_weight_the_forward_uses():
+    torch.manual_seed(0)
+    wn = WeightNormLinear(nn.Linear(64, 48).to(torch.bfloat16))
+    with torch.no_grad():
+        wn.magnitude.mul_(torch.linspace(0.7, 1.3, 48))
+        wn.direction.add_(0.01 * torch.randn_like(wn.direction))
+    x = torch.randn(9, 64).to(torch.bfloat16)
+    merged = wn.merged_weight()
+    assert merged.dtype == torch.bfloat16
+    # the forward's output is F.linear with the merged weight, bit for bit
+    assert torch.equal(wn(x), torch.nn.functional.linear(x, merged, wn.bias))
+    # and that weight is diag(g) V / ||V||_row computed in float64, rounded once to bf16 (at most 1 bf16 ulp)
+    V, g = wn.direction.detach().double(), wn.magnitude.detach().double()
+    expected = V * (g / V.norm(dim=1))[:, None]
+    ulp = expected.abs() * 2.0**-8
+    assert ((merged.double() - expected).abs() <= ulp + 1e-30).all()
+    linear = wn.to_linear()
+    assert torch.equal(linear(x), wn(x))
+
+
+def test_casting_a_model_keeps_the_magnitude_float32():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8))
+    apply_weight_norm(model, ["0"])
+    g = model[0].magnitude.detach().clone()
+    model.to(torch.bfloat16)
+    assert model[0].direction.dtype == torch.bfloat16
+    assert model[0].magnitude.dtype == torch.float32 and torch.equal(model[0].magnitude, g), "no bf16 round trip"
+    model.double()
+    assert model[0].magnitude.dtype == torch.float64 and torch.equal(model[0].magnitude, g.double())
+    model.half()
+    assert model[0].magnitude.dtype == torch.float64

@@ -116,7 +116,7 @@ def grads_for(model_name: str, seed: int, device, dtype=torch.float32) -> dict:
 def attach_grads(named, grads) -> None:
     for pname, p in named:
         module = pname.rsplit(".", 1)[0]
-        p.grad = grads[(module, "matrix" if p.dim() == 2 else "vector")]
+        p.grad = grads[(module, "matrix" if p.dim() == 2 else "vector")].to(p.dtype)  # a magnitude g is float32
 
 
 def force_refresh(opt, T: int) -> None:

@@ -39,5 +39,5 @@ class MethodConfig:
 
 
 def no_decay(name: str, p: nn.Parameter) -> bool:
-    """Biases, norm weights and GradNormLoRP magnitudes (1-D tensors) get no weight decay."""
+    """Biases and norm weights (1-D tensors) get no weight decay (GradNormLoRP's magnitudes do: gradnormlorp.py)."""
     return p.dim() < 2

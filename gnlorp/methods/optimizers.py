@@ -11,15 +11,19 @@ from ..optim.param_groups import adamw_param_groups
 from .base import MethodConfig
 
 
-def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter] = ()):
+def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter] = (), decay_low_rank: bool = True,
+                decay: list[nn.Parameter] = ()):
     """AdamW over the trainable parameters; those in `low_rank` get GaLore's projection.
+
+    Weight decay goes to every weight matrix (`no_decay`), to the `low_rank` ones unless decay_low_rank=False,
+    and to the parameters listed in `decay` (GradNormLoRP's magnitudes, although 1-D).
 
     Plain AdamW (no projection, not layer-wise) is torch.optim.AdamW, or bitsandbytes' AdamW8bit with
     8-bit states: the baselines users know. Anything projected or layer-wise is our GaLoreAdamW.
     """
     groups = adamw_param_groups(
         model, low_rank, weight_decay=cfg.weight_decay, rank=cfg.rank, update_proj_gap=cfg.update_proj_gap,
-        scale=cfg.scale, proj_type=cfg.proj_type, svd=cfg.svd,
+        scale=cfg.scale, proj_type=cfg.proj_type, svd=cfg.svd, decay_low_rank=decay_low_rank, decay=decay,
     )
     kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 

@@ -148,8 +148,11 @@ class GaLoreAdamW(Optimizer):
             state["absmax1"] = torch.zeros(blocks, dtype=torch.float32, device=low.device)
             state["absmax2"] = torch.zeros(blocks, dtype=torch.float32, device=low.device)
         else:
-            state["exp_avg"] = torch.zeros_like(low, memory_format=torch.contiguous_format)
-            state["exp_avg_sq"] = torch.zeros_like(low, memory_format=torch.contiguous_format)
+            # under min_8bit_size 8-bit mode keeps float32 moments whatever the parameter's dtype, as
+            # bitsandbytes' own optimizers do (and memory.py counts); 32-bit mode keeps the parameter's dtype
+            dtype = torch.promote_types(low.dtype, torch.float32) if self.optim_bits == 8 else low.dtype
+            state["exp_avg"] = torch.zeros_like(low, dtype=dtype, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(low, dtype=dtype, memory_format=torch.contiguous_format)
 
     def _update(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]
@@ -212,7 +215,8 @@ class GaLoreAdamW(Optimizer):
         direction = torch.div(exp_avg, denom, out=denom)
         if galore:
             # One GEMM writes P R (or R Q) straight into p, scaled and decayed: no m x n temporary.
-            add_projected_back(p, direction, side, P, Q, alpha=-step_size * group["scale"] * decay, beta=decay)
+            # (.to: 8-bit mode's float32 moments of a small R next to a bf16 weight and projector)
+            add_projected_back(p, direction.to(p.dtype), side, P, Q, alpha=-step_size * group["scale"] * decay, beta=decay)
             return
         p.add_(direction, alpha=-step_size)
         if wd > 0.0:
@@ -267,7 +271,7 @@ class GaLoreAdamW(Optimizer):
 
 class GaLoreAdamW8bit(GaLoreAdamW):
     """GaLoreAdamW with 8-bit blockwise Adam moments (bitsandbytes); tensors under `min_8bit_size`
-    elements keep float moments, as in bitsandbytes.
+    elements keep float32 moments, whatever the weights' dtype.
 
     The defaults are the 32-bit class's (galore-torch's 32-bit GaLoreAdamW: eps=1e-6, weight_decay=0), so
     switching precision changes only the moments' storage. galore-torch's GaLoreAdamW8bit defaults differ

@@ -3,9 +3,11 @@ and its gradient is freed at once, so the full set of gradients never exists at 
 (GaLore §4.3; saves roughly one model's worth of gradient memory).
 
 galore-torch's version steps on every backward, silently ignoring gradient accumulation (its issue #78).
-Here each parameter counts its own backward passes and steps only on the last of `accumulation_steps`,
-so k micro-batches give exactly the update of normal mode. Gradient clipping cannot be applied (the
-global norm is unknown when the first parameter is stepped).
+Here each parameter counts its own backward passes and steps only on the last micro-batch of the step,
+so k micro-batches give exactly the update of normal mode. A training loop calls `begin_step(n)` before
+each step's n backward passes: a partial last batch has fewer micro-batches than `accumulation_steps`, and
+counting to a fixed number would carry its gradient into the next step and shift every later step boundary.
+Gradient clipping cannot be applied (the global norm is unknown when the first parameter is stepped).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class LayerwiseOptimizer:
             raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
         self.optimizer = optimizer
         self.accumulation_steps = accumulation_steps
+        self._backward_passes = accumulation_steps  # in the current step (begin_step)
         self._seen: dict[int, int] = {}
         self._handles = [
             p.register_post_accumulate_grad_hook(self._hook)
@@ -29,9 +32,17 @@ class LayerwiseOptimizer:
             if p.requires_grad
         ]
 
+    def begin_step(self, micro_batches: int) -> None:
+        """The next step has `micro_batches` backward passes; each parameter steps on the last of them."""
+        if micro_batches < 1:
+            raise ValueError(f"a step needs at least one micro-batch, got {micro_batches}")
+        if any(self._seen.values()):
+            raise RuntimeError("begin_step was called before the previous step's backward passes were all done")
+        self._backward_passes = micro_batches
+
     def _hook(self, p: torch.Tensor) -> None:
         seen = self._seen.get(id(p), 0) + 1
-        if seen == self.accumulation_steps:
+        if seen == self._backward_passes:
             self.optimizer.step_param(p)
             p.grad = None
             seen = 0

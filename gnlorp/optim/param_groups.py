@@ -21,18 +21,23 @@ def adamw_param_groups(
     scale: float = 1.0,
     proj_type: str = "std",
     svd: str = "exact",
+    decay_low_rank: bool = True,
+    decay: Iterable[nn.Parameter] = (),
 ) -> list[dict]:
-    """The model's trainable parameters as AdamW groups; those in `low_rank` form GaLore's projected group."""
+    """The model's trainable parameters as AdamW groups; those in `low_rank` form GaLore's projected group.
+
+    Weight decay goes to every weight matrix (`no_decay`), to the `low_rank` ones unless decay_low_rank=False,
+    and to the parameters listed in `decay` (GradNormLoRP's magnitudes, although 1-D)."""
     low_rank = list(low_rank)
-    projected = {id(p) for p in low_rank}
-    decay, plain = [], []
+    projected, decayed = {id(p) for p in low_rank}, {id(p) for p in decay}
+    decaying, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in projected:
-            (plain if no_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+            (plain if no_decay(name, p) and id(p) not in decayed else decaying).append(p)
+    groups = [{"params": decaying, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
     if low_rank:
         groups.append({
-            "params": low_rank, "weight_decay": weight_decay, "rank": int(rank),
+            "params": low_rank, "weight_decay": weight_decay if decay_low_rank else 0.0, "rank": int(rank),
             "update_proj_gap": int(update_proj_gap), "scale": float(scale), "proj_type": proj_type, "svd": svd,
         })
     return [g for g in groups if g["params"]]

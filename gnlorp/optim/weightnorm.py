@@ -10,6 +10,13 @@ allocations per layer, forward and backward). The gradient V gets is the weight-
 
 Under autocast the Linear runs in the autocast dtype, as nn.Linear's would (x and W cast to it, the
 norms and the scale in float32).
+
+The magnitude g is float32 (float64 with a float64 model) whatever the weights' dtype, also after
+`model.to(torch.bfloat16)` (see `_apply`): a bf16 g would round ||v|| by up to 2^-8, so W at init would
+differ from the original weight by that factor per row (outputs off by ~1e-2), and every small update of
+g below bf16's resolution would be lost. Its gradient and Adam moments are float32 too. The forward and
+`merged_weight` build W with the same function (`_scaled_weight`), so the merged model computes what the
+trained one computed.
 """
 
 from __future__ import annotations
@@ -26,18 +33,31 @@ def _compute_dtype(x: torch.Tensor, direction: torch.Tensor) -> torch.dtype:
     return direction.dtype
 
 
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # float32, or float64 for a float64 model
+
+
+def _norm_and_scale(direction: torch.Tensor, magnitude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||v||_row, g / ||v||_row), both in float32 (or float64)."""
+    acc = _accumulate_dtype(direction.dtype)
+    norm = torch.linalg.vector_norm(direction, dim=1, dtype=acc).clamp_min(torch.finfo(direction.dtype).tiny)
+    return norm, magnitude.to(acc) / norm
+
+
+def _scaled_weight(direction: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """W = V * (g / ||V||_row), computed in float32 and rounded once to `dtype`."""
+    return (direction * scale[:, None]).to(dtype)
+
+
 class _WeightNormLinearFn(torch.autograd.Function):
     """y = x (diag(g) V / ||V||_row)^T + b, with the weight-norm gradients written out (module docstring)."""
 
     @staticmethod
     def forward(ctx, x, direction, magnitude, bias):
-        acc = torch.promote_types(direction.dtype, torch.float32)  # norms and scale in float32 (or float64)
-        norm = torch.linalg.vector_norm(direction, dim=1, dtype=acc)
-        norm = norm.clamp_min(torch.finfo(direction.dtype).tiny)
-        scale = magnitude.to(acc) / norm
+        norm, scale = _norm_and_scale(direction, magnitude)
         dtype = _compute_dtype(x, direction)
         xc = x.to(dtype)
-        weight = (direction * scale[:, None]).to(dtype)
+        weight = _scaled_weight(direction, scale, dtype)
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = F.linear(xc, weight, None if bias is None else bias.to(dtype))
         ctx.save_for_backward(xc, direction, scale, norm)
@@ -54,7 +74,7 @@ class _WeightNormLinearFn(torch.autograd.Function):
         gy = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = grad_v = grad_g = grad_b = None
         if need_x:
-            weight = (direction * scale[:, None]).to(xc.dtype)
+            weight = _scaled_weight(direction, scale, xc.dtype)
             grad_x = grad_out.matmul(weight).to(x_dtype)
         if need_v or need_g:
             grad_w = gy.t().matmul(xc.reshape(-1, xc.shape[-1])).to(norm.dtype)  # dL/dW, m x n
@@ -71,28 +91,40 @@ class _WeightNormLinearFn(torch.autograd.Function):
 
 
 def row_norm(weight: torch.Tensor) -> torch.Tensor:
-    """||W||_row in float32, in W's dtype: the magnitude g that leaves W = diag(g) V / ||V||_row unchanged for V = W."""
-    return weight.float().norm(dim=1).to(weight.dtype)
+    """||W||_row in float32 (float64 for a float64 W), computed as the forward computes it: the magnitude g
+    that leaves W = diag(g) V / ||V||_row exactly unchanged for V = W."""
+    return _norm_and_scale(weight, torch.ones((), dtype=_accumulate_dtype(weight.dtype)))[0]
 
 
 class WeightNormLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        # V shares the original weight's storage (no copy); g starts at ||W||_row so the function is unchanged.
+        # V shares the original weight's storage (no copy); g starts at ||W||_row, computed as the forward
+        # computes it, so g / ||V|| is exactly 1 and the function is unchanged.
         self.direction = nn.Parameter(linear.weight.data, requires_grad=linear.weight.requires_grad)
         self.magnitude = nn.Parameter(row_norm(linear.weight.data))
         self.bias = linear.bias
 
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.bfloat16()`, `.cuda()`, ...: g follows the device but never drops below float32."""
+        magnitude = self.magnitude.data
+        super()._apply(fn, recurse)
+        if self.magnitude.dtype != _accumulate_dtype(self.magnitude.dtype):
+            self.magnitude.data = magnitude.to(device=self.magnitude.device, dtype=_accumulate_dtype(magnitude.dtype))
+        return self
+
     def row_scale(self) -> torch.Tensor:
-        return self.magnitude / self.direction.norm(dim=1).clamp_min(torch.finfo(self.direction.dtype).tiny)
+        """g / ||V||_row in float32 (or float64), as the forward computes it."""
+        return _norm_and_scale(self.direction, self.magnitude)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _WeightNormLinearFn.apply(x, self.direction, self.magnitude, self.bias)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        return (self.direction.float() * self.row_scale().float()[:, None]).to(self.direction.dtype)
+        """The weight the forward uses (without autocast): bitwise the same."""
+        return _scaled_weight(self.direction, self.row_scale(), self.direction.dtype)
 
     def to_linear(self) -> nn.Linear:
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
