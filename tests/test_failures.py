@@ -216,7 +216,7 @@ def test_keep_going_reports_a_failed_job_and_finishes_the_sweep(tmp_path):
     assert stop.returncode == 2 and not (tmp_path / "results").exists(), stop.stderr[-2000:]
     going = _cli([*args, "keep_going=true"], tmp_path)
     assert going.returncode == 0, going.stderr[-2000:]
-    assert "error: train.lr=0.0 must be a positive number" in going.stderr
+    assert "error: train.lr=0.0 is out of range" in going.stderr
     assert "keep_going=true: this job failed (exit 2); going on with the sweep." in going.stderr
     assert [r["status"] for r in _records(tmp_path / "results")] == ["complete"]
 
