@@ -343,6 +343,8 @@ def run(cfg: DictConfig, echo=print) -> Outcome:
             tokens=pos.tokens, wall_seconds=round(pos.train_seconds, 3),
             tokens_per_second=pos.tokens / pos.train_seconds if pos.train_seconds else None,
             nonfinite_skipped_steps=pos.skipped, accumulation_steps=derived["accumulation_steps"],
+            # passes over streamed data (C4); gathered over processes only when all of them got here together
+            **(loop.data_stats() if world == 1 or status == "complete" else {}),
         )
         record.set_memory(
             **peak.snapshot(), optimizer_state_bytes=optimizer_state_bytes(optimizer),

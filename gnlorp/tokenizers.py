@@ -216,3 +216,17 @@ def vocab_size_for(tokenizer, configured: int) -> int:
     except (AttributeError, NotImplementedError, TypeError):
         pass
     return max(int(configured), int(size))
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash that changes when the tokenizer's encoding could: its full serialized form for a fast tokenizer,
+    else its class, name, size, EOS and the ids of the probe sentence."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+        text = json.dumps([type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""),
+                           len(tokenizer) if hasattr(tokenizer, "__len__") else None,
+                           getattr(tokenizer, "eos_token_id", None), list(ids)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
