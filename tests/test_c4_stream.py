@@ -287,3 +287,73 @@ def test_two_processes_read_disjoint_documents_and_resume_to_the_token(tmp_path)
     c1, c2 = one.record["loss_curve"], _curve(two / "results")
     assert [s for s, _ in c2] == list(range(1, 9))
     assert max(abs(a - b) for (_, a), (_, b) in zip(c1, c2)) <= 1e-4
+
+
+# ---------------------------------------------------------------- start-up independent of corpus size
+
+_FIRST_STEP = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+from conftest import compose
+from gnlorp import train
+from gnlorp.runner import run
+seen = {}
+step = train.TrainLoop._step
+def first(self, batch):
+    seen.setdefault("first_step_s", time.perf_counter() - t0)
+    return step(self, batch)
+train.TrainLoop._step = first
+out = run(compose(sys.argv[2:]), echo=lambda *a: None)
+print(json.dumps({**seen, "status": out.status, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _big_corpus(folder: Path, min_bytes: int = 100 * 2**20, files: int = 16) -> Path:
+    """The shared shard's documents, repeated in shuffled orders, as `files` json.gz shards of >= min_bytes in all:
+    10 shuffled orders are compressed once each and concatenated as gzip members."""
+    import gzip as gz
+
+    with gz.open(TRAIN_SHARD, "rb") as fh:
+        lines = [line for line in fh if line.strip()]
+    rng = random.Random(0)
+    members = []
+    for _ in range(10):
+        rng.shuffle(lines)
+        members.append(gz.compress(b"".join(lines), compresslevel=1))
+    folder.mkdir(parents=True)
+    per_file = -(-min_bytes // (files * len(members[0]))) + 1
+    for f in range(files):
+        with open(folder / f"c4-train.{f:05d}-of-01024.json.gz", "wb") as out:
+            for _ in range(per_file):
+                out.write(members[rng.randrange(len(members))])
+    (folder / "c4-validation.00000-of-00008.json.gz").symlink_to(next(C4_DIR.glob("c4-validation.*.json.gz")))
+    return folder
+
+
+@pytest.mark.slow
+@needs_data
+def test_start_up_time_and_memory_do_not_grow_with_the_corpus(tmp_path):
+    big = _big_corpus(tmp_path / "big")
+    assert sum(p.stat().st_size for p in big.glob("c4-train.*")) >= 100 * 2**20
+
+    def measure(data_dir: Path, sub: str) -> dict:
+        args = tiny_c4(tmp_path / sub, f"task.data_dir={data_dir}", "task.seq_len=256", "task.streams=8",
+                       "task.shuffle_blocks=1024", "train.batch_size=8", "train.max_steps=1", "train.eval_every=null",
+                       "task.eval_tokens=512", "train.num_threads=1", "keep_checkpoint=false", "method=full")
+        p = subprocess.run([sys.executable, "-c", _FIRST_STEP, str(ROOT / "tests"), *args], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+        assert p.returncode == 0, p.stderr[-3000:]
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        assert out["status"] == "complete"
+        return out
+
+    runs = {"small": [], "big": []}
+    for i in range(2):  # alternated, so that load from other processes falls on both
+        runs["small"].append(measure(C4_DIR, f"s{i}"))
+        runs["big"].append(measure(big, f"b{i}"))
+    t = {k: min(r["first_step_s"] for r in v) for k, v in runs.items()}
+    rss = {k: min(r["peak_rss_kib"] for r in v) for k, v in runs.items()}
+    print(f"time to first step: {t}; peak RSS KiB: {rss}")
+    assert t["big"] <= 1.2 * t["small"], t
+    assert rss["big"] <= 1.2 * rss["small"], rss
