@@ -357,3 +357,37 @@ def test_start_up_time_and_memory_do_not_grow_with_the_corpus(tmp_path):
     print(f"time to first step: {t}; peak RSS KiB: {rss}")
     assert t["big"] <= 1.2 * t["small"], t
     assert rss["big"] <= 1.2 * rss["small"], rss
+
+
+# ---------------------------------------------------------------- the paper recipes, CPU-sized
+
+# what the README's C4 section names for trying a paper recipe on a CPU
+CPU_SIZED = ["precision=fp32", f"task.data_dir={C4_DIR}", "model.tokenizer=mistral-sp", "train.batch_size=8",
+             "train.micro_batch_size=8", "train.max_steps=3", "task.eval_tokens=2048"]
+
+
+@pytest.mark.parametrize("size", ["60m", "130m", "350m", "1b", "7b"])
+def test_every_paper_recipe_composes_cpu_sized(size):
+    from gnlorp.runner import check_config
+
+    cfg = compose([f"experiment=c4_llama_{size}", "method=gradnormlorp", *CPU_SIZED])
+    assert (cfg.model.name, cfg.train.max_steps, cfg.train.batch_size, cfg.precision.name) == (f"llama_{size}", 3, 8, "fp32")
+    assert check_config(cfg)["accumulation_steps"] == 1
+    StreamBatches(lambda s: None, cfg.task.streams, cfg.train.batch_size, cfg.task.seq_len)  # streams fit the batch
+    paper = compose([f"experiment=c4_llama_{size}", "method=gradnormlorp"])
+    StreamBatches(lambda s: None, paper.task.streams, paper.train.batch_size, paper.task.seq_len, world_size=8)
+    assert paper.task.data_dir is None and paper.train.batch_size == 512
+
+
+@pytest.mark.slow
+@needs_data
+def test_paper_60m_recipe_runs_three_steps_on_the_cpu(tmp_path):
+    args = ["experiment=c4_llama_60m", "method=gradnormlorp", *CPU_SIZED, f"task.cache_dir={tmp_path}/cache",
+            f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/ck", "logger.mode=disabled",
+            "train.num_threads=1"]
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    rec = json.loads((tmp_path / "results" / "c4-llama_60m-gradnormlorp-r128-fp32-s0.json").read_text())
+    assert rec["status"] == "complete" and rec["train"]["steps"] == 3 and rec["train"]["tokens"] == 3 * 8 * 256
+    assert rec["train"]["data_passes"] == 1 and rec["eval"]["validation"]["tokens"] == 8 * 255
