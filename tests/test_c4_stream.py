@@ -3,6 +3,7 @@ sentencepiece on the raw shard, and uninterrupted single-process runs (1 and 2 p
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import os
@@ -78,6 +79,29 @@ def test_a_stream_without_documents_is_a_user_error(tmp_path):
     files = c4.c4_files(str(_shards(tmp_path, [[_doc(0, 0)]])), "train")
     with pytest.raises(UserError, match="task.streams"):
         _texts(LocalDocs(files, 1, 2), 1)
+
+
+def test_hub_path_splits_by_node_and_resumes_across_passes(tmp_path):
+    """The hub code path on a local streaming `datasets` dataset (the hub itself is unreachable here)."""
+    import datasets
+
+    from gnlorp.tasks.c4_stream import HubDocs
+
+    folder = _shards(tmp_path, [[_doc(f, d) for d in range(5)] for f in range(4)])
+    files = [str(p) for p in c4.c4_files(str(folder), "train")]
+    load = lambda: datasets.load_dataset("json", data_files=files, split="train", streaming=True)
+    expected = [_doc(f, d) for f in (1, 3) for d in range(5)]  # 4 shards over 2 streams: stream 1 has shards 1, 3
+    for n in (2, 7, 12):
+        docs = HubDocs(1, 2, load=load)
+        it = iter(docs)
+        assert [next(it) for _ in range(n)] == (expected * 2)[:n]
+        position = copy.deepcopy(docs.position)
+        rest = [next(it) for _ in range(12)]
+        assert rest == (expected * 4)[n:n + 12]
+        again = HubDocs(1, 2, load=load)
+        again.position = position
+        resumed = iter(again)
+        assert [next(resumed) for _ in range(12)] == rest
 
 
 # ---------------------------------------------------------------- packing and shuffling

@@ -93,9 +93,9 @@ class HubDocs:
             raise UserError(f"could not stream {HUB_ID[0]} ({HUB_ID[1]}, {self.split}) from the Hugging Face hub "
                             f"({_first_line(exc)}); {self._hint()}.") from None
         pos = self.position
+        start = ds.state_dict()  # a loaded state stays with the dataset: each pass starts from this one
         while True:
-            if pos["hub"] is not None:
-                ds.load_state_dict(pos["hub"])
+            ds.load_state_dict(pos["hub"] if pos["hub"] is not None else start)
             found = False
             iterator = iter(ds)
             while True:
