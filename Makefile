@@ -29,7 +29,7 @@ memory: setup
 tables: setup
 	$(BIN)/python -m gnlorp.tables
 
-# optimizer-step, projector, weight-norm and end-to-end benchmarks; prints tables, writes results/bench/*.json
+# optimizer-step, projector, weight-norm, end-to-end and C4-loader benchmarks; prints tables, writes results/bench/*.json
 bench: setup
 	$(BIN)/python -m gnlorp.bench
 

@@ -130,6 +130,8 @@ def _relations(cfg, world_size: int) -> dict:
     if layerwise and world_size > 1:
         raise UserError("method.layerwise=true cannot be combined with DDP (the step would run before the gradient "
                         "all-reduce); run on one process or set method.layerwise=false.")
+    if cfg.task.family == "c4":
+        _c4_relations(cfg, world_size)
     if cfg.task.family == "c4" and cfg.model.kind != "llama":
         raise UserError(f"task=c4 pre-trains a LLaMA; model={cfg.model.name} is an encoder: pick model=llama_20m "
                         f"(or another llama_*).")
@@ -137,6 +139,16 @@ def _relations(cfg, world_size: int) -> dict:
         raise UserError(f"GLUE fine-tunes an encoder; model={cfg.model.name} is a LLaMA: pick model=minilm, "
                         f"roberta-base or bert_tiny.")
     return {"micro_batch_size": micro, "accumulation_steps": per_process // micro}
+
+
+def _c4_relations(cfg, world_size: int) -> None:
+    t, streams = cfg.train, cfg.task.streams
+    if t.max_steps is None:
+        raise UserError("train.max_steps=null: C4 is streamed without epochs, so the number of training tokens is "
+                        "max_steps x batch_size x seq_len; set train.max_steps to a positive integer.")
+    if t.batch_size % streams or streams % world_size:
+        raise UserError(f"task.streams={streams} must divide train.batch_size={t.batch_size} and be a multiple of the "
+                        f"{world_size} process(es) (each process reads whole streams); e.g. task.streams={world_size}.")
 
 
 def _check_bitsandbytes(cfg) -> None:

@@ -1,5 +1,5 @@
 """The two kinds of job: GLUE fine-tuning of an encoder, and C4 pre-training of a LLaMA. Each gives the
-training loop a model, indexable training data, and an evaluation function returning
+training loop a model, training data (indexable for GLUE, a stream for C4), and an evaluation function returning
 {split: {metric: value}}, plus the name of its headline metric."""
 
 from __future__ import annotations
@@ -84,30 +84,40 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
 
 
 def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16) -> Job:
+    from .errors import UserError
     from .models import build_llama
-    from .tasks.c4 import load_c4_blocks, resolve_c4_dir
+    from .tasks.c4 import cached_eval_blocks, resolve_c4_dir
+    from .tasks.c4_stream import c4_train_stream
     from .tokenizers import load_causal_tokenizer, vocab_size_for
 
     t = cfg.task
+    steps = cfg.train.max_steps
+    if not isinstance(steps, int) or steps <= 0:
+        raise UserError(f"train.max_steps={steps!r}: C4 is streamed without epochs, so the number of training tokens "
+                        f"is max_steps x batch_size x seq_len; set train.max_steps to a positive integer.")
+    world, rank = 1, 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     tokenizer = load_causal_tokenizer(cfg.model.tokenizer)
     data_dir = resolve_c4_dir(t.data_dir)
-    train_blocks = load_c4_blocks(tokenizer, data_dir, "train", t.seq_len, t.max_train_blocks)
+    stream = c4_train_stream(tokenizer, data_dir, t.seq_len, cfg.train.batch_size, t.streams, t.shuffle_blocks,
+                             cfg.seed, world, rank)
+    stream.check()
     n_eval = max(1, t.eval_tokens // t.seq_len)
-    eval_blocks = load_c4_blocks(tokenizer, data_dir, "validation", t.seq_len, n_eval)
+    eval_blocks: list[torch.Tensor] = []  # tokenized (or read from the cache) at the first evaluation, on rank 0
     model_cfg = dict(cfg.model)
     model_cfg["vocab_size"] = vocab_size_for(tokenizer, model_cfg["vocab_size"])
     model = build_llama(model_cfg, seed=cfg.seed)
 
-    def collate(indices: list[int]) -> dict:
-        ids = train_blocks[indices]
-        return {"input_ids": ids, "labels": ids}
-
     def evaluate(m: nn.Module) -> dict:
+        if not eval_blocks:
+            eval_blocks.append(cached_eval_blocks(tokenizer, data_dir, t.seq_len, n_eval, t.cache_dir))
+        blocks = eval_blocks[0]
         m.eval()
         total, count = 0.0, 0
         with torch.no_grad(), _autocast(device, autocast_dtype):
-            for i in range(0, len(eval_blocks), eval_batch_size):
-                ids = eval_blocks[i:i + eval_batch_size].to(device)
+            for i in range(0, len(blocks), eval_batch_size):
+                ids = blocks[i:i + eval_batch_size].to(device)
                 loss = m(input_ids=ids, labels=ids).loss.float().item()
                 n = ids.shape[0] * (ids.shape[1] - 1)  # predicted tokens
                 total += loss * n
@@ -116,13 +126,17 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16)
         return {"validation": {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}}
 
     source = data_dir or "the hub (allenai/c4)"
+    tokens = steps * cfg.train.batch_size * t.seq_len
     return Job(
         model=model,
-        data=TrainData(len(train_blocks), collate, lambda b: int(b["input_ids"].numel()), drop_last=True),
+        # one "epoch" is the whole budget of max_steps global batches; passes over the data are in data_stats
+        data=TrainData(steps * cfg.train.batch_size, stream.collate, lambda b: int(b["input_ids"].numel()),
+                       drop_last=True, stream=stream),
         evaluate=evaluate,
         main_split="validation",
         main_metric="perplexity",
         higher_is_better=False,
         eval_at_epoch_end=False,
-        description=f"C4: {len(train_blocks)} train blocks of {t.seq_len} tokens, {len(eval_blocks)} validation blocks, from {source}",
+        description=f"C4: {tokens:,} train tokens ({steps} steps x {cfg.train.batch_size} x {t.seq_len}) streamed from "
+                    f"{source} by {t.streams} streams; validation: {n_eval} blocks",
     )

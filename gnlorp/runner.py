@@ -388,6 +388,7 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
             tokens=pos.tokens, wall_seconds=round(pos.train_seconds, 3),
             tokens_per_second=pos.tokens / pos.train_seconds if pos.train_seconds else None,
             nonfinite_skipped_steps=pos.skipped, accumulation_steps=plan.derived["accumulation_steps"],
+            **(loop.data_stats() if plan.world == 1 or status == "complete" else {}),
         )
         record.set_memory(
             **peak.snapshot(), optimizer_state_bytes=optimizer_state_bytes(trainable.optimizer),

@@ -71,7 +71,10 @@ class TaskSettings:
     max_eval_samples: Optional[int] = setting(None, "GLUE: the first rows of each evaluation split", ge=1)
     # C4
     seq_len: int = setting(256, "C4: tokens per packed block", ge=2)
-    max_train_blocks: Optional[int] = setting(None, "C4: cap on the train blocks read", ge=1)
+    streams: int = setting(8, "C4: logical data streams (divides train.batch_size; a multiple of the processes)", ge=1)
+    shuffle_blocks: int = setting(1024, "C4: shuffle buffer per stream, in blocks (1: no shuffling)", ge=1)
+    cache_dir: Optional[str] = setting(None, "C4: where tokenized validation blocks are kept; null: ~/.cache/gnlorp",
+                                       identity=False)
     eval_tokens: int = setting(262144, "C4: validation budget in tokens (the first eval_tokens / seq_len blocks)",
                                ge=2)
 

@@ -216,3 +216,17 @@ def vocab_size_for(tokenizer, configured: int) -> int:
     except (AttributeError, NotImplementedError, TypeError):
         pass
     return max(int(configured), int(size))
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash that changes when the tokenizer's encoding could: its full serialized form for a fast tokenizer,
+    else its class, name, EOS and vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else None
+        text = json.dumps([type(tokenizer).__module__, type(tokenizer).__qualname__,
+                           getattr(tokenizer, "name_or_path", ""), getattr(tokenizer, "eos_token_id", None),
+                           sorted(vocab.items()) if vocab else None])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

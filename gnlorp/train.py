@@ -45,6 +45,10 @@ class TrainData:
     collate: Callable[[list[int]], dict]
     count_tokens: Callable[[dict], int]
     drop_last: bool = False
+    # Endless data read in a fixed order (C4): global batches come from stream.next_batch() (positions whose
+    # share for this rank `collate` turns into a batch), not from epoch permutations. It has state_dict(),
+    # load_state_dict(), close(), stats() and merge_stats(list); the states of all ranks merge by dict union.
+    stream: object | None = None
 
 
 @dataclass
@@ -128,13 +132,18 @@ class TrainLoop:
         if self.steps_per_epoch < 1:
             raise ValueError(f"{data.num_examples} examples do not fill one batch of {cfg.batch_size}")
         self._signal: str | None = None
+        self._data_state: dict | None = None
 
     # ------------------------------------------------------------------ data order
     def _epoch_order(self, epoch: int) -> list[int]:
+        if self.data.stream is not None:
+            return []
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         return torch.randperm(self.data.num_examples, generator=g).tolist()
 
     def _global_batch(self, order: list[int], index: int) -> list[int]:
+        if self.data.stream is not None:
+            return self.data.stream.next_batch()
         return order[index * self.cfg.batch_size:(index + 1) * self.cfg.batch_size]
 
     def _micro_batches(self, batch: list[int]) -> list[list[int]]:
@@ -154,11 +163,33 @@ class TrainLoop:
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "extra": self.extra_state(),
         }
+        if self.data.stream is not None:
+            # in save_checkpoint: every process's streams, gathered just before; else this process's
+            state["data"] = self._data_state if self._data_state is not None else self.data.stream.state_dict()
+            self._data_state = None
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
+    def _gather(self, local):
+        """Every process's `local`, in rank order (a collective: all processes must call it)."""
+        if self.world_size == 1:
+            return [local]
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # all_gather_object stages through the current device
+        parts = [None] * self.world_size
+        torch.distributed.all_gather_object(parts, local)
+        return parts
+
+    def data_stats(self) -> dict:
+        """Totals of a data stream over all processes (passes, documents); {} for indexed data. Collective."""
+        if self.data.stream is None:
+            return {}
+        return self.data.stream.merge_stats(self._gather(self.data.stream.stats()))
+
     def save_checkpoint(self) -> None:
+        if self.data.stream is not None:  # rank 0 writes the state of every process's streams
+            self._data_state = {k: v for part in self._gather(self.data.stream.state_dict()) for k, v in part.items()}
         if self.checkpoint_path is None or self.rank != 0:
             return
         save_checkpoint(self.state_dict(), self.checkpoint_path)
@@ -168,6 +199,13 @@ class TrainLoop:
         base_optimizer(self.optimizer).load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.pos = Position(**state["position"])
+        if self.data.stream is not None:
+            if "data" not in state:
+                from .errors import UserError
+
+                raise UserError("the checkpoint holds no position in the data stream (it was written before C4 "
+                                "data was streamed); start over without resume=true.")
+            self.data.stream.load_state_dict(state["data"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -299,6 +337,8 @@ class TrainLoop:
                     self.save_checkpoint()
                     raise Interrupted(reason, self.pos.step)
         finally:
+            if self.data.stream is not None:
+                self.data.stream.close()
             if bar is not None:
                 bar.close()
             for sig, handler in previous.items():

@@ -40,10 +40,10 @@ def tiny_glue(tmp_path, *extra: str) -> list[str]:
 
 
 def tiny_c4(tmp_path, *extra: str) -> list[str]:
-    """A C4 run that takes seconds: LLaMA-tiny, 32 blocks of 64 tokens from the shared shard."""
+    """A C4 run that takes seconds: LLaMA-tiny, blocks of 64 tokens streamed from the shared shard by 4 streams."""
     return [
         "task=c4", "model=llama_tiny", "model.tokenizer=mistral-sp", f"task.data_dir={C4_DIR}", "task.seq_len=64",
-        "task.max_train_blocks=32", "task.eval_tokens=1024", "train.batch_size=4", "train.max_steps=12",
+        "task.streams=4", "task.shuffle_blocks=8", f"task.cache_dir={tmp_path}/cache", "task.eval_tokens=1024", "train.batch_size=4", "train.max_steps=12",
         "train.eval_every=6", "rank=8", f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/checkpoints",
         "keep_checkpoint=true", "train.progress=false", "logger.mode=disabled", *extra,
     ]

@@ -76,6 +76,8 @@ CASES = {
     "layerwise_with_clipping": (lambda t: _glue(t, "method.layerwise=true"), ["method.layerwise=true", "grad_clip=0"]),
     "max_length_zero": (lambda t: _glue(t, "task.max_length=0"), ["task.max_length=0", ">= 1"]),
     "seq_len_one": (lambda t: _c4(t, "task.seq_len=1"), ["task.seq_len=1", ">= 2"]),
+    "streams_not_dividing_the_batch": (lambda t: _c4(t, "task.streams=3"), ["task.streams=3", "train.batch_size=4"]),
+    "c4_without_max_steps": (lambda t: _c4(t, "train.max_steps=null"), ["train.max_steps=null", "max_steps x"]),
     "unknown_key": (lambda t: _glue(t, "train.nonexistent=1"), ["train.nonexistent", "gnlorp.schema"]),
     "unknown_method": (lambda t: _glue(t, "method=sgd"), ["method", "'sgd'", "gradnormlorp"]),
     "unknown_experiment": (lambda t: _glue(t, "experiment=nope"), ["experiment=nope", "glue_minilm_cpu"]),

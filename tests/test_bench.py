@@ -204,10 +204,27 @@ def test_end_to_end_memory_probe(tmp_path):
 def test_suite_runs_the_chosen_benchmarks(tmp_path, capsys):
     from gnlorp.bench.__main__ import main
 
-    assert set(BENCHMARKS) == {"optimizer_step", "projector", "weightnorm", "end_to_end"}
+    assert set(BENCHMARKS) == {"optimizer_step", "projector", "weightnorm", "end_to_end", "loader"}
     main(["--only", "weightnorm", "--out-dir", str(tmp_path), "--", "--models", "llama_tiny", "--tokens", "16",
           "--repeats", "1", "--warmup", "0", "--sample-s", "0.001"])
     out = capsys.readouterr().out
     assert "## weightnorm" in out and "| model | shape (out x in)" in out
     payload = _load(tmp_path, "weightnorm")
     assert "--tokens 16" in payload["env"]["command"]
+
+
+def test_loader_throughput_beside_training(tmp_path):
+    from conftest import C4_DIR
+
+    from gnlorp.bench import loader
+
+    if not C4_DIR.is_dir():
+        pytest.skip(f"shared C4 data not found at {C4_DIR}")
+    loader.main(["--model", "llama_tiny", "--batch-size", "4", "--seq-len", "32", "--streams", "2", "--batches", "3",
+                 "--repeats", "2", "--warmup", "0", "--data-dir", str(C4_DIR), "--out-dir", str(tmp_path)])
+    [row] = _load(tmp_path, "loader")["rows"]
+    _is_stats(row["loader_tokens_per_s"], 2)
+    _is_stats(row["train_tokens_per_s"], 3)
+    assert row["tokens_per_batch"] == 128 and row["first_batch_s"] > 0
+    assert row["ratio"] == pytest.approx(row["loader_tokens_per_s"]["median"] / row["train_tokens_per_s"]["median"])
+    assert row["met"] == (row["ratio"] >= 20)

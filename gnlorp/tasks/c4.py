@@ -56,28 +56,38 @@ def c4_files(data_dir: str, split: str) -> list[Path]:
     return files
 
 
+def iter_file_docs(path: Path, start: int = 0, stride: int = 1, offset: int = 0) -> Iterator[tuple[int, str]]:
+    """(line index, text) of the documents on the lines i >= start with i % stride == offset of one shard
+    (0-based line indices, blank lines count as lines); the other lines are skipped unparsed."""
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            for index, line in enumerate(fh):
+                lineno = index + 1
+                if index < start or index % stride != offset or not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except UnicodeDecodeError as exc:
+                    raise UserError(f"{path}:{lineno} is not UTF-8 ({exc}); re-download or remove that file.") from None
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{lineno} is not a JSON line ({exc.msg}); C4 shards must hold one "
+                                    f"JSON object with a \"text\" field per line, so fix or remove that file.") from None
+                text = record.get("text") if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise UserError(f"{path}:{lineno} has no string \"text\" field; C4 shards must hold one JSON "
+                                    f"object with a \"text\" field per line, so fix or remove that file.")
+                yield index, text
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        where = f"{path}:{lineno + 1}" if lineno else str(path)  # lineno: lines read before the failure
+        raise UserError(f"{where} could not be read as gzip-compressed UTF-8 JSON lines ({exc}); "
+                        f"re-download or remove that file.") from None
+
+
 def _iter_local(files: list[Path]) -> Iterator[str]:
     for path in files:
-        lineno = 0
-        try:
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{path}:{lineno} is not a JSON line ({exc.msg}); C4 shards must hold one "
-                                        f"JSON object with a \"text\" field per line, so fix or remove that file.") from None
-                    text = record.get("text") if isinstance(record, dict) else None
-                    if not isinstance(text, str):
-                        raise UserError(f"{path}:{lineno} has no string \"text\" field; C4 shards must hold one JSON "
-                                        f"object with a \"text\" field per line, so fix or remove that file.")
-                    yield text
-        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
-            where = f"{path}:{lineno + 1}" if lineno else str(path)
-            raise UserError(f"{where} could not be read as gzip-compressed UTF-8 JSON lines ({exc}); "
-                            f"re-download or remove that file.") from None
+        for _, text in iter_file_docs(path):
+            yield text
 
 
 def _first_line(exc: BaseException) -> str:
@@ -195,4 +205,40 @@ def load_c4_blocks(tokenizer, data_dir: str | None, split: str, seq_len: int,
         raise UserError(f"empty dataset: C4 {split} from {source} gave 0 blocks of {seq_len} tokens "
                         f"(max_blocks={max_blocks}); use more or longer documents, a smaller task.seq_len, or "
                         f"max_blocks >= 1.")
+    return blocks
+
+
+def _source_id(data_dir: str | None, split: str) -> list:
+    if data_dir is None:
+        return ["hub", *HUB_ID, split]
+    return [[p.name, p.stat().st_size] for p in c4_files(data_dir, split)]
+
+
+def cached_eval_blocks(tokenizer, data_dir: str | None, seq_len: int, n_blocks: int, cache_dir: str | None = None,
+                       split: str = "validation") -> torch.LongTensor:
+    """The first n_blocks packed blocks of C4 `split` (load_c4_blocks), tokenized once and kept in
+    <cache_dir>/c4-eval/ (default: the gnlorp cache, ~/.cache/gnlorp) under a name hashed from the tokenizer,
+    source files (names and sizes) or hub id, seq_len and n_blocks; written atomically (concurrent runs race
+    harmlessly) and shared by every method, seed and process."""
+    import hashlib
+
+    from gnlorp.tokenizers import _cache_root, tokenizer_fingerprint
+
+    key = json.dumps({"format": 1, "tokenizer": tokenizer_fingerprint(tokenizer), "source": _source_id(data_dir, split),
+                      "seq_len": seq_len, "blocks": n_blocks})
+    folder = Path(os.path.expanduser(cache_dir)) if cache_dir else _cache_root()
+    path = folder / "c4-eval" / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=True)["blocks"].long()
+        except Exception:  # a damaged file: rebuild it
+            pass
+    blocks = load_c4_blocks(tokenizer, data_dir, split, seq_len, n_blocks)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{id(blocks)}")
+        torch.save({"key": key, "blocks": blocks.to(torch.int32)}, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache: the blocks are still right, just not kept
     return blocks
