@@ -47,13 +47,18 @@ def _get(container: dict, dotted: str) -> Any:
     return container
 
 
-def training_settings(resolved: dict, derived: dict) -> dict:
-    """{dotted key: value} of everything that changes training (see the module docstring)."""
+def training_settings(resolved: dict, derived: dict, uses_rank: bool = True, uses_scale: bool = True) -> dict:
+    """{dotted key: value} of everything that changes training (see the module docstring). A method that
+    ignores the rank (full training) or GaLore's scale (LoRA) is not told apart by them."""
     settings = {key: _get(resolved, key) for key in IDENTITY_KEYS}
     settings.pop("task.lr")
     settings.pop("task.alpha")
     settings["train.lr"] = derived["lr"]
     settings["scale"] = derived["scale"]
+    if not uses_rank:
+        settings.pop("rank")
+    if not uses_scale:
+        settings.pop("scale")
     return settings
 
 

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import identity
 from .checks import check_config, check_name_length, check_writable_folder
 from .errors import UserError
-from .methods import LOW_RANK  # light: method modules (peft, bitsandbytes) load only when a method is used
+from .methods import LOW_RANK, PROJECTED  # light: method modules (peft, bitsandbytes) load only when a method is used
 
 # torch, transformers and peft are imported only once the config and the data folder have been checked, so a
 # run stopped by a bad value answers at once, not after a long startup.
@@ -103,7 +103,8 @@ def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
     derived = check_config(cfg, world)
     _check_data_dirs(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    settings = identity.training_settings(resolved, derived)
+    settings = identity.training_settings(resolved, derived, uses_rank=cfg.method.name in LOW_RANK,
+                                          uses_scale=cfg.method.name in PROJECTED)
     name = run_name(cfg)
     run_id = f"{name}-{identity.identity_hash(settings)}"
     check_name_length(run_id)

@@ -226,7 +226,7 @@ def test_ctrl_c_outside_training_is_one_sentence_and_exit_130(monkeypatch, capsy
     from gnlorp.cli import run_and_exit
     from omegaconf import OmegaConf
 
-    def interrupted(cfg):
+    def interrupted(cfg, **_):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gnlorp.runner, "run", interrupted)

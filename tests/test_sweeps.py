@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import C4_DIR, ROOT, needs_shared
+from gnlorp.checks import galore_scale
 from gnlorp.runner import check_config, run_name
 
 SWEEPS = ROOT / "sweeps"
@@ -27,6 +28,9 @@ def compose_sweep(sweep: str, point: list[str]):
     (with conf/ on the search path, as run.py has it) plus the grid point's overrides."""
     from hydra import compose, initialize_config_dir
 
+    from gnlorp.schema import register
+
+    register()
     with initialize_config_dir(config_dir=str(SWEEPS), version_base="1.3"):
         return compose(config_name=sweep, overrides=[f"hydra.searchpath=[file://{ROOT / 'conf'}]", *point])
 
@@ -37,10 +41,8 @@ def grid(sweep: str, extra: list[str] = ()) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from gnlorp.cli import quote_group_ints
-
     params = yaml.safe_load((SWEEPS / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]
-    args = [f"{k}={v}" for k, v in params.items()] + quote_group_ints(list(extra))
+    args = [f"{k}={v}" for k, v in params.items()] + list(extra)
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
     return [list(p) for b in batches for p in b]
 
@@ -79,8 +81,7 @@ def _check_paper_glue(cfg, p):
     task = p["task"].split("/")[1]
     assert (cfg.model.name, cfg.precision.name, cfg.task.name) == ("roberta-base", "bf16", task)
     assert cfg.method.name == p["method"] and cfg.rank == int(p["rank"].strip("'"))
-    assert cfg.method.get("rank") in (None, int(p["rank"].strip("'")))
-    assert cfg.scale == {4: 4.0, 8: 2.0}[cfg.rank]                # GaLore Table 7: alpha 4 at rank 4, 2 at rank 8
+    assert galore_scale(cfg) == {4: 4.0, 8: 2.0}[cfg.rank]       # GaLore Table 7: alpha 4 at rank 4, 2 at rank 8
     assert (cfg.train.epochs, cfg.task.max_length) == (30, 512)
     assert cfg.train.batch_size == (32 if task == "cola" else 16)
     assert cfg.method.update_proj_gap == 500 and cfg.task.data_dir is None
@@ -91,7 +92,7 @@ def _check_paper_c4(cfg, p):
     model = cfg.model.name
     rank, steps = C4_PAPER[model]
     assert p["experiment"] == f"c4_{model}" and cfg.method.name == p["method"]
-    assert (cfg.task.family, cfg.precision.name, cfg.rank, cfg.scale) == ("c4", "bf16", rank, 0.25)
+    assert (cfg.task.family, cfg.precision.name, cfg.rank, galore_scale(cfg)) == ("c4", "bf16", rank, 0.25)
     assert (cfg.train.max_steps, cfg.train.batch_size, cfg.task.seq_len) == (steps, 512, 256)
     assert (cfg.train.warmup_ratio, cfg.train.min_lr_ratio, cfg.model.tokenizer) == (0.1, 0.1, "t5-base")
     assert cfg.train.max_steps % cfg.train.eval_every == 0
@@ -149,7 +150,7 @@ def test_command_line_keys_replace_the_grid_lists():
     """The README's parts: `task=glue/cola` runs one task of cpu_glue; `rank=8` halves paper_glue."""
     part = grid("cpu_glue", ["task=glue/cola"])
     assert len(part) == 12 and {_point(p)["task"] for p in part} == {"glue/cola"}
-    assert {_point(p)["rank"] for p in grid("paper_glue", ["rank=8"])} == {"'8'"}
+    assert {_point(p)["rank"] for p in grid("paper_glue", ["rank=8"])} == {"8"}
     assert {_point(p)["seed"] for p in grid("paper_glue", ["seed=0,1,2"])} == {"0", "1", "2"}
 
 
@@ -174,14 +175,14 @@ NOOP_APP = '''
 import json, sys
 sys.path.insert(0, {root!r})
 import hydra
-from gnlorp.cli import quote_group_ints
+from gnlorp.schema import register
+register()
 
 @hydra.main(version_base="1.3", config_path={conf!r}, config_name="config")
 def main(cfg):
     from gnlorp.runner import run_name
     print("JOB " + json.dumps([run_name(cfg), cfg.skip_complete, cfg.resume]), flush=True)
 
-sys.argv[1:] = quote_group_ints(sys.argv[1:])
 main()
 '''
 
@@ -275,7 +276,7 @@ def test_cpu_c4_sweep_runs_and_skips_complete_runs_on_a_rerun(tmp_path):
     first = _cli(args, ROOT, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     rec = json.loads((tmp_path / "results" / "c4-llama_tiny-galore-r64-fp32-s0.json").read_text())
-    assert rec["status"] == "complete" and rec["config"]["method"]["rank"] == 64 and rec["train"]["steps"] == 2
+    assert rec["status"] == "complete" and rec["config"]["rank"] == 64 and rec["train"]["steps"] == 2
     second = _cli(args, ROOT, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "skipped (skip_complete=true)" in second.stdout + second.stderr

@@ -14,6 +14,7 @@ from ..errors import UserError
 _MODULES = {"full": "full", "lora": "lora", "dora": "lora", "galore": "galore", "gradnormlorp": "gradnormlorp"}
 METHODS = tuple(_MODULES)
 LOW_RANK = ("lora", "dora", "galore", "gradnormlorp")
+PROJECTED = ("galore", "gradnormlorp")  # GaLore's gradient projection: the methods that use its scale (alpha)
 
 _LAZY = {
     "MethodConfig": ".base", "base_optimizer": ".optimizers", "check_rank": ".targets",
@@ -33,4 +34,4 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["METHODS", "LOW_RANK", "get_method", *_LAZY]
+__all__ = ["METHODS", "LOW_RANK", "PROJECTED", "get_method", *_LAZY]
