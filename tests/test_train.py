@@ -1,5 +1,6 @@
-"""TrainLoop on a toy regression model (no runner, no data files): layer-wise mode over a partial last
-batch, and the learning rate the loop records for each step."""
+"""TrainLoop on a toy regression model (no runner, no data files): gradient accumulation equals one big
+batch, layer-wise mode over a partial last batch, the learning rate recorded for each step, a checkpoint round
+trip that continues exactly, and the stop on a NaN."""
 
 from types import SimpleNamespace
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from gnlorp.methods import MethodConfig
 from gnlorp.methods.optimizers import build_adamw
-from gnlorp.train import LoopConfig, TrainData, TrainLoop, warmup_cosine
+from gnlorp.train import Interrupted, LoopConfig, NonFiniteError, TrainData, TrainLoop, warmup_cosine
 
 
 class Toy(nn.Module):
@@ -78,3 +79,56 @@ def test_recorded_lr_is_the_lr_each_step_used():
     assert [lr for _, lr in logged] == pytest.approx(expected, rel=1e-12, abs=0)
     assert [lr for _, lr in logged] == used
     assert logged[0][1] == pytest.approx(peak / 3)  # warmup of 3 steps: 1/3 of the peak at step 1
+
+
+@pytest.mark.parametrize("micro", [1, 2, 3])
+def test_accumulated_micro_batches_equal_one_big_batch(micro):
+    """Batch 6 over 14 examples (a partial last batch of 2) in micro-batches of 1, 2 or 3: the same parameters
+    as one forward pass per batch, to rounding (AdamW: a different gradient would show at once)."""
+    ends = []
+    for m in (6, micro):
+        model = Toy()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        _loop(model, opt, _data(14), steps=5, batch=6, micro=m).run()
+        ends.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*ends):
+        assert (a - b).abs().max().item() <= 1e-6
+
+
+def test_a_checkpoint_round_trip_continues_exactly(tmp_path):
+    """Stop after 4 of 9 steps (state_dict through save_checkpoint/load_checkpoint), load it into a fresh
+    model, optimizer and loop: parameters, optimizer state and schedule end where an uninterrupted run does."""
+    from gnlorp.checkpoint import load_checkpoint
+
+    def fresh():
+        model = Toy()
+        cfg = MethodConfig(name="galore", lr=1e-2, rank=2, update_proj_gap=3)
+        return model, build_adamw(model, cfg, low_rank=[layer.weight for layer in model.layers])
+
+    model, opt = fresh()
+    _loop(model, opt, _data(10), steps=9, batch=4, micro=2).run()
+    straight = [p.detach().clone() for p in model.parameters()]
+
+    model, opt = fresh()
+    first = _loop(model, opt, _data(10), steps=9, batch=4, micro=2, stop_at_step=4)
+    first.checkpoint_path = tmp_path / "last.pt"
+    with pytest.raises(Interrupted):
+        first.run()
+    model, opt = fresh()
+    second = _loop(model, opt, _data(10), steps=9, batch=4, micro=2)
+    second.load_state_dict(load_checkpoint(tmp_path / "last.pt", "cpu"))
+    assert second.pos.step == 4
+    second.run()
+    for a, b in zip(straight, model.parameters()):
+        assert torch.equal(a, b.detach())
+    assert (tmp_path / "last.pt.sha256").is_file()  # the loop saved through save_checkpoint, checksum and all
+
+
+def test_a_nan_loss_stops_at_its_step_naming_it():
+    model = Toy()
+    with torch.no_grad():
+        model.layers[0].weight[0, 0] = float("nan")
+    loop = _loop(model, torch.optim.SGD(model.parameters(), lr=0.1), _data(8), steps=3, batch=4, micro=4)
+    with pytest.raises(NonFiniteError, match=r"step 1: the loss is nan and the weight layers.0.weight holds NaN/Inf"):
+        loop.run()
+    assert loop.pos.step == 0
