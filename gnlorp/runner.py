@@ -326,8 +326,10 @@ def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wand
                         config_hash=identity.config_hash(plan.resolved))
     logger = None
     if plan.rank == 0:
-        logger = WandbLogger(cfg.logger.mode, cfg.logger.project, plan.run_id, resolved, dir=str(Path.cwd()),
-                             entity=cfg.logger.entity, resume_id=wandb_id, echo=echo)
+        where, group = _hydra_output_and_group(cfg)
+        logger = WandbLogger(cfg.logger.mode, cfg.logger.project, plan.run_id, resolved, dir=where,
+                             entity=cfg.logger.entity, resume_id=wandb_id, echo=echo, run_id=_wandb_id(plan.run_id),
+                             group=group, tags=_wandb_tags(plan))
     progress = bool(cfg.train.progress) and plan.rank == 0
     tracker = RunTracker(record, main_split=job.main_split, main_metric=job.main_metric,
                          higher_is_better=job.higher_is_better, total_steps=total_steps,
@@ -353,6 +355,37 @@ def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wand
                      tracker.on_eval, plan.checkpoint_path, device, extra_state, plan.world, plan.rank, ddp_model)
     tracker.train_seconds = lambda: loop.pos.train_seconds
     return tracker, loop, total_steps, steps_per_epoch
+
+
+def _hydra_output_and_group(cfg) -> tuple[str, str]:
+    """W&B's folder sits with the job's Hydra outputs (outputs/<date>/<time>/, multirun/.../<job>/); its group is
+    the sweep file's name (-cn), else the experiment, else <task>-<model>."""
+    group = f"{cfg.task.name}-{cfg.model.name}"
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            experiment = hc.runtime.choices.get("experiment")
+            sweep = hc.job.config_name if hc.job.config_name not in (None, "config") else None
+            return hc.runtime.output_dir, sweep or (experiment if experiment not in (None, "null") else group)
+    except (ImportError, ValueError):
+        pass
+    return str(Path.cwd()), group
+
+
+def _wandb_id(run_id: str) -> str:
+    """W&B ids are short: a digest of the run id (name and identity hash), the same for a rerun or a resume."""
+    import hashlib
+
+    return hashlib.sha256(run_id.encode()).hexdigest()[:16]
+
+
+def _wandb_tags(plan: Plan) -> list[str]:
+    cfg = plan.cfg
+    tags = [f"method:{cfg.method.name}", f"task:{cfg.task.name}", f"model:{cfg.model.name}",
+            f"precision:{cfg.precision.name}", f"seed:{cfg.seed}"]
+    return tags + ([f"rank:{cfg.rank}"] if "rank" in plan.settings else [])
 
 
 def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, total_steps: int,

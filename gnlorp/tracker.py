@@ -78,7 +78,23 @@ class RunTracker:
             self.record.set_best_last({k: self.best[k] for k in ("step", "epoch", "metrics")}, last)
 
     # ------------------------------------------------------------------ the end
+    def summary(self) -> dict:
+        """What W&B's run summary holds: the record's headline figures (scores, memory, sizes, speed)."""
+        rec = self.record
+        out = {**_flatten(rec.eval, "final"), **_flatten((rec.best or {}).get("metrics", {}), "best"),
+               "status": rec.status}
+        if rec.best:
+            out.update({"best/step": rec.best.get("step"), "best/epoch": rec.best.get("epoch")})
+        for key in ("wall_seconds", "tokens_per_second", "tokens", "steps"):
+            out[f"train/{key}"] = rec.train.get(key)
+        for key, value in rec.memory.items():
+            if isinstance(value, (int, float)):
+                out[f"memory/{key}"] = value
+        for key, value in (rec.memory.get("parameters") or {}).items():
+            out[f"parameters/{key}"] = value
+        return {k: v for k, v in out.items() if v is not None}
+
     def finish(self, exit_code: int) -> None:
         if self.logger:
-            self.logger.summary(_flatten(self.record.eval, "final"))
+            self.logger.summary(self.summary())
             self.logger.finish(exit_code)

@@ -67,52 +67,23 @@ def api_key_status() -> tuple[bool, str | None]:
     Returns ``(True, None)`` when credentials exist, else ``(False, why)`` with ``why`` a short
     phrase ("no API key found", "the API key is malformed: ...").
 
-    Sources, in wandb 0.31's own order: WANDB_API_KEY / WANDB_IDENTITY_TOKEN_FILE, the netrc
-    entry for the configured base_url (``wandb login`` writes it), the api_key in a wandb settings
-    file, and credentials already set in this process by ``wandb.login(key=...)``. wandb's
-    ``wbauth.authenticate_session(prompt=False, verify=False, update_session=False)`` does exactly
-    this lookup without prompting, verifying against the server, printing or changing state; if
-    that internal API moves, a direct env + netrc check is used instead.
+    Sources: WANDB_API_KEY / WANDB_IDENTITY_TOKEN_FILE, then the netrc entry for $WANDB_BASE_URL's host or
+    api.wandb.ai (``wandb login`` writes it). Only documented places are read: wandb's own lookup is not
+    public API.
     """
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         # Format problems with an env key surface at init and are reported there.
         return True, None
+    hosts = ["api.wandb.ai"]
+    base = os.environ.get("WANDB_BASE_URL")
+    if base and urlsplit(base).netloc:
+        hosts.insert(0, urlsplit(base).netloc)
     try:
-        _import_wandb()
-    except ImportError:
-        return False, "wandb is not installed"
-    try:
-        from wandb.sdk import wandb_setup
-        from wandb.sdk.lib import wbauth
-
-        settings = wandb_setup.singleton().settings
-        auth = wbauth.authenticate_session(
-            host=settings.base_url,
-            source="gnlorp",
-            prompt=False,
-            verify=False,
-            update_session=False,
-        )
-        return (True, None) if auth is not None else (False, "no API key found")
-    except Exception as e:  # noqa: BLE001 - any failure here just means "look for yourself"
-        if type(e).__name__ == "AuthenticationError" and "wandb" in type(e).__module__:
-            return False, f"the stored API key is malformed ({_reason(e)})"
-        hosts = ["api.wandb.ai"]
-        try:
-            from wandb.sdk.lib.urls import DEFAULT_BASE_URL
-
-            hosts.insert(0, urlsplit(DEFAULT_BASE_URL).netloc)
-        except Exception:  # noqa: BLE001
-            pass
-        base = os.environ.get("WANDB_BASE_URL")
-        if base and urlsplit(base).netloc:
-            hosts.insert(0, urlsplit(base).netloc)
-        try:
-            if _netrc_has_key(hosts):
-                return True, None
-        except Exception:  # noqa: BLE001
-            pass
-        return False, "no API key found"
+        if _netrc_has_key(hosts):  # what `wandb login` writes
+            return True, None
+    except Exception:  # noqa: BLE001
+        pass
+    return False, "no API key found"
 
 
 class WandbLogger:
@@ -124,6 +95,8 @@ class WandbLogger:
     seconds (default: $WANDB_INIT_TIMEOUT, wandb's own variable, else 30), otherwise offline (then disabled)
     with one notice line each.
     mode None: the WANDB_MODE environment variable if set, else "online".
+    ``run_id`` (from the run identity) makes a rerun or a resume continue the same W&B run; ``group`` and
+    ``tags`` let a sweep's runs be grouped and filtered.
     """
 
     def __init__(
@@ -138,6 +111,9 @@ class WandbLogger:
         echo: Callable[[str], Any] = print,
         *,
         online_init_timeout: float | None = None,
+        run_id: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
     ):
         if online_init_timeout is None:
             try:
@@ -184,8 +160,12 @@ class WandbLogger:
             dir=str(self.dir),
             reinit="finish_previous",
         )
-        if resume_id:
-            init_kwargs.update(id=resume_id, resume="allow")
+        if group:
+            init_kwargs["group"] = group
+        if tags:
+            init_kwargs["tags"] = list(tags)
+        if resume_id or run_id:  # the same id for a rerun or a resume: W&B continues that run
+            init_kwargs.update(id=resume_id or run_id, resume="allow")
         offline_where = f"logging offline to {self.dir / 'wandb'} — sync later with 'wandb sync'."
 
         if requested == "online":

@@ -87,14 +87,35 @@ def test_multirun_over_methods_writes_four_complete_results(tmp_path):
     assert all(json.loads(f.read_text())["status"] == "complete" for f in files)
 
 
-def test_wandb_offline_leaves_a_run_folder_with_metrics(tmp_path):
-    p = _cli(tiny_glue(tmp_path, "method=galore", "rank=4", "train.epochs=1", "logger.mode=offline"), tmp_path,
-             {"WANDB_MODE": "", "WANDB_DIR": str(tmp_path)})
+def test_wandb_offline_run_holds_the_record_grouped_and_tagged(tmp_path):
+    """The W&B folder sits with the job's Hydra outputs; the summary holds the record's headline figures, the
+    group and tags are set, and a rerun of the same config continues the same W&B run (same id)."""
+    args = tiny_glue(tmp_path, "method=galore", "rank=4", "train.epochs=1", "logger.mode=offline")
+    p = _cli(args, tmp_path, {"WANDB_MODE": ""})
     assert p.returncode == 0, p.stderr[-2000:]
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    blob = b"".join(f.read_bytes() for f in runs[0].glob("*.wandb"))
+    (run,) = list((tmp_path / "outputs").rglob("offline-run-*"))
+    rec = json.loads(next((tmp_path / "results").glob("*.json")).read_text())
+    # an offline run keeps its summary in the run's .wandb log (protobuf: key, then the value as JSON); integers
+    # are compared by value, the rest by key
+    blob = b"".join(f.read_bytes() for f in run.glob("*.wandb"))
+    exact = {"memory/peak_rss_bytes": rec["memory"]["peak_rss_bytes"],
+             "memory/optimizer_state_bytes": rec["memory"]["optimizer_state_bytes"],
+             "memory/optimizer_state_bytes_analytic": rec["memory"]["optimizer_state_bytes_analytic"],
+             "parameters/trainable": rec["memory"]["parameters"]["trainable"],
+             "parameters/total": rec["memory"]["parameters"]["total"], "train/tokens": rec["train"]["tokens"]}
+    for key, value in exact.items():
+        at = blob.rfind(key.encode())
+        assert at >= 0 and str(value).encode() in blob[at:at + len(key) + 40], key
+    for key in ("best/validation/accuracy", "final/validation/accuracy", "train/wall_seconds",
+                "train/tokens_per_second", "status"):
+        assert key.encode() in blob, key
     assert b"eval/validation/accuracy" in blob and b"train/loss" in blob
+    assert b"rte-bert_tiny" in blob  # the group: <task>-<model> outside a sweep or an experiment
+    assert all(tag in blob for tag in (b"method:galore", b"task:rte", b"model:bert_tiny", b"rank:4", b"precision:fp32"))
+    p = _cli(args, tmp_path, {"WANDB_MODE": ""})
+    assert p.returncode == 0, p.stderr[-2000:]
+    ids = {r.name.rsplit("-", 1)[1] for r in (tmp_path / "outputs").rglob("offline-run-*")}
+    assert len(ids) == 1, ids  # the rerun logged to the same W&B run id
 
 
 def test_no_key_and_no_mode_goes_offline_with_one_notice(tmp_path):
