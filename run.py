@@ -36,4 +36,4 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     from gnlorp.cli import main_with_one_line_errors
 
-    main_with_one_line_errors(main)
+    main_with_one_line_errors(main, usage=__doc__)

@@ -154,7 +154,9 @@ def _c4_relations(cfg, world_size: int) -> None:
 def _check_bitsandbytes(cfg) -> None:
     if cfg.precision.optim_bits == 8:
         try:
-            import bitsandbytes.functional  # noqa: F401
+            from .optim.bnb import import_bitsandbytes
+
+            import_bitsandbytes()
         except Exception as exc:
             raise UserError(f"precision=8bit needs a working bitsandbytes >= 0.50, but importing it failed ({exc}); "
                             "pip install 'bitsandbytes>=0.50' or use precision=bf16.") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -52,7 +53,17 @@ def composition_error_line(exc: BaseException) -> str:
     return text + "."
 
 
-def main_with_one_line_errors(hydra_main) -> None:
+def help_text(usage: str) -> str:
+    """`python run.py --help`: the documented commands, every public config group option, where the keys are."""
+    groups = "\n".join(f"  {g:<10} {', '.join(group_options(g))}" for g in ("model", "task", "method", "precision",
+                                                                            "experiment"))
+    return (f"{usage.strip()}\n\nConfig groups (group=option):\n{groups}\n\n"
+            "Every other setting is key=value (e.g. rank=8 seed=1 train.lr=1e-4 task.data_dir=PATH); "
+            "`python -m gnlorp.schema` lists them all with type, default and accepted values.\n"
+            "`python run.py --cfg job [overrides]` prints the composed config; `--hydra-help` is Hydra's own help.")
+
+
+def main_with_one_line_errors(hydra_main, usage: str = "") -> None:
     """Call the @hydra.main function so that a config Hydra cannot compose ends in one line and exit 2.
 
     Hydra prints composition errors itself (several lines, exit 1) unless HYDRA_FULL_ERROR=1, in which case
@@ -60,6 +71,9 @@ def main_with_one_line_errors(hydra_main) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        print(help_text(usage))
+        return
     os.environ.setdefault("GNLORP_USER_HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "0"))
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -101,7 +115,7 @@ def run_and_exit(cfg) -> None:
 
     try:
         _check_choices()
-        code = run(cfg, multirun=_in_multirun()).exit_code
+        code = run(cfg, echo=logging.getLogger("gnlorp").info, multirun=_in_multirun()).exit_code
     except UserError as exc:
         if _user_wants_tracebacks():
             import traceback

@@ -400,7 +400,8 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
     peak.reset()
     status, exit_code = "complete", 0
     try:
-        loop.run()
+        with _log_above_the_progress_bar(loop.cfg.progress):
+            loop.run()
         if cfg.keep_checkpoint:
             loop.save_checkpoint()
     except Interrupted as stop:
@@ -442,6 +443,16 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
         echo(f"Merged model saved to {out}")
     echo(f"Result ({status}): {record.path}")
     return Outcome(status, exit_code, record.path, record.to_dict())
+
+
+def _log_above_the_progress_bar(progress: bool):
+    from contextlib import nullcontext
+
+    if not progress:
+        return nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
 
 
 def _remove_checkpoint(plan: Plan) -> None:

@@ -51,12 +51,7 @@ class RunTracker:
             self.logger.log(_flatten(metrics, "eval"), step=step)
 
     def write(self, line: str) -> None:
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            tqdm.write(line)
-        else:
-            self.echo(line)
+        self.echo(line)  # during a progress bar the runner routes logging through tqdm (logging_redirect_tqdm)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -100,3 +100,14 @@ def test_every_documented_command_composes_and_passes_the_config_check():
         assert check_config(cfg)["lr"] > 0, (source, args)
     experiment = compose(["experiment=c4_llama_20m_cpu", "method=gradnormlorp"])
     assert (experiment.model.name, experiment.rank, experiment.train.max_steps) == ("llama_20m", 64, 300)
+
+
+def test_help_shows_the_commands_and_only_public_choices():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    assert "python run.py experiment=c4_llama_20m_cpu method=gradnormlorp" in p.stdout  # run.py's documented commands
+    assert "glue/mrpc" in p.stdout and "c4_llama_20m_cpu" in p.stdout and "gnlorp.schema" in p.stdout
+    assert "_common" not in p.stdout and "_c4_paper" not in p.stdout  # shared parts are not choices

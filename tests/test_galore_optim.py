@@ -195,3 +195,15 @@ def test_auto_svd_is_randomized_only_at_ranks_up_to_an_eighth_of_the_smaller_sid
         assert torch.equal(auto, ref), rank
     exact8, _ = compute_projection(g, 8, "left", svd="exact")
     assert not torch.allclose(compute_projection(g, 8, "left", svd="auto", seed=3)[0].abs(), exact8.abs(), atol=1e-4)
+
+
+def test_eight_bit_import_says_nothing():
+    """bitsandbytes' notice about a 4-bit CPU kernel we never use does not reach the user."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom gnlorp.optim import GaLoreAdamW8bit\n"
+            "p = torch.nn.Parameter(torch.randn(64, 64))\nGaLoreAdamW8bit([{'params': [p], 'rank': 8}], lr=1e-3)\n"
+            "import gnlorp.checks")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == "" and p.stdout == "", p.stderr

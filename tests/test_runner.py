@@ -85,6 +85,8 @@ def test_multirun_over_methods_writes_four_complete_results(tmp_path):
         "glue-rte-bert_tiny-gradnormlorp-r4-fp32-n64-s0", "glue-rte-bert_tiny-lora-r4-fp32-n64-s0",
     ]
     assert all(json.loads(f.read_text())["status"] == "complete" for f in files)
+    logs = sorted((tmp_path / "multirun").rglob("run.log"))  # each Hydra job's log holds its run
+    assert len(logs) == 4 and all("Result (complete)" in log.read_text() for log in logs)
 
 
 def test_wandb_offline_run_holds_the_record_grouped_and_tagged(tmp_path):

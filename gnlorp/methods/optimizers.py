@@ -29,7 +29,9 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
 
     if not low_rank and not cfg.layerwise:
         if cfg.optim_bits == 8:
-            import bitsandbytes as bnb
+            from ..optim.bnb import import_bitsandbytes
+
+            bnb = import_bitsandbytes()
 
             return bnb.optim.AdamW8bit(groups, **kw)
         return torch.optim.AdamW(groups, **kw)

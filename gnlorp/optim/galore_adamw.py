@@ -33,7 +33,9 @@ BLOCKSIZE = 256  # bitsandbytes' block size for blockwise 8-bit optimizer states
 
 def _bnb_functional():
     try:
-        import bitsandbytes.functional as F
+        from .bnb import import_bitsandbytes
+
+        F = import_bitsandbytes().functional
     except Exception as exc:  # ImportError, or a broken native library
         raise RuntimeError(
             f"8-bit optimizer states need a working bitsandbytes (>= 0.50), but importing it failed: {exc}"
