@@ -9,10 +9,16 @@ TESTENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_M
 
 setup: $(BIN)/.installed
 
+# The exact torch build is chosen here, not in the package metadata (which declares the tested range): the CPU
+# wheel of 2.13.0, which pip takes from this machine's disk. On a GPU machine: make setup TORCH="torch==2.13.0
+# --index-url https://download.pytorch.org/whl/cu128" (or any build in the declared range).
+TORCH   ?= torch==2.13.0
+
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[offline,test]"
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[runner,offline,test]" "$(firstword $(TORCH))"
 	touch $@
 
 test: setup

@@ -1,12 +1,34 @@
-"""run.py's body: Hydra's composition errors and the runner's user errors, each as one `error:` line."""
+"""The command line (`gnlorp`, or `python run.py`): Hydra's composition errors and the runner's user errors,
+each as one `error:` line; `--help` with the documented commands."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from pathlib import Path
 
 EXIT_USER_ERROR = 2
+USAGE = """gnlorp (or python run.py): run one experiment (or a sweep) of full training, LoRA, GaLore or GradNormLoRP.
+
+Copy one of these (offline, on a CPU, with the shared data beside the checkout):
+
+  # GLUE MRPC, MiniLM, GradNormLoRP rank 8, 3 epochs (~7 min on 2 cores)
+  python run.py task=glue/mrpc model=minilm method=gradnormlorp rank=8 task.data_dir=../shared/data/glue_data
+
+  # C4 pre-training of a 20M LLaMA, 300 steps of 8 x 256 tokens, rank 64, fp32 (~10 min on 2 cores)
+  python run.py experiment=c4_llama_20m_cpu method=gradnormlorp
+
+  # every method on one task, as a multirun sweep
+  python run.py -m method=full,lora,galore,gradnormlorp rank=8 task=glue/rte task.data_dir=../shared/data/glue_data
+
+  # the paper's setting on a GPU (hub data and models)
+  python run.py task=glue/mrpc model=roberta-base method=gradnormlorp rank=8 precision=bf16 train.epochs=30 train.batch_size=16
+
+Every run writes results/<run>-<hash>.json (see README); `resume=true` continues an interrupted run.
+`python -m gnlorp.schema` lists every setting with its type, default and accepted values.
+"""
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package; Hydra reads it as pkg://gnlorp.conf
 
 
 def _user_wants_tracebacks() -> bool:
@@ -20,9 +42,7 @@ def _first_line(exc: BaseException) -> str:
 
 def group_options(group: str) -> list[str]:
     """The public options of a config group (files starting with _ are shared parts, not choices)."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent / "conf" / group
+    root = CONF_DIR / group
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
                   if not any(part.startswith("_") for part in p.relative_to(root).parts))
 
@@ -132,3 +152,18 @@ def run_and_exit(cfg) -> None:
         return
     if code:
         sys.exit(code)
+
+
+def main() -> None:
+    """The `gnlorp` console script; run.py calls it too."""
+    import hydra
+
+    from gnlorp.schema import register
+
+    register()
+
+    @hydra.main(version_base="1.3", config_path="pkg://gnlorp.conf", config_name="config")
+    def job(cfg) -> None:
+        run_and_exit(cfg)
+
+    main_with_one_line_errors(job, usage=USAGE)

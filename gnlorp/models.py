@@ -1,4 +1,4 @@
-"""Model construction: LLaMA causal LMs built from `conf/model/*.yaml` (never downloaded) and GLUE
+"""Model construction: LLaMA causal LMs built from `gnlorp/conf/model/*.yaml` (never downloaded) and GLUE
 sequence classifiers from a local folder, a pip-shipped model (`pip:<module>`), a hub id, or a config.
 
 Hub ids only work with network access or a local Hugging Face cache; offline, every failure to find a
@@ -16,7 +16,7 @@ import torch
 
 from gnlorp.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 MODEL_CONF_DIR = CONF_DIR / "model"
 
 PIP_PREFIX = "pip:"
@@ -38,7 +38,7 @@ def _require(model_cfg: Mapping, key: str) -> Any:
     value = model_cfg.get(key)
     if value is None:
         raise UserError(f"model config {_name(model_cfg)!r} lacks the field {key!r}; "
-                        f"add it to conf/model/{_name(model_cfg)}.yaml or pass model.{key}=... on the command line.")
+                        f"add it to gnlorp/conf/model/{_name(model_cfg)}.yaml or pass model.{key}=... on the command line.")
     return value
 
 
@@ -122,7 +122,7 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
 
 
 def llama_model_cfg(name: str) -> dict:
-    """Load conf/model/<name>.yaml as a plain dict (any model kind, despite the name)."""
+    """Load gnlorp/conf/model/<name>.yaml as a plain dict (any model kind, despite the name)."""
     from omegaconf import OmegaConf
 
     stem = str(name).removesuffix(".yaml")
@@ -167,7 +167,7 @@ def build_llama(model_cfg: Mapping, seed: int | None = None, device: str | torch
     for key in _LLAMA_REQUIRED:
         if not isinstance(dims[key], int) or isinstance(dims[key], bool) or dims[key] <= 0:
             raise UserError(f"model {_name(cfg)!r}: {key}={dims[key]!r} must be a positive integer; "
-                            f"fix conf/model/{_name(cfg)}.yaml or the model.{key} override.")
+                            f"fix gnlorp/conf/model/{_name(cfg)}.yaml or the model.{key} override.")
     if dims["hidden_size"] % dims["num_attention_heads"]:
         raise UserError(f"model {_name(cfg)!r}: hidden_size={dims['hidden_size']} is not divisible by "
                         f"num_attention_heads={dims['num_attention_heads']}; change one of them.")

@@ -1,6 +1,6 @@
 """The config schema: every setting of a run declared once, with its type, default and accepted values.
 
-Hydra composes conf/*.yaml (values only) over these dataclasses (registered in Hydra's ConfigStore by
+Hydra composes gnlorp/conf/*.yaml (values only) over these dataclasses (registered in Hydra's ConfigStore by
 `register()`), so an unknown key or a value of the wrong type is refused while composing; `gnlorp.checks`
 then applies the ranges, choices and relations declared here, before anything heavy is imported.
 
@@ -101,7 +101,7 @@ PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 
 @dataclass
 class MethodSettings:
-    """What the user sets for a method (conf/method/*.yaml). Rank and scale are run-level keys (`rank=`,
+    """What the user sets for a method (gnlorp/conf/method/*.yaml). Rank and scale are run-level keys (`rank=`,
     `scale=`); the runner adds them, the learning rate and the precision to make a methods.MethodConfig."""
 
     name: str = setting("gradnormlorp", "full, lora, dora, galore or gradnormlorp")
@@ -164,7 +164,7 @@ class RunSettings:
 
 
 def register() -> None:
-    """Make the schema Hydra's base config (conf/config.yaml lists `_schema` first in its defaults)."""
+    """Make the schema Hydra's base config (gnlorp/conf/config.yaml lists `_schema` first in its defaults)."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="_schema", node=RunSettings)

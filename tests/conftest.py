@@ -11,6 +11,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
     os.environ.setdefault(_k, _v)
 
 ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "gnlorp" / "conf"
 SHARED = ROOT.parent / "shared" / "data"
 GLUE_DIR = SHARED / "glue_data"
 C4_DIR = SHARED / "c4" / "en"
@@ -25,7 +26,7 @@ def compose(overrides: list[str]):
     from gnlorp.schema import register
 
     register()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 

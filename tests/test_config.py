@@ -5,16 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, compose
+from conftest import CONF, ROOT, compose
 from gnlorp.runner import check_config, method_config, run_name
 
-GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in ("model", "method", "precision")}
-GLUE = sorted(p.stem for p in (ROOT / "conf" / "task" / "glue").glob("*.yaml") if not p.stem.startswith("_"))
+GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in ("model", "method", "precision")}
+GLUE = sorted(p.stem for p in (CONF / "task" / "glue").glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def test_all_nine_glue_tasks_and_c4_exist():
     assert GLUE == sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])
-    assert (ROOT / "conf" / "task" / "c4.yaml").exists()
+    assert (CONF / "task" / "c4.yaml").exists()
     assert set(GROUPS["method"]) == {"full", "lora", "dora", "galore", "gradnormlorp"}
     assert set(GROUPS["precision"]) == {"fp32", "bf16", "8bit"}
 
@@ -78,10 +78,10 @@ def _documented_commands() -> list[tuple[str, list[str]]]:
     """Every `python run.py ...` command in README.md and run.py's docstring (continuation lines joined),
     as its overrides; a multirun's comma lists give their first value. Sweeps (-cd/-cn) are tested in
     test_sweeps.py."""
-    import run
+    from gnlorp.cli import USAGE
 
     commands = []
-    for source, text in (("README.md", (ROOT / "README.md").read_text()), ("run.py", run.__doc__)):
+    for source, text in (("README.md", (ROOT / "README.md").read_text()), ("gnlorp/cli.py", USAGE)):
         text = text.replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split("#")[0].strip()

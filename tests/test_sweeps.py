@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import C4_DIR, ROOT, needs_shared
+from conftest import C4_DIR, CONF, ROOT, needs_shared
 from gnlorp.checks import galore_scale
 from gnlorp.runner import check_config, run_name
 
@@ -32,7 +32,7 @@ def compose_sweep(sweep: str, point: list[str]):
 
     register()
     with initialize_config_dir(config_dir=str(SWEEPS), version_base="1.3"):
-        return compose(config_name=sweep, overrides=[f"hydra.searchpath=[file://{ROOT / 'conf'}]", *point])
+        return compose(config_name=sweep, overrides=[f"hydra.searchpath=[file://{CONF}]", *point])
 
 
 def grid(sweep: str, extra: list[str] = ()) -> list[list[str]]:
@@ -72,7 +72,7 @@ def test_every_sweep_file_is_a_resumable_multirun_over_an_experiment():
         assert doc["hydra"]["sweep"]["dir"].startswith(f"multirun/{name}/"), name
         experiments = doc["hydra"]["sweeper"]["params"].get("experiment", first).split(",")
         assert experiments[0] == first, name
-        assert all((ROOT / "conf" / "experiment" / f"{e}.yaml").is_file() for e in experiments), name
+        assert all((CONF / "experiment" / f"{e}.yaml").is_file() for e in experiments), name
         assert f"python run.py -m -cd sweeps -cn {name}" in (SWEEPS / f"{name}.yaml").read_text()
         assert len(grid(name)) == GRID_SIZE[name], name
 
@@ -191,7 +191,7 @@ def _dry_multirun(tmp_path, sweep, *extra):
     """`-m -cd sweeps -cn <sweep>` through Hydra's real sweeper and launcher, with run.py's config and a task that
     prints the job's run name instead of training."""
     app = tmp_path / "noop_app.py"
-    app.write_text(NOOP_APP.format(root=str(ROOT), conf=str(ROOT / "conf")))
+    app.write_text(NOOP_APP.format(root=str(ROOT), conf=str(CONF)))
     p = _cli([str(app), "-m", "-cd", str(SWEEPS), "-cn", sweep, f"hydra.sweep.dir={tmp_path}/multirun", *extra], ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     return [json.loads(line[4:]) for line in p.stdout.splitlines() if line.startswith("JOB ")]

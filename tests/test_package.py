@@ -1,0 +1,85 @@
+"""The package as users get it: a wheel built from the repo, installed into a fresh virtual environment and run
+from a folder outside the repo (the configs ship inside gnlorp; `gnlorp` is the console script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import GLUE_DIR, ROOT, needs_shared
+
+pytestmark = [needs_shared, pytest.mark.slow]
+
+HEAVY = ("transformers", "peft", "hydra", "omegaconf", "datasets", "wandb", "bitsandbytes", "evaluate", "sklearn")
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(python, gnlorp script, wheel) of a fresh venv holding the wheel; the dependencies come from this venv's
+    site-packages through a path entry (no download), gnlorp itself only from the wheel."""
+    tmp = tmp_path_factory.mktemp("pkg")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp / "dist"), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp / "dist").glob("gnlorp-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True, timeout=120)
+    python = tmp / "venv" / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # dependencies: this environment's site-packages as a plain path (its .pth files, the editable finder of the
+    # checkout among them, are not processed)
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    return python, tmp / "venv" / "bin" / "gnlorp", wheel, tmp
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def test_the_wheel_needs_only_torch_and_names_its_extras(installed):
+    _, _, wheel, _ = installed
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
+        names = z.namelist()
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert [r for r in requires if "extra ==" not in r] == ["torch<2.14,>=2.6"]
+    assert {line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Provides-Extra:")} >= {
+        "8bit", "runner", "offline", "test"}
+    assert "gnlorp/conf/config.yaml" in names and "gnlorp/conf/method/gradnormlorp.yaml" in names
+    assert any(n.endswith("LICENSE") for n in names) and "License-Expression: MIT" in meta
+
+
+def test_the_optimizers_import_with_torch_alone(installed):
+    python, _, _, tmp = installed
+    code = ("import sys, gnlorp.optim, gnlorp\n"
+            f"print(gnlorp.__file__); print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    p = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp, env=_env(), timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    where, loaded = p.stdout.splitlines()
+    assert str(tmp / "venv") in where and str(ROOT) not in where  # the wheel's copy, not the checkout
+    assert loaded == "[]"
+
+
+def test_the_console_script_runs_from_outside_the_repo(installed):
+    python, script, _, tmp = installed
+    work = tmp / "elsewhere"
+    work.mkdir()
+    p = subprocess.run([str(script), "task=glue/rte", "model=minilm", "method=gradnormlorp", "train.max_steps=2",
+                        f"task.data_dir={GLUE_DIR}", "task.max_eval_samples=16", "logger.mode=disabled",
+                        "train.progress=false"], capture_output=True, text=True, cwd=work, env=_env(), timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (result,) = (work / "results").glob("*.json")
+    rec = json.loads(result.read_text())
+    assert rec["status"] == "complete" and rec["train"]["steps"] == 2
+    p = subprocess.run([str(python), "-m", "gnlorp.memory"], capture_output=True, text=True, cwd=work, env=_env(),
+                       timeout=300)
+    assert p.returncode == 0 and "llama_7b" in p.stdout, p.stderr[-2000:]
