@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 # Tests never touch the network: a missing local file must fail fast, not after a hub timeout.
 TESTENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup test test-fast memory tables bench clean
+.PHONY: setup test test-fast memory peak-memory gpu-check tables bench clean
 
 setup: $(BIN)/.installed
 
@@ -30,6 +30,14 @@ test-fast: setup
 # Optimizer-state memory of every method for LLaMA 60M..7B (analytic, checked against real tensors in tests).
 memory: setup
 	$(BIN)/python -m gnlorp.memory
+
+# Measured peak RSS of LLaMA-20M/60M training (every method, fp32 CPU) against gnlorp/memory_model.py: results/memory/peak_*.json
+peak-memory: setup
+	$(TESTENV) OMP_NUM_THREADS=1 $(BIN)/python -m gnlorp.bench.peak_memory
+
+# Every CUDA path once (<= 8 min on one GPU): results/gpu/*.json; on a CPU a tiny dry run (also in make test)
+gpu-check: setup
+	$(TESTENV) $(BIN)/python -m gnlorp.gpu_check
 
 # results/*.json -> results/tables/*.md, *.tex and plots (deterministic: same results, same bytes)
 tables: setup

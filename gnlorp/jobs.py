@@ -33,7 +33,7 @@ def _autocast(device: torch.device, dtype):
 
 
 def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 64) -> Job:
-    from .models import build_encoder_classifier, load_encoder_tokenizer
+    from .models import build_encoder_classifier, enable_activation_checkpointing, load_encoder_tokenizer
     from .tasks.glue import load_glue
 
     t = cfg.task
@@ -52,6 +52,7 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
     model = build_encoder_classifier(
         cfg.model, data.num_labels, problem_type="regression" if data.is_regression else "single_label_classification"
     )
+    enable_activation_checkpointing(model, cfg.train.activation_checkpointing)
     train = data.train
 
     def collate(indices: list[int]) -> dict:
@@ -85,7 +86,7 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
 
 def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16) -> Job:
     from .errors import UserError
-    from .models import build_llama
+    from .models import build_llama, enable_activation_checkpointing
     from .tasks.c4 import cached_eval_blocks, resolve_c4_dir
     from .tasks.c4_stream import c4_train_stream
     from .tokenizers import load_causal_tokenizer, vocab_size_for
@@ -108,6 +109,7 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16)
     model_cfg = dict(cfg.model)
     model_cfg["vocab_size"] = vocab_size_for(tokenizer, model_cfg["vocab_size"])
     model = build_llama(model_cfg, seed=cfg.seed)
+    enable_activation_checkpointing(model, cfg.train.activation_checkpointing)
 
     def evaluate(m: nn.Module) -> dict:
         if not eval_blocks:

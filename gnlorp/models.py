@@ -252,3 +252,12 @@ def count_parameters(model) -> dict:
         if p.requires_grad:
             trainable += n
     return {"total": total, "trainable": trainable}
+
+
+def enable_activation_checkpointing(model, enabled) -> None:
+    """train.activation_checkpointing: each transformer block keeps only its input and recomputes the rest in
+    backward (non-reentrant torch.utils.checkpoint, so GradNormLoRP's layers and layer-wise hooks work)."""
+    if not isinstance(enabled, bool):
+        raise UserError(f"train.activation_checkpointing={enabled!r} must be true or false.")
+    if enabled:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,0 +1,392 @@
+"""The peak memory of training a LLaMA: weights + optimizer states + the largest of what lives beside them
+(saved activations, gradients, the optimizer step's and the projector refresh's temporaries), in bytes.
+
+    python -m gnlorp.memory_model --model llama_60m --method gradnormlorp --rank 128 --batch 4 --seq-len 256
+
+Where each term comes from (T = batch x seq_len tokens, h hidden, f intermediate, a heads, V vocab, L layers,
+b the weights' element size, which is also the activations'; HF transformers' LlamaForCausalLM, CPU):
+- weights: every parameter after the method's preparation (LoRA's A and B beside the frozen W, the DoRA and
+  GradNormLoRP magnitudes).
+- optimizer states: `gnlorp.memory.estimate_state_bytes` (measured = analytic in tests/test_memory.py).
+- saved activations (what autograd keeps from the forward for the backward), per decoder layer:
+  each RMSNorm keeps its input in float32 (4 T h; in fp32 that is the residual stream itself), the normalized
+  input and the output (2 b T h), and its row rsqrt (4 T); q and k after RoPE and v (3 b T h); the attention
+  output, which feeds o_proj (b T h), plus SDPA's float32 log-sum-exp (4 a T; CPU flash kernel) or eager's
+  softmax (4 a T S, and its b-byte cast when b != 4); the MLP keeps gate, silu(gate), up and their product
+  (4 b T f). fp32: 10 T h + 4 T f + 2 T (+ a T) elements, as tests/test_memory_model.py counts with autograd's
+  saved-tensor hooks. Around the layers: the final norm (4 T h + 2 b T h + 4 T), the loss's float32
+  log-softmax (4 T V), RoPE's cos/sin (2 b S d), the token ids and labels (int64). Per target Linear, the
+  methods add: GradNormLoRP two float32 m-vectors (row norm, g/norm), LoRA the rank-r hidden (b T r), DoRA that
+  and the base and LoRA outputs (2 b T m) and three m-vectors.
+  With activation checkpointing a layer keeps only its input (b T h), and its backward recomputes the layer.
+- gradients: all trainable parameters (normal mode) or one parameter at a time (layer-wise: each is stepped
+  and freed inside backward).
+- transients (each phase's temporaries, the peak is the largest phase):
+  forward: the logits (b T V, plus their float32 copy when b != 4) beside the saved activations; a
+    GradNormLoRP layer's W = V diag(g/||V||) (b m n); DoRA's identity, LoRA product and norm input (~b(n^2 + 3mn)).
+  backward: the head's log-softmax and loss gradients (2 x 4 T V); in a layer, the MLP's input gradients
+    (3 b T f) and, with checkpointing, the recomputed layer; a GradNormLoRP weight's backward rebuilds W and
+    forms dL/dW in float32 (b + 4 + (4 if b != 4) bytes per element beside its gradient).
+  optimizer step: torch.optim.AdamW (CPU, single-tensor) two temporaries of the largest parameter;
+    gnlorp's GaLoreAdamW foreach step two of each dense group; the projected Adam the projected gradient and
+    its denominator (2 b |R|); bitsandbytes' CPU 8-bit kernel dequantizes both moments and the gradient to
+    float32 (and the weight when b != 4) and forms the denominator (5-6 x 4 N); the projector refresh's SVD
+    (exact: LAPACK gesdd on a float32 copy, ~4(mn + mk + kn + 3k^2 + max(m,n,4k^2+4k)), k = min(m,n);
+    randomized, torch.svd_lowrank with q = 2r and two power iterations: ~4(2mq + 2nq) + gesdd of q x n).
+What this leaves out, on a CPU: the allocator's retained and fragmented pages, the oneDNN/MKL scratch and
+thread buffers, Python and autograd-graph objects; the benchmark (gnlorp/bench/peak_memory.py) measures them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+from .errors import UserError
+
+ATTENTIONS = ("sdpa", "eager")
+DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2}
+METHODS = ("full", "lora", "dora", "galore", "gradnormlorp")
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Dims:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    vocab: int
+
+    @classmethod
+    def of(cls, model: str | dict) -> "Dims":
+        from .models import llama_model_cfg
+
+        c = llama_model_cfg(model) if isinstance(model, str) else dict(model)
+        return cls(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                   c["vocab_size"])
+
+    def targets(self) -> list[tuple[int, int]]:
+        """(out m, in n) of every Linear in one decoder layer: q, k, v, o, gate, up, down."""
+        h, f = self.hidden, self.intermediate
+        return [(h, h)] * 4 + [(f, h), (f, h), (h, f)]
+
+    def dense_params(self) -> list[int]:
+        """Element counts of the parameters outside the targets: embeddings, LM head, norms."""
+        h, v = self.hidden, self.vocab
+        return [v * h, v * h, h] + [h, h] * self.layers
+
+
+@dataclass(frozen=True)
+class Setup:
+    model: str | dict = "llama_60m"
+    method: str = "full"
+    rank: int | None = None
+    dtype: str = "fp32"              # the weights' (and activations', gradients', states') dtype: fp32 | bf16
+    optim_bits: int = 32
+    batch: int = 4
+    seq_len: int = 256
+    layerwise: bool = False
+    checkpointing: bool = False
+    attention: str = "sdpa"
+    svd: str = "auto"
+    proj_type: str = "std"
+    refresh: bool = True             # a projector refresh happens in the peak step (always in a run's first step)
+
+    def check(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"method={self.method!r} is not one of {', '.join(METHODS)}; pick one of them.")
+        if self.method != "full" and (self.rank is None or self.rank <= 0):
+            raise UserError(f"method={self.method} needs a positive rank (e.g. rank=128), got rank={self.rank}.")
+        if self.dtype not in DTYPE_BYTES:
+            raise UserError(f"dtype={self.dtype!r} is not fp32 or bf16; pass one of them.")
+        if self.optim_bits not in (8, 32):
+            raise UserError(f"optim_bits={self.optim_bits} must be 8 or 32.")
+        if self.attention not in ATTENTIONS:
+            raise UserError(f"attention={self.attention!r} must be sdpa or eager.")
+        if self.batch <= 0 or self.seq_len <= 0:
+            raise UserError(f"batch={self.batch} and seq_len={self.seq_len} must be positive integers.")
+
+
+@dataclass
+class Breakdown:
+    weights: int
+    gradients: int            # gradients alive at the peak phase
+    optimizer_states: int
+    activations: int          # saved for backward at the end of the forward
+    transient: dict = field(default_factory=dict)   # phase -> bytes above weights + states
+    peak_phase: str = ""
+    peak: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- pieces
+def _b(s: Setup) -> int:
+    return DTYPE_BYTES[s.dtype]
+
+
+def layer_activation_bytes(d: Dims, s: Setup) -> int:
+    """Bytes autograd saves in one decoder layer's forward (module docstring), without checkpointing."""
+    b, T, h, f, a = _b(s), s.batch * s.seq_len, d.hidden, d.intermediate, d.heads
+    norms = 2 * (4 * T * h + 2 * b * T * h + 4 * T)
+    qkv = 3 * b * T * h
+    if s.attention == "sdpa":
+        attn = b * T * h + 4 * s.batch * a * s.seq_len
+    else:
+        probs = s.batch * a * s.seq_len * s.seq_len
+        attn = b * T * h + 4 * probs + (b * probs if b != 4 else 0)
+    mlp = 4 * b * T * f
+    return norms + qkv + attn + mlp + sum(method_activation_bytes(m, n, s) for m, n in d.targets())
+
+
+def method_activation_bytes(m: int, n: int, s: Setup) -> int:
+    """What a method's Linear saves beyond a plain nn.Linear (which saves its input, already counted)."""
+    b, T, r = _b(s), s.batch * s.seq_len, s.rank or 0
+    if s.method == "gradnormlorp":
+        return 2 * 4 * m
+    if s.method == "lora":
+        return b * T * r
+    if s.method == "dora":
+        return b * T * r + 2 * b * T * m + 3 * b * m
+    return 0
+
+
+def head_activation_bytes(d: Dims, s: Setup) -> int:
+    """Saved outside the decoder layers: final norm, float32 log-softmax, RoPE cos/sin, token ids, labels."""
+    b, T, h = _b(s), s.batch * s.seq_len, d.hidden
+    head_dim = h // d.heads
+    return (4 * T * h + 2 * b * T * h + 4 * T) + 4 * T * d.vocab + 2 * b * s.seq_len * head_dim + 2 * 8 * T + 4
+
+
+def activation_bytes(d: Dims, s: Setup) -> int:
+    per_layer = _b(s) * s.batch * s.seq_len * d.hidden if s.checkpointing else layer_activation_bytes(d, s)
+    return d.layers * per_layer + head_activation_bytes(d, s)
+
+
+def weight_bytes(d: Dims, s: Setup) -> int:
+    """Every parameter: the model's in b bytes, LoRA/DoRA adapters in float32 (peft's autocast_adapter_dtype),
+    GradNormLoRP's magnitudes in the weights' dtype."""
+    frozen = d.layers * sum(m * n for m, n in d.targets()) if s.method in ("lora", "dora") else 0
+    return _b(s) * frozen + sum(n * b for n, b in trainable_sizes(d, s))
+
+
+def trainable_sizes(d: Dims, s: Setup) -> list[tuple[int, int]]:
+    """(elements, element bytes) of every trainable parameter (frozen LoRA/DoRA base weights excluded)."""
+    b = _b(s)
+    sizes = [(n, b) for n in d.dense_params()]
+    for _ in range(d.layers):
+        for m, n in d.targets():
+            if s.method in ("lora", "dora"):
+                sizes += [(s.rank * n, 4), (m * s.rank, 4)] + ([(m, 4)] if s.method == "dora" else [])
+            else:
+                sizes.append((m * n, b))
+                if s.method == "gradnormlorp":
+                    sizes.append((m, b))
+    return sizes
+
+
+@lru_cache(maxsize=64)
+def _state_bytes(model_key: str, method: str, rank, optim_bits: int, b: int, proj_type: str, layerwise: bool) -> int:
+    from .memory import estimate_state_bytes
+    from .methods.base import MethodConfig
+    from .models import build_llama
+
+    model = build_llama(json.loads(model_key), device="meta")
+    cfg = MethodConfig(name=method, rank=rank, optim_bits=optim_bits, proj_type=proj_type, layerwise=layerwise)
+    return estimate_state_bytes(model, cfg, element_bytes=b)
+
+
+def state_bytes(s: Setup) -> int:
+    from .models import llama_model_cfg
+
+    cfg = llama_model_cfg(s.model) if isinstance(s.model, str) else dict(s.model)
+    return _state_bytes(json.dumps(cfg, sort_keys=True), s.method, s.rank, s.optim_bits, _b(s), s.proj_type,
+                        s.layerwise)
+
+
+def gesdd_bytes(m: int, n: int) -> int:
+    """LAPACK gesdd (torch.linalg.svd, full_matrices=False) on an m x n float32 matrix: the copy it overwrites,
+    U, S, Vh and its minimal work array (3k^2 + max(max(m,n), 4k^2 + 4k) floats, 8k ints)."""
+    k = min(m, n)
+    return 4 * (m * n + m * k + k + k * n + 3 * k * k + max(m, n, 4 * k * k + 4 * k)) + 4 * 8 * k
+
+
+def refresh_bytes(m: int, n: int, s: Setup) -> int:
+    """Temporary bytes of one projector refresh of an m x n gradient (gnlorp.optim.projector._svd)."""
+    from .optim.projector import choose_svd
+
+    cast = 4 * m * n if _b(s) != 4 else 0
+    if choose_svd((m, n), s.rank, s.svd) == "exact":
+        return cast + gesdd_bytes(m, n)
+    q = min(2 * s.rank, m, n)
+    return cast + 4 * (2 * m * q + 2 * n * q) + gesdd_bytes(q, n)
+
+
+def _lowrank_elems(m: int, n: int, s: Setup) -> int:
+    from .optim.projector import low_rank_shape, projection_side
+
+    lo = low_rank_shape((m, n), s.rank, projection_side((m, n), s.proj_type))
+    return lo[0] * lo[1]
+
+
+def _bnb8_bytes(numel: int, b: int) -> int:
+    """bitsandbytes' CPU 8-bit Adam on one tensor: both moments, the gradient, the weight (if not float32),
+    sqrt(v) and the denominator, all float32."""
+    return 4 * numel * (5 + (b != 4))
+
+
+def _dense_step_bytes(numel: int, s: Setup) -> int:
+    """One dense parameter stepped alone: bitsandbytes' 8-bit kernel, or GaLoreAdamW's float denominator."""
+    if s.optim_bits == 8 and numel >= 4096:
+        return _bnb8_bytes(numel, _b(s))
+    return _b(s) * numel
+
+
+def _projected_step_bytes(m: int, n: int, s: Setup) -> int:
+    """A projected weight's step: the refresh's SVD (if any), then the projected gradient and Adam's direction
+    (8-bit: a zero target plus the kernel's float32 copies)."""
+    b, lo = _b(s), _lowrank_elems(m, n, s)
+    svd = refresh_bytes(m, n, s) if s.refresh else 0
+    if s.optim_bits == 8 and lo >= 4096:
+        step = 2 * b * lo + _bnb8_bytes(lo, b)
+    else:
+        step = 2 * b * lo
+    return max(svd, step)
+
+
+def step_transient_bytes(d: Dims, s: Setup) -> int:
+    """Temporaries of the optimizer step over all parameters (normal mode), the largest moment."""
+    b = _b(s)
+    if s.method not in ("galore", "gradnormlorp"):
+        sizes = trainable_sizes(d, s)
+        if s.optim_bits == 8:  # bitsandbytes AdamW8bit, one tensor at a time
+            return max(_dense_step_bytes(n, s) for n, _ in sizes)
+        return max(2 * n * nb for n, nb in sizes)  # torch.optim.AdamW on CPU: single-tensor, sqrt(v) then / bias correction
+    # GaLoreAdamW: the foreach dense step over each group (decay: embeddings and head; plain: the 1-D
+    # parameters), then each projected weight in turn.
+    dense = d.dense_params()
+    dense1d = dense[2:] + ([m for m, _ in d.targets()] * d.layers if s.method == "gradnormlorp" else [])
+    if s.optim_bits == 8:
+        dense_tmp = max(_dense_step_bytes(n, s) for n in dense)
+    else:
+        dense_tmp = max(2 * b * sum(dense[:2]), 2 * b * sum(dense1d))
+    return max(dense_tmp, max(_projected_step_bytes(m, n, s) for m, n in d.targets()))
+
+
+def param_step_bytes(d: Dims, s: Setup) -> int:
+    """Layer-wise mode: the largest one parameter's gradient plus its step's temporaries."""
+    b = _b(s)
+    worst = max(n * b + _dense_step_bytes(n, s) for n in d.dense_params())
+    for m, n in d.targets():
+        if s.method in ("galore", "gradnormlorp"):
+            worst = max(worst, m * n * b + _projected_step_bytes(m, n, s))
+        elif s.method == "full":
+            worst = max(worst, m * n * b + _dense_step_bytes(m * n, s))
+    return worst
+
+
+def _layer_backward_transient(d: Dims, s: Setup) -> int:
+    """Inside one decoder layer's backward: the MLP's input gradients; GradNormLoRP's rebuilt W and float32
+    dL/dW; the recomputed layer under checkpointing."""
+    b, T = _b(s), s.batch * s.seq_len
+    extra = 3 * b * T * d.intermediate
+    if s.method == "gradnormlorp":
+        m, n = max(d.targets(), key=lambda t: t[0] * t[1])
+        extra += m * n * (b + 4 + (4 if b != 4 else 0))
+    if s.checkpointing:
+        extra += layer_activation_bytes(d, s)
+    return extra
+
+
+def _forward_transient(d: Dims, s: Setup) -> int:
+    b, T, V = _b(s), s.batch * s.seq_len, d.vocab
+    logits = b * T * V + (4 * T * V if b != 4 else 0)
+    m, n = max(d.targets(), key=lambda t: t[0] * t[1])
+    layer = 0
+    if s.method == "gradnormlorp":
+        layer = b * m * n
+    elif s.method == "dora":
+        layer = b * (n * n + 3 * m * n)
+    if s.checkpointing:
+        layer += layer_activation_bytes(d, s)  # the layer being run (its saved tensors are dropped after it)
+    return max(logits, layer)
+
+
+# ----------------------------------------------------------------------------------------- the peak
+def peak(s: Setup) -> Breakdown:
+    """The breakdown of the training peak (module docstring); `peak` = weights + states + the largest phase."""
+    s.check()
+    d = Dims.of(s.model)
+    b, T, V = _b(s), s.batch * s.seq_len, d.vocab
+    W, O, A = weight_bytes(d, s), state_bytes(s), activation_bytes(d, s)
+    sizes = trainable_sizes(d, s)
+    G = sum(n * nb for n, nb in sizes)
+    layer_act = b * T * d.hidden if s.checkpointing else layer_activation_bytes(d, s)
+    head_A = head_activation_bytes(d, s)
+    phases = {"forward": A + _forward_transient(d, s), "backward_head": A + 2 * 4 * T * V}
+
+    if s.layerwise:
+        # every gradient is stepped and freed as soon as it is complete: one at a time beside the activations
+        phases["backward_layers"] = A - 4 * T * V + _layer_backward_transient(d, s) + param_step_bytes(d, s)
+        grads_at_peak = 0
+    else:
+        head_grad = b * (V * d.hidden + d.hidden)     # LM head and final norm
+        grads = head_grad
+        live_act = A - 4 * T * V - (head_A - 4 * T * V)
+        worst = live_act + grads + b * T * d.hidden
+        layer_grad = (G - b * sum(d.dense_params())) // d.layers + 2 * b * d.hidden
+        for _ in range(d.layers):
+            worst = max(worst, live_act + grads + layer_grad + _layer_backward_transient(d, s))
+            live_act -= layer_act
+            grads += layer_grad
+        phases["backward_layers"] = max(worst, grads + b * V * d.hidden)  # the embedding's dense gradient last
+        phases["optimizer_step"] = G + step_transient_bytes(d, s)
+        grads_at_peak = G
+    phase = max(phases, key=phases.get)
+    return Breakdown(
+        weights=W, gradients=grads_at_peak if phase in ("optimizer_step", "backward_layers") else 0,
+        optimizer_states=O, activations=A, transient=phases, peak_phase=phase, peak=W + O + phases[phase],
+    )
+
+
+def format_breakdown(s: Setup, br: Breakdown) -> str:
+    mib = 1024**2
+    lines = [f"{s.model} {s.method} r={s.rank} {s.dtype} {s.optim_bits}-bit states, batch {s.batch} x {s.seq_len}, "
+             f"{'layer-wise' if s.layerwise else 'normal'}, checkpointing {'on' if s.checkpointing else 'off'}",
+             f"  weights            {br.weights / mib:12.1f} MiB",
+             f"  optimizer states   {br.optimizer_states / mib:12.1f} MiB",
+             f"  saved activations  {br.activations / mib:12.1f} MiB"]
+    for name, v in br.transient.items():
+        lines.append(f"  phase {name:<14}{v / mib:10.1f} MiB above weights + states")
+    lines.append(f"  peak ({br.peak_phase})  {br.peak / mib:10.1f} MiB = {br.peak / GIB:.2f} GiB")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="llama_60m")
+    ap.add_argument("--method", default="gradnormlorp", choices=METHODS)
+    ap.add_argument("--rank", type=int, default=None)
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--optim-bits", type=int, default=32, choices=(8, 32))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--layerwise", action="store_true")
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--attention", default="sdpa", choices=ATTENTIONS)
+    ap.add_argument("--svd", default="auto", choices=("exact", "randomized", "auto"))
+    ap.add_argument("--json", action="store_true", help="print the breakdown as JSON")
+    a = ap.parse_args(argv)
+    s = Setup(model=a.model, method=a.method, rank=a.rank, dtype=a.dtype, optim_bits=a.optim_bits, batch=a.batch,
+              seq_len=a.seq_len, layerwise=a.layerwise, checkpointing=a.checkpointing, attention=a.attention,
+              svd=a.svd)
+    br = peak(s)
+    print(json.dumps(br.as_dict(), indent=2) if a.json else format_breakdown(s, br))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""make gpu-check's CPU dry run: every path (each method in bf16 and 8-bit, layer-wise 8-bit GradNormLoRP with
+checkpointing, the 24 GiB-capped step, the bf16 weight-norm layer) runs on LLaMA-tiny and learns."""
+
+import pytest
+
+from gnlorp.gpu_check import METHODS, run
+
+
+@pytest.mark.slow  # ~13 s on this shared CPU
+def test_dry_run_exercises_every_path():
+    import torch
+
+    out = run(torch.device("cpu"), dry=True)
+    assert out["dry_run"] and out["device"]["type"] == "cpu"
+    assert {(r["method"], r["optim_bits"]) for r in out["methods"]} == {(m, b) for m in METHODS for b in (32, 8)}
+    for row in out["methods"] + [out["layerwise_1b"], out["llama7b_24gib"]]:
+        assert row["last_loss"] < row["first_loss"], row  # two steps on one batch: the step did something
+    assert out["layerwise_1b"]["layerwise"] and out["layerwise_1b"]["checkpointing"]
+    assert max(out["weightnorm_bf16"]["relative_errors_vs_float64"].values()) < 0.05
