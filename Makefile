@@ -24,8 +24,9 @@ $(BIN)/.installed: pyproject.toml
 test: setup
 	$(TESTENV) $(BIN)/python -m pytest -q
 
+# the unit tests (tests/unit, under a minute); `make test` adds the end-to-end runs (tests/e2e)
 test-fast: setup
-	$(TESTENV) $(BIN)/python -m pytest -q -m "not slow"
+	$(TESTENV) $(BIN)/python -m pytest -q tests/unit -m "not slow"
 
 # Optimizer-state memory of every method for LLaMA 60M..7B (analytic, checked against real tensors in tests).
 memory: setup

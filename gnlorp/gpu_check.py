@@ -5,7 +5,7 @@ step under a 24 GiB cap (torch.cuda.set_per_process_memory_fraction), and the bf
 float64 reference. Writes results/gpu/*.json with the device's name.
 
 Without a GPU it runs a dry version of every path on the CPU (LLaMA-tiny, 2 steps, nothing written unless
---out-dir is given): tests/test_gpu_check.py runs it.
+--out-dir is given): tests/e2e/test_gpu_check.py runs it.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ Where each term comes from (T = batch x seq_len tokens, h hidden, f intermediate
 b the weights' element size, which is also the activations'; HF transformers' LlamaForCausalLM, CPU):
 - weights: every parameter after the method's preparation (LoRA's A and B beside the frozen W, the DoRA and
   GradNormLoRP magnitudes).
-- optimizer states: `gnlorp.memory.estimate_state_bytes` (measured = analytic in tests/test_memory.py).
+- optimizer states: `gnlorp.memory.estimate_state_bytes` (measured = analytic in tests/unit/test_memory.py).
 - saved activations (what autograd keeps from the forward for the backward), per decoder layer:
   each RMSNorm keeps its input in float32 (4 T h; in fp32 that is the residual stream itself), the normalized
   input and the output (2 b T h), and its row rsqrt (4 T); q and k after RoPE and v (3 b T h); the attention
   output, which feeds o_proj (b T h), plus SDPA's float32 log-sum-exp (4 a T; CPU flash kernel) or eager's
   softmax (4 a T S, and its b-byte cast when b != 4); the MLP keeps gate, silu(gate), up and their product
-  (4 b T f). fp32: 10 T h + 4 T f + 2 T (+ a T) elements, as tests/test_memory_model.py counts with autograd's
+  (4 b T f). fp32: 10 T h + 4 T f + 2 T (+ a T) elements, as tests/unit/test_memory_model.py counts with autograd's
   saved-tensor hooks. Around the layers: the final norm (4 T h + 2 b T h + 4 T), the loss's float32
   log-softmax (4 T V), RoPE's cos/sin (2 b S d), the token ids and labels (int64). Per target Linear, the
   methods add: GradNormLoRP two float32 m-vectors (row norm, g/norm), LoRA the rank-r hidden (b T r), DoRA that
@@ -169,7 +169,7 @@ def activation_bytes(d: Dims, s: Setup) -> int:
 
 def weight_bytes(d: Dims, s: Setup) -> int:
     """Every parameter: the model's in b bytes, LoRA/DoRA adapters in float32 (peft's autocast_adapter_dtype),
-    GradNormLoRP's magnitudes in the weights' dtype."""
+    GradNormLoRP's magnitudes in float32 (WeightNormLinear keeps g in float32 whatever the weights' dtype)."""
     frozen = d.layers * sum(m * n for m, n in d.targets()) if s.method in ("lora", "dora") else 0
     return _b(s) * frozen + sum(n * b for n, b in trainable_sizes(d, s))
 
@@ -185,7 +185,7 @@ def trainable_sizes(d: Dims, s: Setup) -> list[tuple[int, int]]:
             else:
                 sizes.append((m * n, b))
                 if s.method == "gradnormlorp":
-                    sizes.append((m, b))
+                    sizes.append((m, 4))
     return sizes
 
 

@@ -1,9 +1,9 @@
 """GradNormLoRP on a tiny LLaMA through TrainLoop, on one process or under torchrun (gloo, CPU), for
-tests/test_ddp.py. Writes to OUT_DIR: rank<r>.pt (the parameters this rank ends with) and rank<r>.json
+tests/e2e/test_ddp.py. Writes to OUT_DIR: rank<r>.pt (the parameters this rank ends with) and rank<r>.json
 (the loss curve, on rank 0, and the optimizer steps at which each projector was computed).
 
-    python tests/ddp_worker.py OUT_DIR                                           # one process
-    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py OUT_DIR
+    python tests/e2e/ddp_worker.py OUT_DIR                                           # one process
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/e2e/ddp_worker.py OUT_DIR
 """
 
 import json

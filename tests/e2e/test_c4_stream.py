@@ -267,7 +267,7 @@ def _free_port() -> int:
 
 def _torchrun(args: list[str], out: Path, cwd: Path) -> None:
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master_port={_free_port()}", str(ROOT / "tests" / "record_batches.py"), str(out), *args],
+                        f"--master_port={_free_port()}", str(ROOT / "tests" / "e2e" / "record_batches.py"), str(out), *args],
                        cwd=cwd, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-3000:]

@@ -25,7 +25,7 @@ from gnlorp.record import (
     thin_curve,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeClock:

@@ -336,7 +336,7 @@ def test_full_memory_table_against_published_claims(tmp_path):
 def test_committed_tables_are_what_make_tables_builds_from_the_committed_results(tmp_path):
     """`make tables` on results/ regenerates results/tables/ byte for byte (Markdown and LaTeX; the PNGs must exist
     under the same names: their bytes depend on the installed matplotlib)."""
-    root = Path(__file__).resolve().parents[1] / "results"
+    root = Path(__file__).resolve().parents[2] / "results"
     written = tables.build_tables(root, tmp_path)
     committed = sorted(p.name for p in (root / "tables").iterdir())
     assert sorted(p.name for p in written) == committed, "rerun `make tables` and commit results/tables/"

@@ -2,7 +2,7 @@
 
 GradNormLoRP with the randomized SVD and update_proj_gap=2 over 6 steps: every projector is computed
 before steps 1, 3 and 5, so two refreshes after the first happen inside the run (each process must compute
-the same randomized projector from the same all-reduced gradient). tests/ddp_worker.py runs TrainLoop
+the same randomized projector from the same all-reduced gradient). tests/e2e/ddp_worker.py runs TrainLoop
 directly (the loop's DDP path: each process's share of the batch, no_sync over micro-batches, the loss
 all-reduced) and dumps every rank's parameters."""
 
@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
-WORKER = ROOT / "tests" / "ddp_worker.py"
+WORKER = ROOT / "tests" / "e2e" / "ddp_worker.py"
 
 
 def test_two_process_ddp_matches_one_process_and_ranks_stay_identical(tmp_path):

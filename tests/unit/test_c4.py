@@ -16,7 +16,7 @@ from gnlorp.errors import UserError
 from gnlorp.tasks import c4
 from gnlorp import tokenizers as toks
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 C4_EN = SHARED / "c4" / "en"
 TRAIN_SHARD = C4_EN / "c4-train.00000-of-01024.first1000.json.gz"
 OFFLINE = os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_DATASETS_OFFLINE") == "1"

@@ -20,7 +20,7 @@ import torch
 from gnlorp.errors import UserError
 from gnlorp.tasks.glue import GLUE_TASKS, GlueData, load_glue, read_glue_tsv, resolve_glue_dir
 
-SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue_data"
+SHARED_GLUE = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue_data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue_data"
 
 needs_shared = pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason=f"shared GLUE data not found at {SHARED_GLUE}")
