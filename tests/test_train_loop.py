@@ -78,3 +78,25 @@ def test_recorded_lr_is_the_lr_each_step_used():
     assert [lr for _, lr in logged] == pytest.approx(expected, rel=1e-12, abs=0)
     assert [lr for _, lr in logged] == used
     assert logged[0][1] == pytest.approx(peak / 3)  # warmup of 3 steps: 1/3 of the peak at step 1
+
+
+def test_method_hooks_after_each_applied_step_and_lr_lambda_replaces_the_schedule():
+    """after_step(step) runs once per optimizer step, after it (the parameters it sees are that step's), and
+    lr_lambda sets the learning rate of every step in place of warmup_cosine."""
+    model = Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    first = model.layers[0].weight
+
+    def after_step(step):
+        seen.append((step, first.detach().clone()))
+
+    logged = []
+    cfg = LoopConfig(total_steps=5, batch_size=2, micro_batch_size=1, grad_clip=0.0, progress=False,
+                     eval_at_epoch_end=False)
+    TrainLoop(model, opt, _data(8), cfg, lambda m: {}, lambda s, v: logged.append(v["lr"]), lambda *a: None, None,
+              torch.device("cpu"), after_step=after_step, lr_lambda=lambda k: 1.0 / (k + 1)).run()
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5]
+    assert torch.equal(seen[-1][1], first.detach())
+    assert not torch.equal(seen[0][1], seen[1][1])
+    assert logged == pytest.approx([0.1 / (k + 1) for k in range(5)], rel=1e-12)
