@@ -19,6 +19,7 @@ _MODULES = (  # one line per method; each module is named after its method
     "lora",
     "dora",
     "gradnormlorp",
+    "relora",
 )
 
 BASELINE = "full"  # what memory savings and speed ratios are measured against
