@@ -20,6 +20,7 @@ _MODULES = (  # one line per method; each module is named after its method
     "dora",
     "gradnormlorp",
     "relora",
+    "switchlora",
 )
 
 BASELINE = "full"  # what memory savings and speed ratios are measured against
