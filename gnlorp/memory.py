@@ -143,7 +143,7 @@ GIB = 1024**3
 
 def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
     """Optimizer-state bytes per size, method, rank and state precision (BF16 moments = '16-bit')."""
-    from .methods import BASELINE, SPECS
+    from .methods import BASELINE, SPECS, get_method
     from .models import build_llama, llama_model_cfg
 
     methods = [s for s in SPECS.values() if s.variant_of is None]
@@ -159,10 +159,14 @@ def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
                 for rank in ([r for r in ranks if r < hidden] if spec.low_rank else [None]):
                     cfg = MethodConfig(name=method, rank=rank, optim_bits=8 if bits == 8 else 32)
                     b = estimate_state_bytes(model, cfg, element_bytes=2)
-                    rows.append({
+                    row = {
                         "model": size_name, "params": n_params, "method": method, "rank": rank, "state_bits": bits,
                         "state_bytes": b, "saving_vs_bf16_adamw": 1.0 - b / baseline,
-                    })
+                    }
+                    other = getattr(get_method(method), "other_bytes", None)
+                    if other is not None:  # memory the method keeps outside the optimizer, by where it lives
+                        row["other_bytes"] = other(model, cfg, element_bytes=2)
+                    rows.append(row)
     return rows
 
 
@@ -176,6 +180,15 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['model']} | {r['params'] / 1e6:,.0f}M | {r['method']} | {r['rank'] or '-'} | "
             f"{r['state_bits']}-bit | {r['state_bytes'] / GIB:.3f} | {100 * r['saving_vs_bf16_adamw']:.1f}% |"
         )
+    others = [r for r in rows if r.get("other_bytes")]
+    if others:
+        lines += ["", "Memory kept outside the optimizer (e.g. SwitchLoRA's candidate pools), BF16:", "",
+                  "| model | method | rank | on the device (GiB) | in CPU memory (GiB) |", "|---|---|---|---|---|"]
+        for r in others:
+            if r["state_bits"] == 16:
+                o = r["other_bytes"]
+                lines.append(f"| {r['model']} | {r['method']} | {r['rank'] or '-'} | {o['device'] / GIB:.3f} | "
+                             f"{o['cpu'] / GIB:.3f} |")
     return "\n".join(lines)
 
 

@@ -599,6 +599,14 @@ def memory_tables(rows: list[dict]) -> Table:
                 out.append([method_label(m, 'memory'), "16-bit", "paper (GaLore Table 6)"]
                            + [_paper_cell(PAPER_MEMORY[m].get(s)) + ("" if s not in PAPER_MEMORY[m] else " GB") for s in sizes])
 
+    others = [m for m in methods if any(r.get("other_bytes") for r in rows if r["method"] == m)]
+    other_rows = []
+    for m in others:
+        for where, text in (("device", "on the device"), ("cpu", "CPU memory")):
+            cells = [by.get((s, m, PAPER_RANK[s] if is_low_rank(m) else None, 16)) for s in sizes]
+            other_rows.append([method_label(m, 'memory'), text] + [
+                DASH if r is None or "other_bytes" not in r else f"{r['other_bytes'][where] / 1e9:.2f} GB" for r in cells])
+
     ranks = sorted({r["rank"] for r in rows if r["rank"] is not None and r["model"] == "llama_7b"})
     claims = []
     for label, source, value, method, bits in MEMORY_CLAIMS:
@@ -609,6 +617,12 @@ def memory_tables(rows: list[dict]) -> Table:
                        f"r ≤ {max(reach)}" if reach else (DASH if not ranks else f"none of r = {', '.join(map(str, ranks))}")])
     sections = ["## Published claims against ours\n\n" + _md_table(
         ["Claim", "Source", "Published", "Ours, 7B r=1024", "Ours at 7B reach it at"], claims, ["l", "l", "r", "r", "r"])]
+    if other_rows:
+        sections.append("## Memory kept outside the optimizer state (BF16, at the paper's ranks)\n\n"
+                        "Not optimizer state, so not in the figures above: SwitchLoRA's candidate pools (min(m, n) "
+                        "vectors per factor and layer, in CPU memory by default) and its swap bookkeeping.\n\n"
+                        + _md_table(["Method", "Where"] + [f"{SIZE_LABEL[s]} (r={PAPER_RANK[s]})" for s in sizes],
+                                    other_rows, ["l", "l"] + ["r"] * len(sizes)))
     if ranks:
         by_rank = []
         for m in [m for m in methods if is_low_rank(m)]:
