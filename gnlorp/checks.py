@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import ListConfig
 
 from .errors import UserError
-from .schema import RunSettings
+from .schema import MethodSettings, RunSettings
 
 NAME_MAX = 255          # bytes in one file name (ext4, xfs, apfs ...)
 _RESULT_SUFFIX = ".json.tmp-4194304"  # the longest name the runner writes for a result (atomic write's temp file)
@@ -79,7 +79,12 @@ def check_schema_values(cfg, schema=RunSettings, prefix: str = "") -> None:
             value = list(value)
         if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type.endswith("Settings")):
             sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-            check_schema_values(value, type(sub()) if sub else f.type, prefix=f"{key}.")
+            sub_schema = type(sub()) if sub else f.type
+            if issubclass(sub_schema, MethodSettings):  # the chosen method's own settings class (its keys)
+                from .methods import SPECS
+
+                sub_schema = SPECS[value.name].settings
+            check_schema_values(value, sub_schema, prefix=f"{key}.")
             continue
         _check_value(key, value, f.metadata.get("accepts", {}))
 
@@ -163,16 +168,27 @@ def _check_bitsandbytes(cfg) -> None:
 
 
 def check_method_name(cfg) -> None:
-    from .methods import METHODS
+    """The method exists, and method.name agrees with the method group's schema (method.name=lora over
+    method=galore would train LoRA with GaLore's keys)."""
+    from omegaconf import OmegaConf
 
-    if cfg.method.name not in METHODS:
-        raise UserError(f"method.name={cfg.method.name!r} is not a method; choose one of {', '.join(METHODS)}.")
+    from .methods import METHODS, SPECS
+
+    name = cfg.method.name
+    if name not in METHODS:
+        raise UserError(f"method.name={name!r} is not a method; choose one of {', '.join(METHODS)}.")
+    chosen = OmegaConf.get_type(cfg.method) if OmegaConf.is_config(cfg.method) else None
+    if chosen is not None and issubclass(chosen, MethodSettings) and chosen is not MethodSettings \
+            and chosen is not SPECS[name].settings:
+        group = next((s.name for s in SPECS.values() if s.settings is chosen), chosen.__name__)
+        raise UserError(f"method.name={name!r} does not match the method group ({group}); choose the method with "
+                        f"method={name}, not method.name=.")
 
 
 def check_config(cfg, world_size: int = 1) -> dict:
     """Everything that can be checked from the config alone; returns the derived settings."""
-    check_schema_values(cfg)
     check_method_name(cfg)
+    check_schema_values(cfg)
     derived = _relations(cfg, world_size)
     _check_bitsandbytes(cfg)
     return {"lr": learning_rate(cfg), "scale": galore_scale(cfg), **derived}

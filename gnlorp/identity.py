@@ -36,7 +36,15 @@ def _training_keys(schema=RunSettings, prefix: str = "") -> tuple[list[str], lis
     return keep, drop
 
 
-IDENTITY_KEYS, EXCLUDED_KEYS = _training_keys()
+IDENTITY_KEYS, EXCLUDED_KEYS = _training_keys()  # with the keys every method has (schema.MethodSettings)
+
+
+def identity_keys(method: str) -> list[str]:
+    """IDENTITY_KEYS with the method's own keys (its settings class) in place of the common ones."""
+    from .methods import SPECS
+
+    own, _ = _training_keys(SPECS[method].settings, "method.") if method in SPECS else ([], [])
+    return [k for k in IDENTITY_KEYS if not k.startswith("method.")] + own
 
 
 def _get(container: dict, dotted: str) -> Any:
@@ -48,9 +56,10 @@ def _get(container: dict, dotted: str) -> Any:
 
 
 def training_settings(resolved: dict, derived: dict, uses_rank: bool = True, uses_scale: bool = True) -> dict:
-    """{dotted key: value} of everything that changes training (see the module docstring). A method that
-    ignores the rank (full training) or GaLore's scale (LoRA) is not told apart by them."""
-    settings = {key: _get(resolved, key) for key in IDENTITY_KEYS}
+    """{dotted key: value} of everything that changes training (see the module docstring): the chosen method's
+    own keys only. A method that ignores the rank (full training) or GaLore's scale (LoRA) is not told apart
+    by them."""
+    settings = {key: _get(resolved, key) for key in identity_keys(_get(resolved, "method.name"))}
     settings.pop("task.lr")
     settings.pop("task.alpha")
     settings["train.lr"] = derived["lr"]

@@ -1,6 +1,7 @@
 """Optimizer-state memory: the bytes an optimizer really holds, and the analytic estimate of
 METHOD.md's formulas that must equal it (tests check the two agree to the byte on tiny models).
 
+Each method's formula is its state_bytes (gnlorp/methods/<name>.py), built from the blocks below.
 Per target matrix W (m x n), rank r, element size b (bytes):
   AdamW          2 m n b
   LoRA           2 (m r + r n) b          (+ 2 m b for DoRA's magnitude)
@@ -58,92 +59,114 @@ def _moments(numel: int, b: int, bits: int) -> tuple[int, bool]:
 
 
 def estimate_state_bytes(model: nn.Module, cfg: MethodConfig, element_bytes: int | None = None) -> int:
-    """Analytic optimizer-state bytes of `cfg.name` on `model` *before* the method prepares it.
+    """Analytic optimizer-state bytes of `cfg.name` on `model` *before* the method prepares it (each method's
+    state_bytes, from the building blocks below).
 
     element_bytes: the size of one moment / projector element (default: the parameters' own dtype),
     e.g. 2 for BF16 states in the memory table."""
-    name, bits, r = cfg.name, cfg.optim_bits, cfg.rank
-    targets = {} if name == "full" else {n: model.get_submodule(n).weight for n in target_linear_names(model, cfg.target_modules)}
-    target_ids = {id(w) for w in targets.values()}
+    from .methods import get_method
 
-    def size(p: torch.Tensor) -> int:
-        return element_bytes or p.element_size()
+    return get_method(cfg.name).state_bytes(model, cfg, element_bytes)
 
-    def added_size(w: torch.Tensor) -> int:
-        """A tensor a method adds next to a weight w (LoRA's A and B, DoRA's and GradNormLoRP's magnitude):
-        float32 when w is 16-bit (peft's autocast_adapter_dtype; WeightNormLinear's g)."""
-        return element_bytes or max(w.element_size(), 4)
 
-    # (numel, element bytes) of every parameter tensor the optimizer keeps dense Adam state for
-    dense: list[tuple[int, int]] = []
-    total, any8 = 0, False
-    if name in ("lora", "dora"):
-        causal = is_causal_lm(model)
-        prefixes = tuple(f"{n}." for n in targets)
-        head = tuple(f"{n}." for n in classifier_head_names(model))
-        for pname, p in model.named_parameters():
-            if pname.startswith(prefixes):
-                continue  # the frozen target weight and bias
-            if causal or pname.startswith(head):
-                dense.append((p.numel(), size(p)))
-        for w in targets.values():
-            m, n = w.shape
-            dense += [(r * n, added_size(w)), (m * r, added_size(w))] + ([(m, added_size(w))] if name == "dora" else [])
-        uses_torch_adamw = True
-    else:
-        for p in model.parameters():
-            if p.requires_grad and id(p) not in target_ids:
-                dense.append((p.numel(), size(p)))
-        uses_torch_adamw = name == "full" and not cfg.layerwise
-        for w in targets.values():
-            b = size(w)
-            side = projection_side(w.shape, cfg.proj_type)
-            m, n = w.shape
-            rr = min(r, m, n)
-            total += b * {"left": m * rr, "right": rr * n, "both": m * rr + rr * n}[side]
-            lo = low_rank_shape(w.shape, r, side)
-            moment_bytes, is8 = _moments(lo[0] * lo[1], b, bits)
-            total += moment_bytes
-            any8 |= is8
-            if name == "gradnormlorp":
-                dense.append((m, added_size(w)))  # the magnitude g
-    if uses_torch_adamw and bits == 32:
-        total += 4 * len(dense)  # torch.optim.AdamW's float32 step scalar per parameter
+# ----------------------------------------------------------------------------- building blocks of the formulas
+def size(p: torch.Tensor, element_bytes: int | None = None) -> int:
+    return element_bytes or p.element_size()
+
+
+def added_size(w: torch.Tensor, element_bytes: int | None = None) -> int:
+    """A tensor a method adds next to a weight w (LoRA's A and B, DoRA's and GradNormLoRP's magnitude):
+    float32 when w is 16-bit (peft's autocast_adapter_dtype; WeightNormLinear's g)."""
+    return element_bytes or max(w.element_size(), 4)
+
+
+def target_weights(model: nn.Module, cfg: MethodConfig) -> dict[str, torch.Tensor]:
+    return {n: model.get_submodule(n).weight for n in target_linear_names(model, cfg.target_modules)}
+
+
+def dense_besides(model: nn.Module, skip: list[torch.Tensor], element_bytes: int | None = None) -> list[tuple[int, int]]:
+    """(numel, element bytes) of every trainable parameter but those in `skip`."""
+    ids = {id(w) for w in skip}
+    return [(p.numel(), size(p, element_bytes)) for p in model.parameters() if p.requires_grad and id(p) not in ids]
+
+
+def lora_dense(model: nn.Module, targets: dict[str, torch.Tensor], r: int, element_bytes: int | None = None,
+               magnitude: bool = False) -> list[tuple[int, int]]:
+    """LoRA's trainable tensors: the factors A (r x n) and B (m x r) of every target (and a magnitude per row
+    with `magnitude`), plus the dense parameters LoRA trains beside them (methods/targets.py: a causal LM
+    everything but the target layers, a classifier its head)."""
+    causal = is_causal_lm(model)
+    prefixes = tuple(f"{n}." for n in targets)
+    head = tuple(f"{n}." for n in classifier_head_names(model))
+    dense = [(p.numel(), size(p, element_bytes)) for pname, p in model.named_parameters()
+             if not pname.startswith(prefixes) and (causal or pname.startswith(head))]
+    for w in targets.values():
+        m, n = w.shape
+        b = added_size(w, element_bytes)
+        dense += [(r * n, b), (m * r, b)] + ([(m, b)] if magnitude else [])
+    return dense
+
+
+def projected_bytes(w: torch.Tensor, r: int, proj_type: str, bits: int, element_bytes: int | None = None) -> tuple[int, bool]:
+    """GaLore's state for one weight: the projector(s) and the two moments of the projected gradient; and
+    whether those moments are 8-bit."""
+    b = size(w, element_bytes)
+    side = projection_side(w.shape, proj_type)
+    m, n = w.shape
+    rr = min(r, m, n)
+    total = b * {"left": m * rr, "right": rr * n, "both": m * rr + rr * n}[side]
+    lo = low_rank_shape(w.shape, r, side)
+    moment_bytes, is8 = _moments(lo[0] * lo[1], b, bits)
+    return total + moment_bytes, is8
+
+
+def adam_bytes(dense: list[tuple[int, int]], bits: int, step_scalars: bool, extra: int = 0,
+               extra_8bit: bool = False) -> int:
+    """Two Adam moments per (numel, element bytes) tensor, plus `extra` bytes (e.g. projected states; say
+    `extra_8bit` if they hold 8-bit moments), torch.optim.AdamW's float32 step per tensor (`step_scalars`,
+    32-bit only) and the two 8-bit quantization maps when any moment is 8-bit."""
+    total, any8 = extra, extra_8bit
+    if step_scalars and bits == 32:
+        total += 4 * len(dense)
     for numel, b in dense:
         moment_bytes, is8 = _moments(numel, b, bits)
         total += moment_bytes
         any8 |= is8
-    if any8:
-        total += QMAP_BYTES
-    return total
+    return total + (QMAP_BYTES if any8 else 0)
 
 
 # ----------------------------------------------------------------------------- the LLaMA table
 SIZES = ("llama_60m", "llama_130m", "llama_350m", "llama_1b", "llama_7b")
 RANKS = (128, 256, 512, 1024)
-METHOD_ORDER = ("full", "lora", "galore", "gradnormlorp")
 GIB = 1024**3
 
 
 def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
     """Optimizer-state bytes per size, method, rank and state precision (BF16 moments = '16-bit')."""
+    from .methods import BASELINE, SPECS, get_method
     from .models import build_llama, llama_model_cfg
 
+    methods = [s for s in SPECS.values() if s.variant_of is None]
     rows = []
     for size_name in sizes:
         model = build_llama(llama_model_cfg(size_name), device="meta")
         n_params = sum(p.numel() for p in model.parameters())
-        baseline = estimate_state_bytes(model, MethodConfig(name="full", optim_bits=32), element_bytes=2)
+        baseline = estimate_state_bytes(model, MethodConfig(name=BASELINE, optim_bits=32), element_bytes=2)
         hidden = model.config.hidden_size
-        for method in METHOD_ORDER:
+        for spec in methods:
+            method = spec.name
             for bits in (16, 8):
-                for rank in ([None] if method == "full" else [r for r in ranks if r < hidden]):
+                for rank in ([r for r in ranks if r < hidden] if spec.low_rank else [None]):
                     cfg = MethodConfig(name=method, rank=rank, optim_bits=8 if bits == 8 else 32)
                     b = estimate_state_bytes(model, cfg, element_bytes=2)
-                    rows.append({
+                    row = {
                         "model": size_name, "params": n_params, "method": method, "rank": rank, "state_bits": bits,
                         "state_bytes": b, "saving_vs_bf16_adamw": 1.0 - b / baseline,
-                    })
+                    }
+                    other = getattr(get_method(method), "other_bytes", None)
+                    if other is not None:  # memory the method keeps outside the optimizer, by where it lives
+                        row["other_bytes"] = other(model, cfg, element_bytes=2)
+                    rows.append(row)
     return rows
 
 
@@ -157,6 +180,15 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['model']} | {r['params'] / 1e6:,.0f}M | {r['method']} | {r['rank'] or '-'} | "
             f"{r['state_bits']}-bit | {r['state_bytes'] / GIB:.3f} | {100 * r['saving_vs_bf16_adamw']:.1f}% |"
         )
+    others = [r for r in rows if r.get("other_bytes")]
+    if others:
+        lines += ["", "Memory kept outside the optimizer (e.g. SwitchLoRA's candidate pools), BF16:", "",
+                  "| model | method | rank | on the device (GiB) | in CPU memory (GiB) |", "|---|---|---|---|---|"]
+        for r in others:
+            if r["state_bits"] == 16:
+                o = r["other_bytes"]
+                lines.append(f"| {r['model']} | {r['method']} | {r['rank'] or '-'} | {o['device'] / GIB:.3f} | "
+                             f"{o['cpu'] / GIB:.3f} |")
     return "\n".join(lines)
 
 

@@ -190,22 +190,31 @@ class Trainable:
     optimizer: object
     analytic_state_bytes: int
     parameters: dict
+    mcfg: object = None
 
 
 def apply_method(plan: Plan, model) -> Trainable:
-    from .memory import estimate_state_bytes  # imports peft: after the data has loaded
     from .methods import get_method
     from .models import count_parameters
 
     mcfg = method_config(plan.cfg, plan.derived)
     method = get_method(mcfg.name)
-    analytic = estimate_state_bytes(model, mcfg)
+    analytic = method.state_bytes(model, mcfg)
     model = method.prepare(model, mcfg)
     try:
         optimizer = method.build_optimizer(model, mcfg)
     except RuntimeError as exc:  # e.g. bitsandbytes present but broken
         raise UserError(f"The optimizer for method={mcfg.name} could not be built: {exc}") from None
-    return Trainable(model, method, optimizer, analytic, count_parameters(model))
+    return Trainable(model, method, optimizer, analytic, count_parameters(model), mcfg)
+
+
+def method_loop_hooks(trainable: Trainable, total_steps: int, loop_cfg) -> dict:
+    """The method's after_step / lr_lambda for the training loop, where it has them (methods/spec.py)."""
+    make = getattr(trainable.method, "loop_hooks", None)
+    if make is None:
+        return {}
+    return make(trainable.model, trainable.optimizer, trainable.mcfg, total_steps=total_steps,
+                warmup_ratio=loop_cfg.warmup_ratio, min_lr_ratio=loop_cfg.min_lr_ratio)
 
 
 # --------------------------------------------------------------------------------------- resume
@@ -351,8 +360,10 @@ def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wand
     def extra_state() -> dict:
         return {**tracker.state_dict(), "identity": {"run_id": plan.run_id, "settings": plan.settings}}
 
+    hooks = method_loop_hooks(trainable, total_steps, loop_cfg)
     loop = TrainLoop(trainable.model, trainable.optimizer, job.data, loop_cfg, job.evaluate, tracker.on_log,
-                     tracker.on_eval, plan.checkpoint_path, device, extra_state, plan.world, plan.rank, ddp_model)
+                     tracker.on_eval, plan.checkpoint_path, device, extra_state, plan.world, plan.rank, ddp_model,
+                     **hooks)
     tracker.train_seconds = lambda: loop.pos.train_seconds
     return tracker, loop, total_steps, steps_per_epoch
 

@@ -101,22 +101,38 @@ PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 
 @dataclass
 class MethodSettings:
-    """What the user sets for a method (gnlorp/conf/method/*.yaml). Rank and scale are run-level keys (`rank=`,
-    `scale=`); the runner adds them, the learning rate and the precision to make a methods.MethodConfig."""
+    """The keys every method has. Each method declares its own subclass (gnlorp/methods/<name>.py), the schema
+    of its gnlorp/conf/method/<name>.yaml, so a key another method owns is refused while composing. Rank and scale
+    are run-level keys (`rank=`, `scale=`); the runner adds them, the learning rate and the precision to make
+    a methods.MethodConfig."""
 
-    name: str = setting("gradnormlorp", "full, lora, dora, galore or gradnormlorp")
-    update_proj_gap: int = setting(200, "GaLore family: T, steps between projector refreshes", ge=1)
-    proj_type: str = setting("std", "GaLore family: which side is projected", choices=PROJ_TYPES)
-    svd: str = setting("auto", "exact, randomized, or auto (randomized where rank <= min(m,n)/8)",
-                       choices=("exact", "randomized", "auto"))
+    name: str = setting("gradnormlorp", "the method (python -m gnlorp.schema lists them with their keys)")
     eps: float = setting(1e-6, "Adam epsilon", gt=0, finite=True)
     betas: List[float] = setting(help="Adam betas, each in [0, 1)", factory=lambda: [0.9, 0.999],
                                  each_ge=0, each_lt=1, length=2)
     target_modules: Optional[str] = setting(None, "regex over module names; null: every attention/MLP Linear",
                                             regex=True)
     layerwise: bool = setting(False, "step each weight inside backward (no gradient clipping, one process)")
-    lora_alpha: float = setting(16.0, "LoRA/DoRA: scaling is lora_alpha / rank", gt=0, finite=True)
-    lora_dropout: float = setting(0.0, "LoRA/DoRA dropout", ge=0, lt=1)
+
+
+@dataclass
+class GaLoreFamily(MethodSettings):
+    """Keys of the methods that project gradients (GaLore, GradNormLoRP)."""
+
+    update_proj_gap: int = setting(200, "T, steps between projector refreshes (the papers' 200 for C4)", ge=1)
+    proj_type: str = setting("std", "which side is projected (full: two-sided, the GradNormLoRP paper's Eq. 3)",
+                             choices=PROJ_TYPES)
+    svd: str = setting("auto", "exact, randomized, or auto (randomized where rank <= min(m,n)/8)",
+                       choices=("exact", "randomized", "auto"))
+
+
+@dataclass
+class LoRAFamily(MethodSettings):
+    """Keys of the methods that train low-rank factors B A beside a frozen W."""
+
+    eps: float = setting(1e-8, "Adam epsilon (torch.optim.AdamW's default)", gt=0, finite=True)
+    lora_alpha: float = setting(16.0, "scaling is lora_alpha / rank", gt=0, finite=True)
+    lora_dropout: float = setting(0.0, "dropout on the factors' input", ge=0, lt=1)
 
 
 @dataclass
@@ -164,10 +180,16 @@ class RunSettings:
 
 
 def register() -> None:
-    """Make the schema Hydra's base config (gnlorp/conf/config.yaml lists `_schema` first in its defaults)."""
+    """Make the schema Hydra's base config (gnlorp/conf/config.yaml lists `_schema` first in its defaults), and each
+    method's settings the schema of its gnlorp/conf/method/<name>.yaml (which lists `_<name>_schema` in its defaults)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="_schema", node=RunSettings)
+    from .methods import SPECS
+
+    store = ConfigStore.instance()
+    store.store(name="_schema", node=RunSettings)
+    for spec in SPECS.values():
+        store.store(group="method", name=f"_{spec.name}_schema", node=spec.settings)
 
 
 def describe(schema=RunSettings, prefix: str = "") -> list[str]:
@@ -198,3 +220,9 @@ def describe(schema=RunSettings, prefix: str = "") -> list[str]:
 if __name__ == "__main__":
     print("Every setting of `python run.py` (gnlorp/schema.py); set one with key=value:")
     print("\n".join(describe()))
+    from .methods import SPECS
+
+    for spec in SPECS.values():
+        own = describe(spec.settings, "method.")
+        print(f"\nmethod={spec.name} (gnlorp/methods/{spec.name}.py):")
+        print("\n".join(own))

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .identity import EXCLUDED_KEYS
-from .methods import LOW_RANK
+from .methods import METHODS, SPECS, is_low_rank
+from .methods import label as method_label
 from .record import load_results
 
 _UNTRACKED = set(EXCLUDED_KEYS) | {"rank"}  # older records: the rank group also wrote a top-level rank
@@ -104,11 +105,7 @@ MEMORY_CLAIMS = (
     ("8-bit GradNormLoRP: optimizer memory reduced by up to", "GradNormLoRP abstract", 0.895, "gradnormlorp", 8),
 )
 
-METHOD_ORDER = ("full", "galore", "lora", "dora", "gradnormlorp")
-GLUE_METHOD_LABEL = {"full": "Full fine-tuning", "lora": "LoRA", "dora": "DoRA", "galore": "GaLore",
-                     "gradnormlorp": "GradNormLoRP"}
-C4_METHOD_LABEL = {"full": "Full-Rank", "lora": "LoRA", "dora": "DoRA", "galore": "GaLore", "gradnormlorp": "GradNormLoRP"}
-MEM_METHOD_LABEL = {"full": "AdamW", "lora": "LoRA", "dora": "DoRA", "galore": "GaLore", "gradnormlorp": "GradNormLoRP"}
+METHOD_ORDER = METHODS  # row order and labels: each method's declaration (gnlorp/methods/<name>.py)
 
 SPREAD_NOTE = ("Ours: median over seeds ± half the range, (max − min) / 2; a cell from one run shows that run's value "
                "alone. \"—\": no run, or a number the paper does not give.")
@@ -166,7 +163,7 @@ def _as_run(rec: dict, file: str) -> Run | str:
     try:
         task, method, model = cfg["task"], cfg["method"], cfg["model"]
         family = str(task["family"])
-        rank = cfg.get("rank", method.get("rank")) if method.get("name") in LOW_RANK else None
+        rank = cfg.get("rank", method.get("rank")) if is_low_rank(method.get("name")) else None
         return Run(rec["run_name"], file, family, str(task["name"]), str(model["name"]), str(method["name"]),
                    None if rank is None else int(rank), str(cfg["precision"]["name"]), int(cfg.get("seed", 0)), rec,
                    bool((rec.get("git") or {}).get("dirty")))
@@ -361,16 +358,22 @@ def _row_order(method: str, rank: int | None, precision: str, variant: str = "")
     return (rank or 0, m, method, precision, variant)
 
 
-def _labels(keys: list[tuple], base: dict, with_rank: bool) -> dict:
-    """Row labels; the precision is named only where it is 8-bit or two rows would otherwise look the same."""
+def _eight_bit_label(method: str, table: str) -> str:
+    own = SPECS[method].labels.eight_bit if method in SPECS else None
+    return own or f"8-bit {method_label(method, table)}"
+
+
+def _labels(keys: list[tuple], table: str, with_rank: bool) -> dict:
+    """Row labels (`table`: glue or c4); the precision is named only where it is 8-bit or two rows would
+    otherwise look the same."""
     def plain(k):
         method, rank, precision, variant = k
-        label = base.get(method, method)
+        text = method_label(method, table)
         if precision == "8bit":
-            label = "8-bit Adam" if (method == "full" and not with_rank) else f"8-bit {label}"
+            text = _eight_bit_label(method, table) if not with_rank else f"8-bit {text}"
         if with_rank and rank is not None:
-            label += f" (rank {rank})"
-        return f"{label} [{variant}]" if variant else label
+            text += f" (rank {rank})"
+        return f"{text} [{variant}]" if variant else text
 
     first = {k: plain(k) for k in keys}
     counts = defaultdict(int)
@@ -392,7 +395,7 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
     for r in runs:
         cells[(r.method, r.rank, r.precision, r.variant)][r.task].append(r)
     keys = sorted(cells, key=lambda k: _row_order(*k))
-    labels = _labels(keys, GLUE_METHOD_LABEL, with_rank=True)
+    labels = _labels(keys, "glue", with_rank=True)
     paper_avg_ok = tuple(avg_tasks) == PAPER_AVG_TASKS
 
     header = ["Method", "Source"] + [TASK_LABEL.get(t, t) for t in tasks] + (["avg"] if avg_tasks else [])
@@ -493,7 +496,7 @@ def _c4_keys(runs: list[Run]) -> tuple[dict, list[tuple]]:
 def c4_table(stem: str, runs: list[Run], excluded: list[Excluded]) -> Table:
     key_of, keys = _c4_keys(runs)
     with_rank = any(k[1] is not None for k in keys)
-    labels = _labels(keys, C4_METHOD_LABEL, with_rank=with_rank)
+    labels = _labels(keys, "c4", with_rank=with_rank)
     seven = stem == "c4_llama_7b"
     if seven:
         columns = list(STEPS_7B)
@@ -589,12 +592,20 @@ def memory_tables(rows: list[dict]) -> Table:
         for bits in (16, 8):
             cells = []
             for s in sizes:
-                r = by.get((s, m, None if m == "full" else PAPER_RANK[s], bits))
+                r = by.get((s, m, PAPER_RANK[s] if is_low_rank(m) else None, bits))
                 cells.append(DASH if r is None else f"{r['state_bytes'] / 1e9:.2f} GB ({100 * r['saving_vs_bf16_adamw']:.1f}%)")
-            out.append([MEM_METHOD_LABEL.get(m, m), f"{bits}-bit", "ours (analytic)"] + cells)
+            out.append([method_label(m, 'memory'), f"{bits}-bit", "ours (analytic)"] + cells)
             if bits == 16 and m in PAPER_MEMORY:
-                out.append([MEM_METHOD_LABEL.get(m, m), "16-bit", "paper (GaLore Table 6)"]
+                out.append([method_label(m, 'memory'), "16-bit", "paper (GaLore Table 6)"]
                            + [_paper_cell(PAPER_MEMORY[m].get(s)) + ("" if s not in PAPER_MEMORY[m] else " GB") for s in sizes])
+
+    others = [m for m in methods if any(r.get("other_bytes") for r in rows if r["method"] == m)]
+    other_rows = []
+    for m in others:
+        for where, text in (("device", "on the device"), ("cpu", "CPU memory")):
+            cells = [by.get((s, m, PAPER_RANK[s] if is_low_rank(m) else None, 16)) for s in sizes]
+            other_rows.append([method_label(m, 'memory'), text] + [
+                DASH if r is None or "other_bytes" not in r else f"{r['other_bytes'][where] / 1e9:.2f} GB" for r in cells])
 
     ranks = sorted({r["rank"] for r in rows if r["rank"] is not None and r["model"] == "llama_7b"})
     claims = []
@@ -606,12 +617,18 @@ def memory_tables(rows: list[dict]) -> Table:
                        f"r ≤ {max(reach)}" if reach else (DASH if not ranks else f"none of r = {', '.join(map(str, ranks))}")])
     sections = ["## Published claims against ours\n\n" + _md_table(
         ["Claim", "Source", "Published", "Ours, 7B r=1024", "Ours at 7B reach it at"], claims, ["l", "l", "r", "r", "r"])]
+    if other_rows:
+        sections.append("## Memory kept outside the optimizer state (BF16, at the paper's ranks)\n\n"
+                        "Not optimizer state, so not in the figures above: SwitchLoRA's candidate pools (min(m, n) "
+                        "vectors per factor and layer, in CPU memory by default) and its swap bookkeeping.\n\n"
+                        + _md_table(["Method", "Where"] + [f"{SIZE_LABEL[s]} (r={PAPER_RANK[s]})" for s in sizes],
+                                    other_rows, ["l", "l"] + ["r"] * len(sizes)))
     if ranks:
         by_rank = []
-        for m in [m for m in methods if m != "full"]:
+        for m in [m for m in methods if is_low_rank(m)]:
             for bits in (16, 8):
                 cells = [by.get(("llama_7b", m, k, bits)) for k in ranks]
-                by_rank.append([MEM_METHOD_LABEL.get(m, m), f"{bits}-bit"] + [
+                by_rank.append([method_label(m, 'memory'), f"{bits}-bit"] + [
                     DASH if r is None else f"{r['state_bytes'] / 1e9:.2f} GB ({100 * r['saving_vs_bf16_adamw']:.1f}%)"
                     for r in cells])
         sections.append("## LLaMA-7B by rank (saving against BF16 AdamW in parentheses)\n\n" + _md_table(
@@ -633,7 +650,10 @@ def memory_tables(rows: list[dict]) -> Table:
 _RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
        "svg.hashsalt": "gnlorp", "path.simplify": False}
 _PNG_META = {"Software": None}
-_COLORS = {"full": "#4c4c4c", "lora": "#1f77b4", "dora": "#17becf", "galore": "#ff7f0e", "gradnormlorp": "#2ca02c"}
+
+
+def _color(method: str) -> str:
+    return SPECS[method].color if method in SPECS else "#9467bd"
 
 
 def _figure(w: float, h: float, **margins):
@@ -673,7 +693,7 @@ def loss_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> 
         key = key_of(r)
         label = labels[key] if key not in seen else None
         seen.add(key)
-        ax.plot(xs, ys, color=_COLORS.get(r.method, "#9467bd"), lw=1.0, alpha=0.85, label=label,
+        ax.plot(xs, ys, color=_color(r.method), lw=1.0, alpha=0.85, label=label,
                 ls="--" if r.precision == "8bit" else "-")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss" + (f" (moving average of {window} points)" if window > 1 else ""))
@@ -696,12 +716,12 @@ def memory_plot(path: Path, rows: list[dict]) -> None:
         for j, bits in enumerate((16, 8)):
             gb, pct = [], []
             for s in sizes:
-                r = by.get((s, m, None if m == "full" else PAPER_RANK[s], bits))
+                r = by.get((s, m, PAPER_RANK[s] if is_low_rank(m) else None, bits))
                 gb.append(r["state_bytes"] / 1e9 if r else 0.0)
                 pct.append(100 * r["saving_vs_bf16_adamw"] if r else 0.0)
             xs = [k + (2 * i + j - (n - 1) / 2) * width for k in range(len(sizes))]
-            style = dict(width=width, color=_COLORS.get(m, "#9467bd"), edgecolor="black", linewidth=0.4,
-                         hatch="///" if bits == 8 else None, label=f"{MEM_METHOD_LABEL.get(m, m)} {bits}-bit")
+            style = dict(width=width, color=_color(m), edgecolor="black", linewidth=0.4,
+                         hatch="///" if bits == 8 else None, label=f"{method_label(m, 'memory')} {bits}-bit")
             ax_gb.bar(xs, gb, **style)
             ax_pct.bar(xs, pct, **style)
     ticks = [f"{SIZE_LABEL[s]}\nr={PAPER_RANK[s]}" for s in sizes]
@@ -717,7 +737,7 @@ def memory_plot(path: Path, rows: list[dict]) -> None:
     for label, source, value, method, bits in MEMORY_CLAIMS:
         color = claim_style.get(method, "black")
         ax_pct.axhline(100 * value, color=color, ls=":" if bits == 16 else "--", lw=1.2)
-        ax_pct.text(-0.45, 100 * value + 0.8, f"published: {MEM_METHOD_LABEL[method]} {bits}-bit {100 * value:.1f}% "
+        ax_pct.text(-0.45, 100 * value + 0.8, f"published: {method_label(method, 'memory')} {bits}-bit {100 * value:.1f}% "
                     f"({source})", color=color, fontsize=7, va="bottom", ha="left",
                     bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.0}, zorder=5)
     ax_pct.set_xlim(-0.5, len(sizes) - 0.5)
@@ -761,7 +781,7 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
                 model = rs[0].model
                 table = glue_table(model, rs, excluded_by_group.get(stem, []))
                 keys = sorted({(r.method, r.rank, r.precision, r.variant) for r in rs}, key=lambda k: _row_order(*k))
-                labels = _labels(keys, GLUE_METHOD_LABEL, with_rank=True)
+                labels = _labels(keys, "glue", with_rank=True)
                 for task in sorted({r.task for r in rs}, key=lambda t: (GLUE_TASKS + (t,)).index(t)):
                     trs = [r for r in rs if r.task == task]
                     name = f"loss_glue_{_safe(model)}_{task}.png"
@@ -772,7 +792,7 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
             else:
                 table = c4_table(stem, rs, excluded_by_group.get(stem, []))
                 key_of_map, keys = _c4_keys(rs)
-                labels = _labels(keys, C4_METHOD_LABEL, with_rank=any(k[1] is not None for k in keys))
+                labels = _labels(keys, "c4", with_rank=any(k[1] is not None for k in keys))
                 for model in sorted({r.model for r in rs}, key=_size_order):
                     mrs = [r for r in rs if r.model == model]
                     name = f"loss_c4_{_safe(model)}.png"

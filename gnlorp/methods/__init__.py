@@ -1,20 +1,40 @@
-"""The methods, registered in one place, each behind the same three functions:
-prepare(model, cfg) -> model; build_optimizer(model, cfg) -> optimizer; merge(model) -> plain model.
+"""The methods, registered in one place: one module per method in this package, listed below. Each declares
+its facts (`METHOD`, a spec.MethodSpec: labels, row order, low rank or not, its settings dataclass) and its
+functions (spec.py says which). Everything else (config schema, checks, runner, memory table, tables,
+benchmarks) reads them from here.
 
-Method modules (and peft with them) are imported only when a method is asked for, so that the runner can
-check a config against these names without paying for those imports.
+Importing this package and the declarations is light (no torch, no peft): the heavy parts of a method load
+when its functions run.
 """
 
 from importlib import import_module
 from types import ModuleType
 
 from ..errors import UserError
+from .spec import MethodSpec
 
-# method name -> module in this package ("dora" is LoraConfig(use_dora=True): GradNormLoRP's nearest relative)
-_MODULES = {"full": "full", "lora": "lora", "dora": "lora", "galore": "galore", "gradnormlorp": "gradnormlorp"}
-METHODS = tuple(_MODULES)
-LOW_RANK = ("lora", "dora", "galore", "gradnormlorp")
-PROJECTED = ("galore", "gradnormlorp")  # GaLore's gradient projection: the methods that use its scale (alpha)
+_MODULES = (  # one line per method; each module is named after its method
+    "full",
+    "galore",
+    "lora",
+    "dora",
+    "gradnormlorp",
+    "relora",
+    "switchlora",
+)
+
+BASELINE = "full"  # what memory savings and speed ratios are measured against
+
+
+def _load() -> dict[str, MethodSpec]:
+    specs = [import_module(f".{m}", __name__).METHOD for m in _MODULES]
+    return {s.name: s for s in sorted(specs, key=lambda s: s.order)}
+
+
+SPECS: dict[str, MethodSpec] = _load()
+METHODS = tuple(SPECS)  # in table row order
+LOW_RANK = tuple(n for n, s in SPECS.items() if s.low_rank)
+PROJECTED = tuple(n for n, s in SPECS.items() if s.uses_scale)  # GaLore's projection: the methods using its scale
 
 _LAZY = {
     "MethodConfig": ".base", "base_optimizer": ".optimizers", "check_rank": ".targets",
@@ -23,9 +43,24 @@ _LAZY = {
 
 
 def get_method(name: str) -> ModuleType:
-    if name not in _MODULES:
+    if name not in SPECS:
         raise UserError(f"Unknown method {name!r}; choose one of: {', '.join(METHODS)}.")
-    return import_module(f".{_MODULES[name]}", __name__)
+    return import_module(f".{name}", __name__)
+
+
+def spec(name: str) -> MethodSpec:
+    if name not in SPECS:
+        raise UserError(f"Unknown method {name!r}; choose one of: {', '.join(METHODS)}.")
+    return SPECS[name]
+
+
+def label(name: str, table: str) -> str:
+    """The method's row label in a table ("glue", "c4", "memory"); an unregistered name stands for itself."""
+    return getattr(SPECS[name].labels, table) if name in SPECS else name
+
+
+def is_low_rank(name: str) -> bool:
+    return name in SPECS and SPECS[name].low_rank
 
 
 def __getattr__(attr: str):
@@ -34,4 +69,5 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["METHODS", "LOW_RANK", "PROJECTED", "get_method", *_LAZY]
+__all__ = ["BASELINE", "METHODS", "LOW_RANK", "PROJECTED", "SPECS", "MethodSpec", "get_method", "spec", "label", "is_low_rank",
+           *_LAZY]

@@ -1,43 +1,52 @@
-"""What every method is given: one settings object, built from the Hydra config."""
+"""What every method is given: one settings object, built from the Hydra config.
+
+A MethodConfig holds the run-level values every method receives (learning rate, weight decay, rank, scale,
+optimizer-state bits, accumulation) and the method's own settings (its schema.MethodSettings subclass, with
+that class's defaults), all as attributes: a new method adds keys to its own settings class, never here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import dataclasses
 from typing import Any, Mapping
 
-from torch import nn
+RUN_VALUES = {
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "rank": None,
+    "scale": 1.0,              # GaLore's alpha
+    "optim_bits": 32,          # 8: 8-bit blockwise Adam moments (bitsandbytes)
+    "accumulation_steps": 1,   # honoured by layer-wise mode
+}
 
 
-@dataclass
 class MethodConfig:
-    name: str
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
-    rank: int | None = None
-    scale: float = 1.0                 # GaLore's alpha
-    update_proj_gap: int = 200         # T
-    proj_type: str = "std"
-    svd: str = "auto"                  # exact | randomized | auto (randomized where rank <= min(m,n)/8)
-    optim_bits: int = 32               # 8: 8-bit blockwise Adam moments (bitsandbytes)
-    layerwise: bool = False            # step each weight inside backward (GaLore §4.3)
-    accumulation_steps: int = 1        # honoured by layer-wise mode
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    target_modules: str | None = None  # regex over module names; None: every Linear in the transformer blocks
-    extra: dict = field(default_factory=dict)
+    def __init__(self, name: str, **values: Any):
+        from . import SPECS, spec
+
+        settings_cls = spec(name).settings
+        own = {f.name for f in dataclasses.fields(settings_cls)}
+        other = {f.name for s in SPECS.values() for f in dataclasses.fields(s.settings)}
+        unknown = set(values) - own - other - set(RUN_VALUES)
+        if unknown:
+            raise TypeError(f"MethodConfig: unknown key(s) {sorted(unknown)}")
+        # keys of other methods (a benchmark passing GaLore's T to every method) do not apply to this one
+        settings = settings_cls(**{k: v for k, v in values.items() if k in own and k != "name"})
+        self.name = name
+        self.__dict__.update({k: values.get(k, default) for k, default in RUN_VALUES.items()})
+        self.__dict__.update({f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "name"})
+        self.betas = tuple(self.betas)
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], **overrides) -> "MethodConfig":
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in dict(cfg).items() if k in known}
+        values = dict(cfg)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
         return cls(**values)
 
+    def __repr__(self) -> str:
+        return f"MethodConfig({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
 
-def no_decay(name: str, p: nn.Parameter) -> bool:
+
+def no_decay(name: str, p) -> bool:
     """Biases and norm weights (1-D tensors) get no weight decay (GradNormLoRP's magnitudes do: gradnormlorp.py)."""
     return p.dim() < 2

@@ -7,26 +7,50 @@ do nothing to the model (it only shrinks ||V|| and so enlarges the direction's e
 decay acts on the magnitude instead: g <- (1 - lr wd) g scales W by exactly (1 - lr wd), the decay AdamW
 applies to a dense W. V is never decayed."""
 
-from torch import nn
+from __future__ import annotations
 
-from ..optim import WeightNormLinear, apply_weight_norm, merge_weight_norm
-from .base import MethodConfig
-from .optimizers import build_adamw
-from .targets import check_rank, target_linear_names
+from dataclasses import dataclass
+
+from ..schema import GaLoreFamily, setting
+from . import galore
+from .spec import Labels, MethodSpec
 
 
-def prepare(model: nn.Module, cfg: MethodConfig) -> nn.Module:
+@dataclass
+class GradNormLoRPSettings(GaLoreFamily):
+    name: str = setting("gradnormlorp", "GradNormLoRP (METHOD.md)")
+
+
+METHOD = MethodSpec("gradnormlorp", GradNormLoRPSettings,
+                    Labels(glue="GradNormLoRP", c4="GradNormLoRP", memory="GradNormLoRP"),
+                    order=40, low_rank=True, color="#2ca02c", throughput_target=0.85, uses_scale=True)
+
+
+def prepare(model, cfg):
+    from ..optim import apply_weight_norm
+    from .targets import check_rank, target_linear_names
+
     names = target_linear_names(model, cfg.target_modules)
     check_rank(model, names, cfg.rank)
     apply_weight_norm(model, names)
     return model
 
 
-def build_optimizer(model: nn.Module, cfg: MethodConfig):
+def build_optimizer(model, cfg):
+    from ..optim import WeightNormLinear
+    from .optimizers import build_adamw
+
     layers = [m for m in model.modules() if isinstance(m, WeightNormLinear)]
     return build_adamw(model, cfg, low_rank=[m.direction for m in layers], decay_low_rank=False,
                        decay=[m.magnitude for m in layers])
 
 
-def merge(model: nn.Module) -> nn.Module:
+def merge(model):
+    from ..optim import merge_weight_norm
+
     return merge_weight_norm(model)
+
+
+def state_bytes(model, cfg, element_bytes: int | None = None) -> int:
+    """GaLore's, plus Adam on the magnitude g (m float32 values per target)."""
+    return galore.state_bytes(model, cfg, element_bytes, magnitudes=True)

@@ -21,10 +21,10 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
     Plain AdamW (no projection, not layer-wise) is torch.optim.AdamW, or bitsandbytes' AdamW8bit with
     8-bit states: the baselines users know. Anything projected or layer-wise is our GaLoreAdamW.
     """
-    groups = adamw_param_groups(
-        model, low_rank, weight_decay=cfg.weight_decay, rank=cfg.rank, update_proj_gap=cfg.update_proj_gap,
-        scale=cfg.scale, proj_type=cfg.proj_type, svd=cfg.svd, decay_low_rank=decay_low_rank, decay=decay,
-    )
+    projection = dict(rank=cfg.rank, update_proj_gap=cfg.update_proj_gap, scale=cfg.scale, proj_type=cfg.proj_type,
+                      svd=cfg.svd) if low_rank else {}  # GaLore-family keys (schema.GaLoreFamily)
+    groups = adamw_param_groups(model, low_rank, weight_decay=cfg.weight_decay, decay_low_rank=decay_low_rank,
+                                decay=decay, **projection)
     kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
     if not low_rank and not cfg.layerwise:
@@ -36,7 +36,7 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
             return bnb.optim.AdamW8bit(groups, **kw)
         return torch.optim.AdamW(groups, **kw)
 
-    opt = GaLoreAdamW(groups, optim_bits=cfg.optim_bits, svd=cfg.svd, **kw)
+    opt = GaLoreAdamW(groups, optim_bits=cfg.optim_bits, svd=getattr(cfg, "svd", "exact"), **kw)
     opt.set_param_names(model.named_parameters())
     if cfg.layerwise:
         return LayerwiseOptimizer(opt, accumulation_steps=cfg.accumulation_steps)

@@ -15,7 +15,7 @@ GLUE = sorted(p.stem for p in (CONF / "task" / "glue").glob("*.yaml") if not p.s
 def test_all_nine_glue_tasks_and_c4_exist():
     assert GLUE == sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])
     assert (CONF / "task" / "c4.yaml").exists()
-    assert set(GROUPS["method"]) == {"full", "lora", "dora", "galore", "gradnormlorp"}
+    assert set(GROUPS["method"]) == {"full", "lora", "dora", "galore", "gradnormlorp", "relora", "switchlora"}
     assert set(GROUPS["precision"]) == {"fp32", "bf16", "8bit"}
 
 

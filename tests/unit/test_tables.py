@@ -256,7 +256,7 @@ def test_memory_table_at_paper_ranks_with_published_cells(built, memory_rows):
     by = {(r["method"], r["state_bits"]): r for r in memory_rows if r["rank"] in (None, 128)}
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
     for (method, bits), r in by.items():
-        label = tables.MEM_METHOD_LABEL[method]
+        label = tables.method_label(method, "memory")
         cell = f"{r['state_bytes'] / 1e9:.2f} GB ({100 * r['saving_vs_bf16_adamw']:.1f}%)"
         assert f"| {label} | {bits}-bit | ours (analytic) | {cell} |" in lines
     assert "| AdamW | 16-bit | ours (analytic) | 0.23 GB (0.0%) |" in lines

@@ -132,3 +132,25 @@ def test_a_nan_loss_stops_at_its_step_naming_it():
     with pytest.raises(NonFiniteError, match=r"step 1: the loss is nan and the weight layers.0.weight holds NaN/Inf"):
         loop.run()
     assert loop.pos.step == 0
+
+
+def test_method_hooks_after_each_applied_step_and_lr_lambda_replaces_the_schedule():
+    """after_step(step) runs once per optimizer step, after it (the parameters it sees are that step's), and
+    lr_lambda sets the learning rate of every step in place of warmup_cosine."""
+    model = Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    first = model.layers[0].weight
+
+    def after_step(step):
+        seen.append((step, first.detach().clone()))
+
+    logged = []
+    cfg = LoopConfig(total_steps=5, batch_size=2, micro_batch_size=1, grad_clip=0.0, progress=False,
+                     eval_at_epoch_end=False)
+    TrainLoop(model, opt, _data(8), cfg, lambda m: {}, lambda s, v: logged.append(v["lr"]), lambda *a: None, None,
+              torch.device("cpu"), after_step=after_step, lr_lambda=lambda k: 1.0 / (k + 1)).run()
+    assert [s for s, _ in seen] == [1, 2, 3, 4, 5]
+    assert torch.equal(seen[-1][1], first.detach())
+    assert not torch.equal(seen[0][1], seen[1][1])
+    assert logged == pytest.approx([0.1 / (k + 1) for k in range(5)], rel=1e-12)
