@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from gnlorp import CONF_DIR
+
 EXIT_USER_ERROR = 2
 USAGE = """gnlorp (or python run.py): run one experiment (or a sweep) of full training, LoRA, GaLore or GradNormLoRP.
 
@@ -28,7 +30,6 @@ Copy one of these (offline, on a CPU, with the shared data beside the checkout):
 Every run writes results/<run>-<hash>.json (see README); `resume=true` continues an interrupted run.
 `python -m gnlorp.schema` lists every setting with its type, default and accepted values.
 """
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package; Hydra reads it as pkg://gnlorp.conf
 
 
 def _user_wants_tracebacks() -> bool:

@@ -16,7 +16,7 @@ import torch
 
 from gnlorp.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+from . import CONF_DIR
 MODEL_CONF_DIR = CONF_DIR / "model"
 
 PIP_PREFIX = "pip:"

@@ -1,5 +1,5 @@
 """End-to-end training throughput (tokens/s) and memory of each registered method (variants
-such as DoRA left out) on a LLaMA of conf/model, with random token data (no dataset needed).
+such as DoRA left out) on a LLaMA of gnlorp/conf/model, with random token data (no dataset needed).
 
 One training step is what gnlorp.train does: forward (optionally under autocast), backward, gradient
 clipping to 1.0, optimizer step, zero_grad. All methods are built up front and stepped round-robin (one
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .. import CONF_DIR
 from . import timing
 from ..methods import BASELINE, SPECS, is_low_rank
 from .shapes import default_rank
@@ -41,10 +42,10 @@ METHODS = tuple(n for n, s in SPECS.items() if s.variant_of is None)  # the regi
 
 
 def c4_lr(method: str) -> float:
-    """The C4 recipe's learning rate of a method (conf/task/c4.yaml)."""
+    """The C4 recipe's learning rate of a method (gnlorp/conf/task/c4.yaml)."""
     from omegaconf import OmegaConf
 
-    table = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "task" / "c4.yaml").task.lr
+    table = OmegaConf.load(CONF_DIR / "task" / "c4.yaml").task.lr
     return float(table[method])
 
 

@@ -2,7 +2,7 @@
 galore-torch's GaLoreAdamW, our GaLoreAdamW (32-bit, 8-bit, randomized SVD) and GradNormLoRP.
 
 The parameters are the attention and MLP matrices of the transformer blocks (shapes from
-conf/model/<name>.yaml; embeddings and the LM head excluded: they are dense AdamW in every method and
+gnlorp/conf/model/<name>.yaml; embeddings and the LM head excluded: they are dense AdamW in every method and
 add the same time to all). Each optimizer is built the way training builds it: `gnlorp.methods`'
 prepare/build_optimizer on a module holding exactly those Linear layers (GradNormLoRP: weight-normalized,
 directions in the GaLore group, one magnitude vector per matrix on dense Adam); galore-torch gets the same

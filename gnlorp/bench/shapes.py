@@ -1,4 +1,4 @@
-"""The weight shapes the benchmarks run on, read from conf/model/<name>.yaml through a model built on the
+"""The weight shapes the benchmarks run on, read from gnlorp/conf/model/<name>.yaml through a model built on the
 meta device (no memory): the attention and MLP matrices of the transformer blocks, i.e. exactly the
 matrices the low-rank methods target. Embeddings, the LM head and norms are not among them (they stay on
 dense AdamW for every method, so they add the same cost to all)."""

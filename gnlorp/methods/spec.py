@@ -1,7 +1,7 @@
 """What a method declares about itself (light: no torch), read by the registry in methods/__init__.py.
 
 Each method module defines `METHOD = MethodSpec(...)` next to its settings dataclass (a subclass of
-schema.MethodSettings, the schema of conf/method/<name>.yaml) and its functions:
+schema.MethodSettings, the schema of gnlorp/conf/method/<name>.yaml) and its functions:
 
     prepare(model, cfg) -> model; build_optimizer(model, cfg) -> optimizer; merge(model) -> plain model;
     state_bytes(model, cfg, element_bytes=None) -> analytic optimizer-state bytes (on the unprepared model);

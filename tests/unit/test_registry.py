@@ -14,7 +14,7 @@ from gnlorp.errors import UserError
 from gnlorp.methods import LOW_RANK, METHODS, SPECS, MethodConfig, get_method, label
 from gnlorp.schema import GaLoreFamily, LoRAFamily, MethodSettings
 
-from conftest import ROOT, compose
+from conftest import CONF, ROOT, compose
 
 
 def _compose(*overrides):
@@ -30,7 +30,7 @@ def test_every_method_module_declares_its_facts_and_functions():
         module = get_method(name)
         for fn in ("prepare", "build_optimizer", "merge", "state_bytes"):
             assert callable(getattr(module, fn)), (name, fn)
-        assert (ROOT / "conf" / "method" / f"{name}.yaml").exists()
+        assert (CONF / "method" / f"{name}.yaml").exists()
         assert all(getattr(spec.labels, t) for t in ("glue", "c4", "memory"))
     assert "full" not in LOW_RANK and {"lora", "galore", "gradnormlorp"} <= set(LOW_RANK)
     assert issubclass(SPECS["galore"].settings, GaLoreFamily) and issubclass(SPECS["lora"].settings, LoRAFamily)
