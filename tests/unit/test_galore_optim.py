@@ -197,6 +197,7 @@ def test_auto_svd_is_randomized_only_at_ranks_up_to_an_eighth_of_the_smaller_sid
     assert not torch.allclose(compute_projection(g, 8, "left", svd="auto", seed=3)[0].abs(), exact8.abs(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_eight_bit_import_says_nothing():
     """bitsandbytes' notice about a 4-bit CPU kernel we never use does not reach the user."""
     import subprocess

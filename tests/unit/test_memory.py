@@ -18,7 +18,8 @@ def tiny(kind):
                                         num_attention_heads=2, max_position_embeddings=64))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.slow)],
+                         ids=["fp32", "bf16"])
 @pytest.mark.parametrize("bits", [32, 8])
 @pytest.mark.parametrize("kind", ["bert", "llama"])
 @pytest.mark.parametrize("name", list(METHODS))

@@ -52,7 +52,7 @@ def first_target_weight(model):
     raise AssertionError("no target found")
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama"])
+@pytest.mark.parametrize("kind", [pytest.param("bert", marks=pytest.mark.slow), "llama"])
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_trains_and_merges(name, kind):
     model = tiny_bert() if kind == "bert" else tiny_llama()
