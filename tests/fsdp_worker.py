@@ -158,6 +158,20 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
         pass
     finally:
         galore_adamw.compute_projection = real
+    wn_rows = None
+    if world > 1:  # WeightNormLinear: this rank's rows of V and g give exactly its rows of the merged W
+        from gnlorp.optim.sharded import local, row_start
+        from gnlorp.optim.weightnorm import WeightNormLinear, _norm_and_scale, _scaled_weight
+
+        wn_rows = 0.0
+        for m in (m for m in model.modules() if isinstance(m, WeightNormLinear)):
+            V, g = local(m.direction.detach()), local(m.magnitude.detach())
+            assert V.shape[0] == g.shape[0]
+            merged = _scaled_weight(m.direction.full_tensor(), _norm_and_scale(m.direction.full_tensor(),
+                                    m.magnitude.full_tensor())[1], V.dtype)
+            start = row_start(m.direction.shape[0], world, rank)
+            mine = _scaled_weight(V, _norm_and_scale(V, g)[1], V.dtype)
+            wn_rows = max(wn_rows, (mine - merged[start:start + V.shape[0]]).abs().max().item())
     params = full_state_dict(model) if world > 1 else model.state_dict()
     sizes = [state_bytes(base_optimizer(optimizer))]
     if world > 1:
@@ -168,7 +182,7 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
         (out / f"{case}.json").write_text(json.dumps({
             "losses": losses, "refreshes": refreshes, "state_bytes": sizes,
             "comm": counter.steps if counter is not None else [],
-            "optimizer": type(base_optimizer(optimizer)).__name__,
+            "optimizer": type(base_optimizer(optimizer)).__name__, "weightnorm_row_shard_error": wn_rows,
         }))
 
 
