@@ -196,3 +196,35 @@ def test_four_processes_match_one_process(tmp_path):
         (log1, p1), (log4, p4) = _load(one, case), _load(four, case)
         assert _loss_diff(log1["losses"], log4["losses"]) <= 1e-4
         assert _max_diff(p1, p4) <= (1e-5 if case == "galore32" else 2e-3)
+
+
+@pytest.mark.slow
+def test_run_py_fsdp_stop_resume_and_merged_model_match_one_process(tmp_path):
+    """torchrun run.py train.parallel=fsdp: stopped at step 6, resumed from the DCP folder to step 12, a merged
+    vanilla model written from the shards; the loss curve and the validation loss equal one process's."""
+    from conftest import tiny_c4
+    from transformers import AutoModelForCausalLM
+
+    def launch(nproc, folder, *extra):
+        cmd = [sys.executable, str(ROOT / "run.py"),
+               *tiny_c4(folder, "method=gradnormlorp", "method.svd=randomized", "method.update_proj_gap=4", *extra)]
+        if nproc > 1:
+            cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        return subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    fsdp = ("train.parallel=fsdp", "save_model=true")
+    first = launch(2, two, *fsdp, "train.stop_at_step=6")
+    _wait(launch(1, one))
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0 and "last.dcp" in out, out[-3000:]
+    _wait(launch(2, two, *fsdp, "resume=true"))
+    (r1,), (r2,) = ([json.loads(p.read_text()) for p in (f / "results").glob("*.json")] for f in (one, two))
+    assert r1["status"] == r2["status"] == "complete"
+    assert [s for s, _ in r2["loss_curve"]] == [s for s, _ in r1["loss_curve"]]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(r1["loss_curve"], r2["loss_curve"])) <= 1e-4
+    assert abs(r1["last"]["metrics"]["validation"]["loss"] - r2["last"]["metrics"]["validation"]["loss"]) <= 1e-4
+    (model_dir,) = (two / "results" / "models").iterdir()
+    merged = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert type(merged.model.layers[0].self_attn.q_proj).__name__ == "Linear"
