@@ -132,6 +132,13 @@ def _relations(cfg, world_size: int) -> dict:
     if layerwise and t.grad_clip > 0:
         raise UserError("method.layerwise=true steps each weight inside backward, so no global gradient norm exists "
                         "to clip; set train.grad_clip=0.")
+    if layerwise and world_size > 1 and t.parallel == "fsdp":
+        raise UserError("method.layerwise=true cannot be combined with train.parallel=fsdp (its hooks would step each "
+                        "weight before FSDP reduce-scatters the gradient); set method.layerwise=false.")
+    if t.fsdp_mixed_precision and (t.parallel != "fsdp" or cfg.device == "cpu"):
+        raise UserError(f"train.fsdp_mixed_precision=true needs train.parallel=fsdp on GPUs (train.parallel="
+                        f"{t.parallel}, device={cfg.device}); set train.fsdp_mixed_precision=false, or use "
+                        "precision.autocast on the CPU.")
     if layerwise and world_size > 1:
         raise UserError("method.layerwise=true cannot be combined with DDP (the step would run before the gradient "
                         "all-reduce); run on one process or set method.layerwise=false.")

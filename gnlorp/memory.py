@@ -39,7 +39,9 @@ def optimizer_state_bytes(optimizer) -> int:
     """Bytes of every distinct tensor storage the optimizer holds (moments, projectors, 8-bit block
     scales and quantization maps, step counters)."""
     opt = base_optimizer(optimizer)
-    tensors = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    # FSDP: a DTensor counts this process's shard
+    tensors = [getattr(v, "to_local", lambda v=v: v)() for st in opt.state.values() for v in st.values()
+               if torch.is_tensor(v)]
     tensors += [q for pair in getattr(opt, "_qmaps", {}).values() for q in pair]
     seen, total = set(), 0
     for t in tensors:

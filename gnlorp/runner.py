@@ -61,8 +61,14 @@ class Plan:
         return Path(self.cfg.results_dir) / f"{self.run_id}.json"
 
     @property
+    def sharded(self) -> bool:
+        """FSDP2 over several processes (train.parallel=fsdp); one process never wraps."""
+        return self.world > 1 and self.cfg.train.parallel == "fsdp"
+
+    @property
     def checkpoint_path(self) -> Path:
-        return Path(self.cfg.checkpoint_dir) / self.run_id / "last.pt"
+        # sharded: a DCP folder (gnlorp/sharded_checkpoint.py)
+        return Path(self.cfg.checkpoint_dir) / self.run_id / ("last.dcp" if self.sharded else "last.pt")
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -191,6 +197,7 @@ class Trainable:
     analytic_state_bytes: int
     parameters: dict
     mcfg: object = None
+    skeleton: object = None  # FSDP with save_model: the model's structure on the meta device (fsdp.meta_copy)
 
 
 def apply_method(plan: Plan, model) -> Trainable:
@@ -201,11 +208,18 @@ def apply_method(plan: Plan, model) -> Trainable:
     method = get_method(mcfg.name)
     analytic = method.state_bytes(model, mcfg)
     model = method.prepare(model, mcfg)
+    skeleton = None
+    if plan.sharded:  # before the optimizer, which must hold the sharded parameters
+        from .fsdp import meta_copy, shard_model
+
+        skeleton = meta_copy(model) if plan.cfg.save_model else None
+        device = next(model.parameters()).device
+        shard_model(model, device, bool(plan.cfg.train.fsdp_mixed_precision))
     try:
         optimizer = method.build_optimizer(model, mcfg)
     except RuntimeError as exc:  # e.g. bitsandbytes present but broken
         raise UserError(f"The optimizer for method={mcfg.name} could not be built: {exc}") from None
-    return Trainable(model, method, optimizer, analytic, count_parameters(model), mcfg)
+    return Trainable(model, method, optimizer, analytic, count_parameters(model), mcfg, skeleton)
 
 
 def method_loop_hooks(trainable: Trainable, total_steps: int, loop_cfg) -> dict:
@@ -270,10 +284,15 @@ def check_resume(plan: Plan, echo) -> bool:
     return True
 
 
-def load_resume_state(plan: Plan, device) -> dict:
+def load_resume_state(plan: Plan, device, model=None) -> dict:
     from .checkpoint import load_checkpoint
 
-    state = load_checkpoint(plan.checkpoint_path, device)
+    if plan.sharded:  # loads the model's shards in place; returns this rank's state
+        from .sharded_checkpoint import load_sharded
+
+        state = load_sharded(plan.checkpoint_path, model)
+    else:
+        state = load_checkpoint(plan.checkpoint_path, device)
     theirs = state.get("extra", {}).get("identity", {}).get("settings")
     if theirs != plan.settings:
         keys = identity.differing_keys(plan.settings, theirs or {})
@@ -301,7 +320,7 @@ def run(cfg: DictConfig, echo=print, multirun: bool = False) -> Outcome:
 
     job, device, autocast = build_job(plan, echo)
     trainable = apply_method(plan, job.model)
-    resume_state = load_resume_state(plan, device) if resuming else None
+    resume_state = load_resume_state(plan, device, trainable.model) if resuming else None
     wandb_id = (resume_state or {}).get("extra", {}).get("wandb_id")
     tracker, loop, total_steps, steps_per_epoch = start_tracking(plan, job, trainable, device, autocast, wandb_id, echo)
     if resume_state is not None:
@@ -344,7 +363,7 @@ def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wand
                          higher_is_better=job.higher_is_better, total_steps=total_steps,
                          log_every=cfg.train.log_every, progress=bool(cfg.train.progress), logger=logger, echo=echo)
     ddp_model = None
-    if plan.world > 1:
+    if plan.world > 1 and not plan.sharded:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp_model = DistributedDataParallel(trainable.model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -448,10 +467,17 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
 
     if status == "complete" and not cfg.keep_checkpoint and plan.rank == 0:
         _remove_checkpoint(plan)  # only once the result is safely written; sweeps would pile up GBs of them
-    if status == "complete" and cfg.save_model and plan.rank == 0:
-        out = Path(cfg.results_dir) / "models" / plan.run_id
-        trainable.method.merge(trainable.model).save_pretrained(out)
-        echo(f"Merged model saved to {out}")
+    if status == "complete" and cfg.save_model:
+        model = trainable.model
+        if plan.sharded:  # gather the shards (every rank), rank 0 writes a vanilla model
+            from .fsdp import full_state_dict, unsharded_model
+
+            full = full_state_dict(model)
+            model = unsharded_model(trainable.skeleton, full) if plan.rank == 0 else None
+        if plan.rank == 0:
+            out = Path(cfg.results_dir) / "models" / plan.run_id
+            trainable.method.merge(model).save_pretrained(out)
+            echo(f"Merged model saved to {out}")
     echo(f"Result ({status}): {record.path}")
     return Outcome(status, exit_code, record.path, record.to_dict())
 
@@ -470,6 +496,10 @@ def _remove_checkpoint(plan: Plan) -> None:
     from .checkpoint import sidecar_path
 
     folder = plan.checkpoint_path.parent
+    if plan.checkpoint_path.is_dir():  # a DCP folder
+        import shutil
+
+        shutil.rmtree(plan.checkpoint_path, ignore_errors=True)
     for leftover in (plan.checkpoint_path, sidecar_path(plan.checkpoint_path), folder / IDENTITY_FILE):
         leftover.unlink(missing_ok=True)
     try:

@@ -45,6 +45,12 @@ class TrainSettings:
     on_nonfinite: str = setting("stop", "a NaN/Inf loss or gradient stops the run, or skips that step",
                                 choices=("stop", "skip"))
     activation_checkpointing: bool = setting(False, "recompute each transformer block's activations in backward")
+    parallel: str = setting(
+        "ddp", "several processes (torchrun): ddp replicates the model on each, fsdp shards parameters, gradients and "
+        "optimizer states over them (FSDP2, checkpoints in DCP folders); one process: neither",
+        identity=False, choices=("ddp", "fsdp"))
+    fsdp_mixed_precision: bool = setting(
+        False, "parallel=fsdp on GPUs: bf16 parameters and compute, float32 gradient reduction and master weights")
     eval_every: Optional[int] = setting(None, "steps between evaluations; null: every epoch (GLUE) / at the end (C4)",
                                         identity=False, ge=1)
     log_every: int = setting(10, "steps between W&B loss points", identity=False, ge=1)

@@ -25,6 +25,23 @@ from .checkpoint import save_checkpoint
 from .methods.optimizers import base_optimizer
 
 
+def _is_fsdp(model: nn.Module) -> bool:
+    from .fsdp import is_fsdp
+
+    return is_fsdp(model)
+
+
+def _no_gradient_sync(model: nn.Module):
+    from .fsdp import no_gradient_sync
+
+    return no_gradient_sync(model)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a DTensor (FSDP), else the tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN/Inf and the config says to stop."""
 
@@ -121,6 +138,8 @@ class TrainLoop:
     ):
         self.model, self.optimizer, self.data, self.cfg = model, optimizer, data, cfg
         self.forward_model = ddp_model or model
+        # FSDP2 (train.parallel=fsdp): the model itself is the sharded module; checkpoints are DCP folders
+        self.sharded = world_size > 1 and ddp_model is None and _is_fsdp(model)
         self.evaluate, self.on_log, self.on_eval = evaluate, on_log, on_eval
         self.checkpoint_path, self.device, self.extra_state = checkpoint_path, device, extra_state
         self.world_size, self.rank = world_size, rank
@@ -160,9 +179,16 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
+        """Everything a resume needs; sharded (FSDP), this rank's part without the model (DCP saves it)."""
+        optimizer = base_optimizer(self.optimizer)
+        if self.sharded:
+            from .fsdp import local_optimizer_state
+
+            optimizer_state = local_optimizer_state(optimizer)
+        else:
+            optimizer_state = optimizer.state_dict()
         state = {
-            "model": self.model.state_dict(),
-            "optimizer": base_optimizer(self.optimizer).state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "position": vars(self.pos).copy(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
@@ -174,6 +200,8 @@ class TrainLoop:
             self._data_state = None
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        if not self.sharded:
+            state["model"] = self.model.state_dict()
         return state
 
     def _gather(self, local):
@@ -195,13 +223,24 @@ class TrainLoop:
     def save_checkpoint(self) -> None:
         if self.data.stream is not None:  # rank 0 writes the state of every process's streams
             self._data_state = {k: v for part in self._gather(self.data.stream.state_dict()) for k, v in part.items()}
-        if self.checkpoint_path is None or self.rank != 0:
+        if self.checkpoint_path is None:
             return
-        save_checkpoint(self.state_dict(), self.checkpoint_path)
+        if self.sharded:  # every rank writes its shards
+            from .sharded_checkpoint import save_sharded
+
+            save_sharded(self.checkpoint_path, self.model, self.state_dict())
+        elif self.rank == 0:
+            save_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        base_optimizer(self.optimizer).load_state_dict(state["optimizer"])
+        """A checkpoint's state; sharded, the model was already loaded by sharded_checkpoint.load_sharded."""
+        if self.sharded:
+            from .fsdp import restore_optimizer_state
+
+            restore_optimizer_state(base_optimizer(self.optimizer), state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            base_optimizer(self.optimizer).load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.pos = Position(**state["position"])
         if self.data.stream is not None:
@@ -250,7 +289,9 @@ class TrainLoop:
             # partial last batch, and after DDP averages over processes)
             weight = len(idx) * self.world_size / len(batch)
             last = i == len(micro) - 1
-            sync = self.forward_model.no_sync() if (self.world_size > 1 and not last) else nullcontext()
+            sync = nullcontext()
+            if self.world_size > 1 and not last:
+                sync = _no_gradient_sync(self.model) if self.sharded else self.forward_model.no_sync()
             with sync, autocast:
                 loss = self.forward_model(**inputs).loss
             (loss * weight).backward()
@@ -272,7 +313,7 @@ class TrainLoop:
                 max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
                 norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
                 if not torch.isfinite(norm):
-                    name = next((self.names.get(id(p), "?") for p in grads if not torch.isfinite(p.grad).all()), "?")
+                    name = next((self.names.get(id(p), "?") for p in grads if not torch.isfinite(_local(p.grad)).all()), "?")
                     bad = f"the gradient of {name} holds NaN/Inf"
         if bad is not None:
             step = self.pos.step + 1
@@ -290,10 +331,10 @@ class TrainLoop:
     def _first_nonfinite(self) -> str | None:
         """Which parameter a non-finite loss comes from: the first NaN/Inf weight, else gradient."""
         for p in self.params:
-            if not torch.isfinite(p.detach()).all():
+            if not torch.isfinite(_local(p.detach())).all():
                 return f"the weight {self.names.get(id(p), '?')} holds NaN/Inf"
         for p in self.params:
-            if p.grad is not None and not torch.isfinite(p.grad).all():
+            if p.grad is not None and not torch.isfinite(_local(p.grad)).all():
                 return f"the gradient of {self.names.get(id(p), '?')} holds NaN/Inf"
         return None
 
@@ -357,8 +398,11 @@ class TrainLoop:
         self.pos.batch = 0
 
     def _evaluate(self) -> None:
-        if self.rank == 0:
+        if self.sharded:  # the sharded forward is collective: every rank evaluates, rank 0 reports
             metrics = self.evaluate(self.model)
+        if self.rank == 0:
+            if not self.sharded:
+                metrics = self.evaluate(self.model)
             epochs_done = self.pos.epoch + (self.pos.batch >= self.steps_per_epoch)
             self.on_eval(self.pos.step, epochs_done, metrics)
         if self.world_size > 1:

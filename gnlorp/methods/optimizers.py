@@ -27,7 +27,9 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
                                 decay=decay, **projection)
     kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
-    if not low_rank and not cfg.layerwise:
+    # bitsandbytes' AdamW8bit cannot step FSDP's DTensor shards: GaLoreAdamW's dense path runs the same 8-bit kernel
+    sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
+    if not low_rank and not cfg.layerwise and not (sharded and cfg.optim_bits == 8):
         if cfg.optim_bits == 8:
             from ..optim.bnb import import_bitsandbytes
 

@@ -26,6 +26,7 @@ from typing import Iterable
 import torch
 from torch.optim import Optimizer
 
+from .sharded import is_sharded, sharded_update
 from .projector import PROJ_TYPES, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
 
 BLOCKSIZE = 256  # bitsandbytes' block size for blockwise 8-bit optimizer states
@@ -142,8 +143,11 @@ class GaLoreAdamW(Optimizer):
             )
         return self._qmaps[device]
 
-    def _init_moments(self, state: dict, low: torch.Tensor) -> None:
-        if self.optim_bits == 8 and low.numel() >= self.min_8bit_size:
+    def _init_moments(self, state: dict, low: torch.Tensor, numel: int | None = None) -> None:
+        """Moments shaped like `low`; `numel` (default low's) decides 8-bit vs float, so a shard of a
+        low-rank gradient gets the storage the whole one would get on one process."""
+        numel = low.numel() if numel is None else numel
+        if self.optim_bits == 8 and numel >= self.min_8bit_size:
             blocks = math.ceil(low.numel() / BLOCKSIZE)
             state["exp_avg"] = torch.zeros_like(low, dtype=torch.uint8, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(low, dtype=torch.uint8, memory_format=torch.contiguous_format)
@@ -157,25 +161,19 @@ class GaLoreAdamW(Optimizer):
             state["exp_avg_sq"] = torch.zeros_like(low, dtype=dtype, memory_format=torch.contiguous_format)
 
     def _update(self, p: torch.Tensor, group: dict) -> None:
+        if is_sharded(p):
+            return sharded_update(self, p, group)
         state = self.state[p]
         if "step" not in state:
             state["step"] = 0
         grad = p.grad
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
+        wd = group["weight_decay"]
         galore = "rank" in group
 
         if galore:
             side = projection_side(p.shape, group["proj_type"])
-            if state["step"] % group["update_proj_gap"] == 0 or not ("proj_left" in state or "proj_right" in state):
-                name = self.param_names.get(id(p), f"a parameter of shape {tuple(p.shape)}")
-                P, Q = compute_projection(
-                    grad, int(group["rank"]), side, group.get("svd", "exact"), name, seed=state["step"] + p.numel()
-                )
-                if P is not None:
-                    state["proj_left"] = P
-                if Q is not None:
-                    state["proj_right"] = Q
+            if self._refresh_due(state, group):
+                self._set_projection(state, p, grad, group, side)
             P, Q = state.get("proj_left"), state.get("proj_right")
             low = project(grad, side, P, Q)
         else:
@@ -183,30 +181,52 @@ class GaLoreAdamW(Optimizer):
 
         if "exp_avg" not in state:
             self._init_moments(state, low)
+        if galore:
+            # One GEMM writes P R (or R Q) straight into p, scaled and decayed: no m x n temporary.
+            direction, coef, decay = self._low_rank_direction(state, low, group)
+            add_projected_back(p, direction.to(p.dtype), side, P, Q, alpha=coef, beta=decay)
+            return
+        self._dense_adam(p, grad, state, group)
+
+    @staticmethod
+    def _refresh_due(state: dict, group: dict) -> bool:
+        return state["step"] % group["update_proj_gap"] == 0 or not ("proj_left" in state or "proj_right" in state)
+
+    def _set_projection(self, state: dict, p: torch.Tensor, full_grad: torch.Tensor, group: dict, side: str) -> None:
+        name = self.param_names.get(id(p), f"a parameter of shape {tuple(p.shape)}")
+        P, Q = compute_projection(
+            full_grad, int(group["rank"]), side, group.get("svd", "exact"), name, seed=state["step"] + p.numel()
+        )
+        if P is not None:
+            state["proj_left"] = P
+        if Q is not None:
+            state["proj_right"] = Q
+
+    def _low_rank_direction(self, state: dict, low: torch.Tensor, group: dict):
+        """Adam on a (part of a) projected gradient `low`: advances the moments and the step count and
+        returns (direction, coef, decay) such that the update is p <- decay p + coef back(direction).
+        Element-wise (8-bit: per 256-element block), so any block-aligned slice of `low` gives that slice
+        of the whole direction."""
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
         state["step"] += 1
         t = state["step"]
-
         # Decoupled weight decay after the update, as galore-torch does: p <- (1 - lr wd) (p - update).
         decay = 1.0 - lr * wd if wd > 0.0 else 1.0
         if state["exp_avg"].dtype == torch.uint8:
             F = _bnb_functional()
             qmap1, qmap2 = self._qmap(low.device)
             low = low.contiguous()
-            # Dense parameters are updated in place by the kernel; a projected one gets its low-rank Adam
-            # direction, negated, in a zero buffer (lr 1, no decay), which is then projected back.
-            target = torch.zeros_like(low) if galore else p
+            # The low-rank Adam direction, negated, into a zero buffer (lr 1, no decay), then projected back.
+            target = torch.zeros_like(low)
             F.optimizer_update_8bit_blockwise(
                 "adam", low, target, state["exp_avg"], state["exp_avg_sq"],
                 beta1=beta1, beta2=beta2, beta3=0.0, alpha=0.0, eps=eps, step=t,
-                lr=1.0 if galore else lr, qmap1=qmap1, qmap2=qmap2,
+                lr=1.0, qmap1=qmap1, qmap2=qmap2,
                 absmax1=state["absmax1"], absmax2=state["absmax2"],
                 weight_decay=0.0, gnorm_scale=1.0, skip_zeros=False,
             )
-            if galore:
-                add_projected_back(p, target, side, P, Q, alpha=lr * group["scale"] * decay, beta=decay)
-            elif wd > 0.0:
-                p.add_(p, alpha=-lr * wd)
-            return
+            return target, lr * group["scale"] * decay, decay
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.mul_(beta1).add_(low, alpha=1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(low, low, value=1.0 - beta2)
@@ -214,13 +234,36 @@ class GaLoreAdamW(Optimizer):
         if group.get("correct_bias", True):
             step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
         denom = exp_avg_sq.sqrt().add_(eps)
-        direction = torch.div(exp_avg, denom, out=denom)
-        if galore:
-            # One GEMM writes P R (or R Q) straight into p, scaled and decayed: no m x n temporary.
-            # (.to: 8-bit mode's float32 moments of a small R next to a bf16 weight and projector)
-            add_projected_back(p, direction.to(p.dtype), side, P, Q, alpha=-step_size * group["scale"] * decay, beta=decay)
+        # (the caller's .to: 8-bit mode's float32 moments of a small R next to a bf16 weight and projector)
+        return torch.div(exp_avg, denom, out=denom), -step_size * group["scale"] * decay, decay
+
+    def _dense_adam(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+        """Adam on an unprojected tensor `p` (plain tensors: a whole parameter, or this process's shard)."""
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        t = state["step"]
+        if state["exp_avg"].dtype == torch.uint8:
+            F = _bnb_functional()
+            qmap1, qmap2 = self._qmap(grad.device)
+            F.optimizer_update_8bit_blockwise(
+                "adam", grad.contiguous(), p, state["exp_avg"], state["exp_avg_sq"],
+                beta1=beta1, beta2=beta2, beta3=0.0, alpha=0.0, eps=eps, step=t,
+                lr=lr, qmap1=qmap1, qmap2=qmap2,
+                absmax1=state["absmax1"], absmax2=state["absmax2"],
+                weight_decay=0.0, gnorm_scale=1.0, skip_zeros=False,
+            )
+            if wd > 0.0:
+                p.add_(p, alpha=-lr * wd)
             return
-        p.add_(direction, alpha=-step_size)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        step_size = lr
+        if group.get("correct_bias", True):
+            step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+        denom = exp_avg_sq.sqrt().add_(eps)
+        p.add_(torch.div(exp_avg, denom, out=denom), alpha=-step_size)
         if wd > 0.0:
             p.add_(p, alpha=-lr * wd)
 
@@ -232,6 +275,9 @@ class GaLoreAdamW(Optimizer):
         beta1, beta2 = group["betas"]
         by_step: dict[int, tuple[list, list, list, list]] = {}
         for p in params:
+            if is_sharded(p):
+                self._update(p, group)
+                continue
             state = self.state[p]
             if "exp_avg" not in state:
                 state.setdefault("step", 0)

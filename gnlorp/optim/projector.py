@@ -56,6 +56,17 @@ def low_rank_shape(shape, rank: int, side: str) -> tuple[int, int]:
     return {"left": (r, n), "right": (m, r), "both": (r, r)}[side]
 
 
+def canonical_signs(U: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each singular vector (a column of U, a row of Vh) flipped so that its entry of largest magnitude is
+    positive. An SVD fixes each vector only up to sign, and LAPACK's choice can flip under a change of the
+    gradient in the 5th digit (the order of a data-parallel reduction); GaLore keeps its Adam moments across a
+    refresh, so a flipped vector turns that moment's sign and the trajectory with it. With this convention the
+    projector is a function of the subspace: 1, 2 or 4 processes, DDP or FSDP, compute the same one."""
+    u_sign = torch.sign(U.gather(0, U.abs().argmax(dim=0, keepdim=True)))
+    v_sign = torch.sign(Vh.gather(1, Vh.abs().argmax(dim=1, keepdim=True)))
+    return U * torch.where(u_sign == 0, 1.0, u_sign).to(U.dtype), Vh * torch.where(v_sign == 0, 1.0, v_sign).to(Vh.dtype)
+
+
 def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int):
     """Top-`rank` singular vectors of `matrix`, in float32 (float64 on a retry)."""
     if not bool(torch.isfinite(matrix).all()):
@@ -74,9 +85,9 @@ def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int):
                     torch.manual_seed(seed)
                     q = min(2 * rank, *work.shape)  # oversampling keeps the subspace close to the exact one
                     U, _, V = torch.svd_lowrank(work.to(dtype), q=q, niter=2)
-                return U[:, :rank], V[:, :rank].T
+                return canonical_signs(U[:, :rank], V[:, :rank].T)
             U, _, Vh = torch.linalg.svd(work.to(dtype), full_matrices=False)
-            return U[:, :rank], Vh[:rank, :]
+            return canonical_signs(U[:, :rank], Vh[:rank, :])
         except torch.linalg.LinAlgError:
             continue
     raise SVDFailedError(
