@@ -656,6 +656,16 @@ def _color(method: str) -> str:
     return SPECS[method].color if method in SPECS else "#9467bd"
 
 
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _style(method: str) -> tuple[str, str]:
+    """(line style, marker) of a method: distinct for the registry's methods, so no line hides another's."""
+    i = list(SPECS).index(method) if method in SPECS else len(SPECS)
+    return _STYLES[i % len(_STYLES)], _MARKERS[i % len(_MARKERS)]
+
+
 def _figure(w: float, h: float, **margins):
     from matplotlib.figure import Figure
 
@@ -693,14 +703,45 @@ def loss_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> 
         key = key_of(r)
         label = labels[key] if key not in seen else None
         seen.add(key)
-        ax.plot(xs, ys, color=_color(r.method), lw=1.0, alpha=0.85, label=label,
-                ls="--" if r.precision == "8bit" else "-")
+        ax.plot(xs, ys, color=_color(r.method), lw=1.0, alpha=0.85, label=label, ls=_style(r.method)[0])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss" + (f" (moving average of {window} points)" if window > 1 else ""))
     ax.set_title(title)
     ax.grid(True, lw=0.3, alpha=0.5)
     if seen:
         ax.legend(loc="upper right")
+    _save(fig, path)
+
+
+def dev_metric_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> None:
+    """The dev metric the table reports, per epoch: per row (method, rank, precision, variant) the median over
+    seeds as a line with markers, and the seeds' min-max range as a band of the same colour."""
+    split, metric = HEADLINE.get(runs[0].task, ("validation", "accuracy"))
+    fig = _figure(6.4, 3.8, left=0.11, right=0.98, bottom=0.13, top=0.91)
+    ax = fig.add_subplot()
+    rows: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        for e in r.record.get("eval_history") or []:
+            v = ((e.get("metrics") or {}).get(split) or {}).get(metric)
+            if e.get("epoch") is not None and isinstance(v, (int, float)) and math.isfinite(v):
+                rows[key_of(r)][int(e["epoch"])].append(100.0 * v)
+    for key in sorted(rows, key=lambda k: _row_order(*k)):
+        epochs = sorted(rows[key])
+        values = [rows[key][e] for e in epochs]
+        ls, marker = _style(key[0])
+        color = _color(key[0])
+        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.12, lw=0)
+        ax.plot(epochs, [statistics.median(v) for v in values], color=color, ls=ls, marker=marker, ms=4, lw=1.2,
+                label=labels[key])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{METRIC_LABEL.get(metric, metric)} ×100 ({split})")
+    ax.set_title(title)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    if rows:
+        ax.legend(loc="best", fontsize="small")
     _save(fig, path)
 
 
@@ -784,10 +825,10 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
                 labels = _labels(keys, "glue", with_rank=True)
                 for task in sorted({r.task for r in rs}, key=lambda t: (GLUE_TASKS + (t,)).index(t)):
                     trs = [r for r in rs if r.task == task]
-                    name = f"loss_glue_{_safe(model)}_{task}.png"
-                    loss_plot(out / name, f"GLUE {TASK_LABEL.get(task, task)}, {model}: training loss per method "
-                              "(one line per run)", trs, labels,
-                              lambda r: (r.method, r.rank, r.precision, r.variant))
+                    name = f"dev_glue_{_safe(model)}_{task}.png"
+                    dev_metric_plot(out / name, f"GLUE {TASK_LABEL.get(task, task)}, {model}: dev score per epoch "
+                                    "(median over seeds, band: min-max)", trs, labels,
+                                    lambda r: (r.method, r.rank, r.precision, r.variant))
                     written.add(name)
             else:
                 table = c4_table(stem, rs, excluded_by_group.get(stem, []))

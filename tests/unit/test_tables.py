@@ -155,8 +155,8 @@ def test_writes_one_table_per_model_and_scale_and_the_plots(built):
         "c4_llama_7b.md", "c4_llama_7b.tex", "c4_other-sizes.md", "c4_other-sizes.tex", "c4_paper-sizes.md",
         "c4_paper-sizes.tex", "glue_bert_tiny.md", "glue_bert_tiny.tex", "glue_minilm.md", "glue_minilm.tex",
         "index.md", "loss_c4_llama_20m.png", "loss_c4_llama_60m.png", "loss_c4_llama_7b.png",
-        "loss_glue_bert_tiny_rte.png", "loss_glue_minilm_cola.png", "loss_glue_minilm_mrpc.png",
-        "loss_glue_minilm_wnli.png", "memory.md", "memory.png", "memory.tex",
+        "dev_glue_bert_tiny_rte.png", "dev_glue_minilm_cola.png", "dev_glue_minilm_mrpc.png",
+        "dev_glue_minilm_wnli.png", "memory.md", "memory.png", "memory.tex",
     ])
     for p in paths:
         if p.suffix == ".png":
