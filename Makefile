@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[runner,offline,test]" "$(firstword $(TORCH))"
+	$(BIN)/pip install -q -e ".[runner,slurm,offline,test]" "$(firstword $(TORCH))"
 	touch $@
 
 test: setup

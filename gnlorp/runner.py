@@ -103,7 +103,22 @@ def _check_data_dirs(cfg: DictConfig) -> None:
                 c4_files(data_dir, split)
 
 
+def distributed_env_from_slurm() -> None:
+    """Under SLURM without torchrun (hydra/launcher=slurm: one task per GPU), set RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR and MASTER_PORT from SLURM's environment with submitit, as torchrun would have."""
+    if "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError:
+        raise UserError("a SLURM job of several tasks needs submitit to set up torch.distributed; "
+                        "pip install 'gnlorp[slurm]', or start the processes with torchrun.") from None
+    os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
+    distributed_env_from_slurm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     derived = check_config(cfg, world)

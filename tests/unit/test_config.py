@@ -111,3 +111,31 @@ def test_help_shows_the_commands_and_only_public_choices():
     assert "python run.py experiment=c4_llama_20m_cpu method=gradnormlorp" in p.stdout  # run.py's documented commands
     assert "glue/mrpc" in p.stdout and "c4_llama_20m_cpu" in p.stdout and "gnlorp.schema" in p.stdout
     assert "_common" not in p.stdout and "_c4_paper" not in p.stdout  # shared parts are not choices
+
+
+def test_slurm_launcher_preset_composes_and_tasks_become_torch_distributed_ranks(monkeypatch):
+    """hydra/launcher=slurm is submitit's SLURM launcher with one task per GPU; inside a job of 2 nodes x 2 tasks,
+    task 3 becomes rank 3 of 4 (local rank 1) with the first node as master, as torchrun would set it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "hydra/launcher=slurm", "hydra.launcher.nodes=2",
+                        "hydra.launcher.tasks_per_node=2", "--cfg", "hydra"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    launcher = yaml.safe_load(p.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher") and (launcher["nodes"], launcher["tasks_per_node"]) == (2, 2)
+    from gnlorp.runner import distributed_env_from_slurm
+
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
+                       "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
+                       "SLURM_JOB_NODELIST": "gpu[07-08]"}.items():
+        monkeypatch.setenv(key, value)
+    distributed_env_from_slurm()
+    import os
+
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("4", "3", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu07" and 20000 <= int(os.environ["MASTER_PORT"]) <= 60000
