@@ -168,6 +168,7 @@ class WandbLogger:
             init_kwargs.update(id=resume_id or run_id, resume="allow")
         offline_where = f"logging offline to {self.dir / 'wandb'} — sync later with 'wandb sync'."
 
+        attempted_online = False
         if requested == "online":
             has_key, why = api_key_status()
             if not has_key:
@@ -175,11 +176,16 @@ class WandbLogger:
                     f"W&B: {why} (set WANDB_API_KEY or run 'wandb login'); {offline_where}"
                 )
             else:
+                attempted_online = True
                 try:
                     self._init(wandb, "online", init_kwargs, online_init_timeout)
                     return
                 except Exception as e:  # noqa: BLE001 - unreachable server, bad key, timeout
                     self._notice(f"W&B: online init failed ({_reason(e)}); {offline_where}")
+        if attempted_online and not resume_id:
+            # a failed online init keeps its run id busy in wandb's service: the offline copy takes a new one
+            init_kwargs.pop("id", None)
+            init_kwargs.pop("resume", None)
         try:
             self._init(wandb, "offline", init_kwargs, OFFLINE_INIT_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001

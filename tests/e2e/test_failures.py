@@ -596,4 +596,4 @@ def test_unreachable_wandb_server_and_bad_key_do_not_stop_training(tmp_path):
     assert len(notices) == 1 and "online init failed" in notices[0] and "logging offline" in notices[0], out[-3000:]
     [rec] = _records(tmp_path / "results")
     assert rec["status"] == "complete"
-    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
+    assert len(list((tmp_path / "outputs").rglob("offline-run-*"))) == 1  # W&B's folder: with the Hydra outputs

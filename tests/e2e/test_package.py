@@ -32,11 +32,12 @@ def installed(tmp_path_factory):
     python = tmp / "venv" / "bin" / "python"
     site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    # dependencies: this environment's site-packages as a plain path (its .pth files, the editable finder of the
-    # checkout among them, are not processed)
-    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
                    check=True, capture_output=True, timeout=300)
+    # then the dependencies: this environment's site-packages as a plain path (its .pth files, the editable
+    # finder of the checkout among them, are not processed). Only after the install: a pip that saw this
+    # environment's gnlorp on its path would uninstall it from here.
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python, tmp / "venv" / "bin" / "gnlorp", wheel, tmp
 
 
