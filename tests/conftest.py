@@ -50,21 +50,26 @@ def tiny_c4(tmp_path, *extra: str) -> list[str]:
     ]
 
 
+def cli_env(extra: dict | None = None) -> dict:
+    """This environment, unbuffered, with `extra` set (a None value removes the variable)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
 def run_cli(args: list[str], cwd, env_extra: dict | None = None, timeout: float = 240):
     """`python run.py <args>` as a user runs it, in `cwd`; the CompletedProcess gets `.seconds`."""
     import subprocess
     import sys
     import time
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for key, value in (env_extra or {}).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=timeout)
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=cli_env(env_extra),
+                       capture_output=True, text=True, timeout=timeout)
     p.seconds = time.monotonic() - t0
     return p
 

@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 
 from .sharded import is_sharded, sharded_update
 from .projector import PROJ_TYPES, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
+from .state_dtypes import keep_saved_state_dtypes
 
 BLOCKSIZE = 256  # bitsandbytes' block size for blockwise 8-bit optimizer states
 
@@ -306,14 +307,7 @@ class GaLoreAdamW(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        # torch casts every floating-param state tensor to the parameter's dtype, which would turn uint8
-        # moments into floats and block scales into bf16: keep each tensor's saved dtype instead.
-        params = [p for g in self.param_groups for p in g["params"]]
-        for index, saved in state_dict["state"].items():
-            state = self.state[params[index]]
-            for key, value in saved.items():
-                if torch.is_tensor(value) and state[key].dtype != value.dtype:
-                    state[key] = value.to(device=params[index].device)
+        keep_saved_state_dtypes(self, state_dict)
         self._group_index = None
 
 

@@ -24,11 +24,12 @@ import math
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .adapter_linear import FactorsLinear
 
-class ReLoRALinear(nn.Module):
+
+class ReLoRALinear(FactorsLinear):
     """y = x W^T + b + dropout(x) A^T B^T * scaling; W and b frozen. B starts at zero, so wrapping a layer
     leaves its function unchanged. Buffers (so checkpoints carry them): `resets` counts the merges, `seed`
 seeds the re-initializations of A."""
@@ -47,13 +48,6 @@ seeds the re-initializations of A."""
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.register_buffer("resets", torch.zeros((), dtype=torch.int64, device=w.device))
         self.register_buffer("seed", torch.tensor(int(seed), device=w.device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
-        return out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
-
-    def merged_weight(self) -> torch.Tensor:
-        return self.weight + (self.lora_B @ self.lora_A) * self.scaling
 
     @torch.no_grad()
     def merge_and_reinit(self) -> None:

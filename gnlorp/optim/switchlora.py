@@ -41,6 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import Optimizer
 
+from .adapter_linear import FactorsLinear
+from .state_dtypes import keep_saved_state_dtypes
+
 BLOCKSIZE = 256   # bitsandbytes' block size for blockwise 8-bit states
 POOLS = ("candidates_A", "candidates_B")
 
@@ -81,7 +84,7 @@ def switch_count(step: int, rank: int, base_interval: float, descend_steps: floa
 
 
 # ----------------------------------------------------------------------------- the layer
-class SwitchLoRALinear(nn.Module):
+class SwitchLoRALinear(FactorsLinear):
     """y = x W^T + b + dropout(x) A^T B^T * scaling, with candidate pools and the bookkeeping of the swaps
     in buffers (so a checkpoint holds them): selected_A/B (pool index of each row of A / column of B),
     frozen_A/B (steps each A row / B column stays frozen), cursor (next A row, next B column), switched
@@ -130,13 +133,6 @@ class SwitchLoRALinear(nn.Module):
             return super()._apply(fn, recurse)
         finally:
             self._buffers.update(parked)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
-        return out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
-
-    def merged_weight(self) -> torch.Tensor:
-        return self.weight + (self.lora_B @ self.lora_A) * self.scaling
 
     @torch.no_grad()
     def tick(self) -> None:
@@ -320,10 +316,4 @@ class SwitchAdamW(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
-        # torch casts floating state to the parameter's dtype; the uint8 codes and float32 steps must stay.
-        params = [p for g in self.param_groups for p in g["params"]]
-        for index, saved in state_dict["state"].items():
-            state = self.state[params[index]]
-            for key, value in saved.items():
-                if torch.is_tensor(value) and state[key].dtype != value.dtype:
-                    state[key] = value.to(device=params[index].device)
+        keep_saved_state_dtypes(self, state_dict)

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import C4_DIR, GLUE_DIR, ROOT, compose, needs_shared, tiny_c4, tiny_glue
+from conftest import (C4_DIR, GLUE_DIR, ROOT, cli_env, compose, needs_shared, run_cli, tiny_c4, tiny_glue,
+                      with_overrides)
 
 pytestmark = needs_shared
 
@@ -46,28 +47,7 @@ def _restore_torch_threads():
     torch.set_num_threads(threads)
 
 
-def _with(args: list[str], *overrides: str) -> list[str]:
-    """`args` with each `key=value` of `overrides` replacing the entry for that key (one entry per key)."""
-    keys = {o.split("=", 1)[0] for o in overrides}
-    return [a for a in args if a.split("=", 1)[0] not in keys] + list(overrides)
-
-
-def _env(extra: dict | None = None) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for key, value in (extra or {}).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-def _cli(args, tmp_path, env_extra=None, timeout=240):
-    t0 = time.monotonic()
-    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, env=_env(env_extra),
-                       capture_output=True, text=True, timeout=timeout)
-    p.seconds = time.monotonic() - t0
-    return p
+_with, _env, _cli = with_overrides, cli_env, run_cli
 
 
 def _records(results: Path) -> list[dict]:
