@@ -57,7 +57,7 @@ def _train(model_name, method, rank, optim_bits, device, steps, batch, seq_len, 
     seconds = time.perf_counter() - t0
     predicted = peak(Setup(model=model_name, method=method, rank=cfg.rank, dtype="bf16", optim_bits=optim_bits,
                            batch=batch, seq_len=seq_len, layerwise=layerwise, checkpointing=checkpointing,
-                           svd=cfg.svd)).peak
+                           svd=getattr(cfg, "svd", "auto"))).peak
     row = {"model": model_name, "method": method, "rank": cfg.rank, "optim_bits": optim_bits, "layerwise": layerwise,
            "checkpointing": checkpointing, "steps": steps, "batch": batch, "seq_len": seq_len,
            "tokens_per_second": steps * batch * seq_len / seconds, "first_loss": losses[0], "last_loss": losses[-1],

@@ -33,9 +33,7 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
         if cfg.optim_bits == 8:
             from ..optim.bnb import import_bitsandbytes
 
-            bnb = import_bitsandbytes()
-
-            return bnb.optim.AdamW8bit(groups, **kw)
+            return import_bitsandbytes().optim.AdamW8bit(groups, **kw)
         return torch.optim.AdamW(groups, **kw)
 
     opt = GaLoreAdamW(groups, optim_bits=cfg.optim_bits, svd=getattr(cfg, "svd", "exact"), **kw)
