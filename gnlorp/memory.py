@@ -201,7 +201,7 @@ def main(argv=None) -> None:
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     rows = llama_memory_table(args.sizes, args.ranks)
-    print("Optimizer-state memory (analytic, checked against real optimizer tensors in tests/test_memory.py);")
+    print("Optimizer-state memory (analytic, checked against real optimizer tensors in tests/unit/test_memory.py);")
     print("embeddings, norms and the LM head on dense AdamW for every method; LoRA's frozen W not counted.\n")
     print(format_table(rows))
     if args.json:

@@ -635,7 +635,7 @@ def memory_tables(rows: list[dict]) -> Table:
             ["Method", "States"] + [f"r={k}" for k in ranks], by_rank, ["l", "l"] + ["r"] * len(ranks)))
     notes = [
         "Optimizer-state bytes from gnlorp.memory.llama_memory_table (METHOD.md's formulas, checked against the real "
-        "optimizer tensors in tests/test_memory.py), in GB = 10^9 bytes as in GaLore Table 6; in parentheses the saving "
+        "optimizer tensors in tests/unit/test_memory.py), in GB = 10^9 bytes as in GaLore Table 6; in parentheses the saving "
         "against BF16 AdamW on the same model. Embeddings, norms and the LM head keep dense AdamW states for every "
         "method; LoRA's frozen weights are not optimizer state.",
         "16-bit: BF16 moments and projectors; 8-bit: blockwise 8-bit moments (bitsandbytes; tensors under 4096 "
@@ -758,7 +758,7 @@ def memory_plot(path: Path, rows: list[dict]) -> None:
             gb, pct = [], []
             for s in sizes:
                 r = by.get((s, m, PAPER_RANK[s] if is_low_rank(m) else None, bits))
-                gb.append(r["state_bytes"] / 1e9 if r else 0.0)
+                gb.append(r["state_bytes"] / 2**30 if r else 0.0)  # GiB, as `make memory` and the README
                 pct.append(100 * r["saving_vs_bf16_adamw"] if r else 0.0)
             xs = [k + (2 * i + j - (n - 1) / 2) * width for k in range(len(sizes))]
             style = dict(width=width, color=_color(m), edgecolor="black", linewidth=0.4,
@@ -770,7 +770,7 @@ def memory_plot(path: Path, rows: list[dict]) -> None:
         ax.set_xticks(range(len(sizes)), ticks)
         ax.grid(True, axis="y", lw=0.3, alpha=0.5)
     ax_gb.set_yscale("log")
-    ax_gb.set_ylabel("optimizer state (GB, log scale)")
+    ax_gb.set_ylabel("optimizer state (GiB, log scale)")
     ax_gb.set_title("Optimizer-state memory per method and size")
     ax_pct.set_ylabel("saving vs BF16 AdamW (%)")
     ax_pct.set_title("Saving vs BF16 AdamW; lines: published claims (LLaMA-7B)")
