@@ -412,6 +412,7 @@ def test_paper_60m_recipe_runs_three_steps_on_the_cpu(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr[-3000:]
-    rec = json.loads((tmp_path / "results" / "c4-llama_60m-gradnormlorp-r128-fp32-s0.json").read_text())
+    (result,) = (tmp_path / "results").glob("c4-llama_60m-gradnormlorp-r128-fp32-s0-*.json")  # <name>-<hash>
+    rec = json.loads(result.read_text())
     assert rec["status"] == "complete" and rec["train"]["steps"] == 3 and rec["train"]["tokens"] == 3 * 8 * 256
     assert rec["train"]["data_passes"] == 1 and rec["eval"]["validation"]["tokens"] == 8 * 255
