@@ -126,16 +126,19 @@ def test_slurm_launcher_preset_composes_and_tasks_become_torch_distributed_ranks
     assert p.returncode == 0, p.stderr[-2000:]
     launcher = yaml.safe_load(p.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher") and (launcher["nodes"], launcher["tasks_per_node"]) == (2, 2)
+    import os
+
     from gnlorp.runner import distributed_env_from_slurm
 
+    # submitit writes os.environ directly: give it a copy that the test's end throws away (a leaked WORLD_SIZE
+    # would make every later in-process run wait for 3 more processes)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        os.environ.pop(key, None)
     for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
                        "SLURM_LOCALID": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1",
                        "SLURM_JOB_NODELIST": "gpu[07-08]"}.items():
-        monkeypatch.setenv(key, value)
+        os.environ[key] = value
     distributed_env_from_slurm()
-    import os
-
     assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("4", "3", "1")
     assert os.environ["MASTER_ADDR"] == "gpu07" and 20000 <= int(os.environ["MASTER_PORT"]) <= 60000
