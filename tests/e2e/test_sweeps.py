@@ -275,12 +275,13 @@ def test_cpu_c4_sweep_runs_and_skips_complete_runs_on_a_rerun(tmp_path):
     """The real `python run.py -m -cd sweeps -cn cpu_c4`, shrunk to a tiny LLaMA, 2 steps and one method, twice."""
     args = [str(ROOT / "run.py"), "-m", "-cd", "sweeps", "-cn", "cpu_c4", "method=galore", "model=llama_tiny",
             "model.tokenizer=mistral-sp", "task.seq_len=64", "train.max_steps=2", "train.eval_every=null",
-            "task.eval_tokens=512", "task.max_train_blocks=16", "train.num_threads=1", f"task.data_dir={C4_DIR}",
+            "task.eval_tokens=512", f"task.cache_dir={tmp_path}/cache", "train.num_threads=1", f"task.data_dir={C4_DIR}",
             f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/ck", "logger.mode=disabled",
             f"hydra.sweep.dir={tmp_path}/multirun"]
     first = _cli(args, ROOT, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    rec = json.loads((tmp_path / "results" / "c4-llama_tiny-galore-r64-fp32-s0.json").read_text())
+    (result,) = (tmp_path / "results").glob("c4-llama_tiny-galore-r64-fp32-s0-*.json")  # <name>-<hash>
+    rec = json.loads(result.read_text())
     assert rec["status"] == "complete" and rec["config"]["rank"] == 64 and rec["train"]["steps"] == 2
     second = _cli(args, ROOT, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
