@@ -195,7 +195,16 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """`python -m gnlorp.memory`: the optimizer-state table; `python -m gnlorp.memory peak --model ... --method ...`:
+    the whole training peak, broken down (gnlorp/memory_model.py; `peak --help` lists its options)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["peak"]:
+        from .memory_model import main as peak_main
+
+        return peak_main(argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="`peak --help`: the whole training peak")
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
     ap.add_argument("--ranks", nargs="*", type=int, default=list(RANKS))
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")

@@ -117,3 +117,16 @@ def test_peak_of_full_training_by_hand():
     assert br.peak_phase == "optimizer_step"
     steps = 4 * (3 + 4 * 9)  # torch.optim.AdamW's float32 step scalar per parameter: 3 + 9 per layer
     assert br.peak == 4 * n + (8 * n + steps) + 4 * n + 2 * 4 * 32000 * 256
+
+
+def test_python_m_gnlorp_memory_peak_prints_the_breakdown(capsys):
+    """`python -m gnlorp.memory peak ...` is the memory model's command: its JSON equals peak() for the setup."""
+    import json
+
+    from gnlorp.memory import main
+
+    main(["peak", "--model", "llama_20m", "--method", "galore", "--rank", "64", "--batch", "2", "--seq-len", "128",
+          "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    expected = peak(Setup(model="llama_20m", method="galore", rank=64, batch=2, seq_len=128)).as_dict()
+    assert printed == json.loads(json.dumps(expected)) and printed["peak"] > printed["weights"] > 0
