@@ -78,3 +78,19 @@ def with_overrides(args: list[str], *overrides: str) -> list[str]:
     """`args` with each `key=value` of `overrides` replacing the entry for that key (one entry per key)."""
     keys = {o.split("=", 1)[0] for o in overrides}
     return [a for a in args if a.split("=", 1)[0] not in keys] + list(overrides)
+
+
+def straight_and_resumed_c4(tmp_path, *extra: str):
+    """The tiny C4 run twice: uninterrupted (in tmp/a), and stopped after step 7 then resumed (in tmp/b).
+    Returns (straight, part, resumed outcomes, final model state a, final model state b)."""
+    import torch
+
+    from gnlorp.runner import run
+
+    quiet = lambda *_: None  # noqa: E731
+    straight = run(compose(tiny_c4(tmp_path / "a", *extra)), echo=quiet)
+    part = run(compose(tiny_c4(tmp_path / "b", *extra, "train.stop_at_step=7")), echo=quiet)
+    resumed = run(compose(tiny_c4(tmp_path / "b", *extra, "resume=true")), echo=quiet)
+    name = straight.path.stem
+    a, b = (torch.load(tmp_path / d / "checkpoints" / name / "last.pt", weights_only=True)["model"] for d in "ab")
+    return straight, part, resumed, a, b

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import compose, needs_shared, tiny_c4
+from conftest import needs_shared, straight_and_resumed_c4
 from gnlorp.errors import UserError
 from gnlorp.methods import MethodConfig, get_method
 from gnlorp.optim.switchlora import (
@@ -256,18 +256,11 @@ def test_bad_settings_are_user_errors(bad, match):
 @needs_shared
 @pytest.mark.slow
 def test_c4_run_resumes_exactly_through_the_runner(tmp_path):
-    from gnlorp.runner import run
-
     extra = ("method=switchlora", "train.lr=1e-2", "method.switch_lora_interval=8", "method.adam_warm_step=2")
-    straight = run(compose(tiny_c4(tmp_path / "a", *extra)), echo=lambda *_: None)
-    part = run(compose(tiny_c4(tmp_path / "b", *extra, "train.stop_at_step=7")), echo=lambda *_: None)
-    resumed = run(compose(tiny_c4(tmp_path / "b", *extra, "resume=true")), echo=lambda *_: None)
+    straight, part, resumed, a, b = straight_and_resumed_c4(tmp_path, *extra)
     assert straight.status == resumed.status == "complete" and part.status == "incomplete"
     mem = straight.record["memory"]
     assert mem["optimizer_state_bytes"] == mem["optimizer_state_bytes_analytic"] > 0
-    name = straight.path.stem
-    a = torch.load(tmp_path / "a" / "checkpoints" / name / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "b" / "checkpoints" / name / "last.pt", weights_only=True)["model"]
     assert sum(int(v[0]) for k, v in a.items() if k.endswith("switched")) > 0, "the run swapped vectors"
     assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
     assert straight.record["loss_curve"] == resumed.record["loss_curve"]
