@@ -63,6 +63,7 @@ def main(out_dir: str) -> None:
     torch.save({n: p.detach().clone() for n, p in model.named_parameters()}, out / f"rank{rank}.pt")
     (out / f"rank{rank}.json").write_text(json.dumps({"losses": losses, "refreshes": refreshes}))
     if world > 1:
+        torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
         torch.distributed.destroy_process_group()
 
 

@@ -203,6 +203,7 @@ def main() -> None:
     for case in cases:
         run_case(case, out, world, rank, stop, Path(ckpt_arg) if ckpt_arg else None, resume, counter)
     if world > 1:
+        torch.distributed.barrier()  # no rank tears gloo down while another still talks to it
         torch.distributed.destroy_process_group()
 
 
