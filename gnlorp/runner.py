@@ -345,7 +345,20 @@ def run(cfg: DictConfig, echo=print, multirun: bool = False) -> Outcome:
         echo(f"Resumed from {plan.checkpoint_path} at step {loop.pos.step} of {total_steps}.")
         del resume_state
     write_identity(plan)
-    return train_and_record(plan, loop, tracker, trainable, device, total_steps, steps_per_epoch, echo)
+    outcome = train_and_record(plan, loop, tracker, trainable, device, total_steps, steps_per_epoch, echo)
+    _end_distributed(plan)  # not after an exception: a rank that raised alone would leave the others waiting
+    return outcome
+
+
+def _end_distributed(plan: Plan) -> None:
+    """Every rank reaches this point before the process group goes (no rank tears it down mid-collective)."""
+    if plan.world <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wandb_id, echo):
