@@ -36,7 +36,9 @@ def predict(model: str, method: str, rank: int, seq_len: int, layerwise: bool = 
 
 def run(model_name: str, method: str, rank: int, seq_len: int, steps: int, threads: int | None,
         save=lambda result: None) -> dict:
-    import bitsandbytes  # noqa: F401  (imported before the baseline, as the optimizer needs it)
+    from ..optim.bnb import import_bitsandbytes
+
+    import_bitsandbytes()  # before the baseline, as the optimizer needs it
     import transformers  # noqa: F401
 
     from ..methods import MethodConfig, get_method

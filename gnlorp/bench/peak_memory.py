@@ -32,7 +32,9 @@ def child(model_name: str, method: str, rank: int | None, batch: int, seq_len: i
     import torch
 
     torch.set_num_threads(1)
-    import bitsandbytes  # noqa: F401
+    from ..optim.bnb import import_bitsandbytes
+
+    import_bitsandbytes()
     import peft  # noqa: F401
     import transformers  # noqa: F401
 

@@ -27,6 +27,7 @@ import torch
 from torch.optim import Optimizer
 
 from .sharded import is_sharded, sharded_update
+from .bnb import adam_qmaps
 from .projector import PROJ_TYPES, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
 from .state_dtypes import keep_saved_state_dtypes
 
@@ -135,14 +136,32 @@ class GaLoreAdamW(Optimizer):
             self._group_index = index = {id(q): g for g in self.param_groups for q in g["params"]}
         return index[id(p)]
 
-    def _qmap(self, device):
-        if device not in self._qmaps:
-            F = _bnb_functional()
-            self._qmaps[device] = (
-                F.create_dynamic_map(signed=True).to(device),
-                F.create_dynamic_map(signed=False).to(device),
-            )
-        return self._qmaps[device]
+    def _adam_8bit(self, grad: torch.Tensor, target: torch.Tensor, state: dict, group: dict, t: int, lr: float) -> None:
+        """bitsandbytes' blockwise 8-bit Adam: target <- target - lr * direction, moments updated in place."""
+        F = _bnb_functional()
+        qmap1, qmap2 = adam_qmaps(grad.device, self._qmaps)
+        beta1, beta2 = group["betas"]
+        F.optimizer_update_8bit_blockwise(
+            "adam", grad, target, state["exp_avg"], state["exp_avg_sq"],
+            beta1=beta1, beta2=beta2, beta3=0.0, alpha=0.0, eps=group["eps"], step=t,
+            lr=lr, qmap1=qmap1, qmap2=qmap2,
+            absmax1=state["absmax1"], absmax2=state["absmax2"],
+            weight_decay=0.0, gnorm_scale=1.0, skip_zeros=False,
+        )
+
+    @staticmethod
+    def _adam_float(grad: torch.Tensor, state: dict, group: dict, t: int) -> tuple[torch.Tensor, float]:
+        """Adam with float moments: updates them and returns (direction m / (sqrt(v) + eps), step size)."""
+        lr, eps = group["lr"], group["eps"]
+        beta1, beta2 = group["betas"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        step_size = lr
+        if group.get("correct_bias", True):
+            step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+        denom = exp_avg_sq.sqrt().add_(eps)
+        return torch.div(exp_avg, denom, out=denom), step_size
 
     def _init_moments(self, state: dict, low: torch.Tensor, numel: int | None = None) -> None:
         """Moments shaped like `low`; `numel` (default low's) decides 8-bit vs float, so a shard of a
@@ -208,63 +227,31 @@ class GaLoreAdamW(Optimizer):
         returns (direction, coef, decay) such that the update is p <- decay p + coef back(direction).
         Element-wise (8-bit: per 256-element block), so any block-aligned slice of `low` gives that slice
         of the whole direction."""
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
         state["step"] += 1
         t = state["step"]
         # Decoupled weight decay after the update, as galore-torch does: p <- (1 - lr wd) (p - update).
         decay = 1.0 - lr * wd if wd > 0.0 else 1.0
         if state["exp_avg"].dtype == torch.uint8:
-            F = _bnb_functional()
-            qmap1, qmap2 = self._qmap(low.device)
             low = low.contiguous()
             # The low-rank Adam direction, negated, into a zero buffer (lr 1, no decay), then projected back.
             target = torch.zeros_like(low)
-            F.optimizer_update_8bit_blockwise(
-                "adam", low, target, state["exp_avg"], state["exp_avg_sq"],
-                beta1=beta1, beta2=beta2, beta3=0.0, alpha=0.0, eps=eps, step=t,
-                lr=1.0, qmap1=qmap1, qmap2=qmap2,
-                absmax1=state["absmax1"], absmax2=state["absmax2"],
-                weight_decay=0.0, gnorm_scale=1.0, skip_zeros=False,
-            )
+            self._adam_8bit(low, target, state, group, t, lr=1.0)
             return target, lr * group["scale"] * decay, decay
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.mul_(beta1).add_(low, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(low, low, value=1.0 - beta2)
-        step_size = lr
-        if group.get("correct_bias", True):
-            step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-        denom = exp_avg_sq.sqrt().add_(eps)
         # (the caller's .to: 8-bit mode's float32 moments of a small R next to a bf16 weight and projector)
-        return torch.div(exp_avg, denom, out=denom), -step_size * group["scale"] * decay, decay
+        direction, step_size = self._adam_float(low, state, group, t)
+        return direction, -step_size * group["scale"] * decay, decay
 
     def _dense_adam(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
         """Adam on an unprojected tensor `p` (plain tensors: a whole parameter, or this process's shard)."""
-        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
         state["step"] += 1
         t = state["step"]
         if state["exp_avg"].dtype == torch.uint8:
-            F = _bnb_functional()
-            qmap1, qmap2 = self._qmap(grad.device)
-            F.optimizer_update_8bit_blockwise(
-                "adam", grad.contiguous(), p, state["exp_avg"], state["exp_avg_sq"],
-                beta1=beta1, beta2=beta2, beta3=0.0, alpha=0.0, eps=eps, step=t,
-                lr=lr, qmap1=qmap1, qmap2=qmap2,
-                absmax1=state["absmax1"], absmax2=state["absmax2"],
-                weight_decay=0.0, gnorm_scale=1.0, skip_zeros=False,
-            )
-            if wd > 0.0:
-                p.add_(p, alpha=-lr * wd)
-            return
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        step_size = lr
-        if group.get("correct_bias", True):
-            step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-        denom = exp_avg_sq.sqrt().add_(eps)
-        p.add_(torch.div(exp_avg, denom, out=denom), alpha=-step_size)
+            self._adam_8bit(grad.contiguous(), p, state, group, t, lr=lr)
+        else:
+            direction, step_size = self._adam_float(grad, state, group, t)
+            p.add_(direction, alpha=-step_size)
         if wd > 0.0:
             p.add_(p, alpha=-lr * wd)
 

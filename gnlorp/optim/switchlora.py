@@ -42,6 +42,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .adapter_linear import FactorsLinear
+from .bnb import adam_qmaps, import_bitsandbytes
 from .state_dtypes import keep_saved_state_dtypes
 
 BLOCKSIZE = 256   # bitsandbytes' block size for blockwise 8-bit states
@@ -183,9 +184,7 @@ def switchlora_layers(model: nn.Module) -> list[SwitchLoRALinear]:
 
 # ----------------------------------------------------------------------------- the optimizer
 def _zero_code(signed: bool) -> int:
-    import bitsandbytes.functional as BF
-
-    qmap = BF.create_dynamic_map(signed=signed)
+    qmap = adam_qmaps(torch.device("cpu"), {})[0 if signed else 1]
     return int((qmap == 0).nonzero()[0])
 
 
@@ -221,14 +220,6 @@ class SwitchAdamW(Optimizer):
     def set_frozen(self, p: torch.Tensor, counter: torch.Tensor, dim: int) -> None:
         self._frozen[id(p)] = (counter, dim)
 
-    def _qmap(self, device):
-        if device not in self._qmaps:
-            import bitsandbytes.functional as BF
-
-            self._qmaps[device] = (BF.create_dynamic_map(signed=True).to(device),
-                                   BF.create_dynamic_map(signed=False).to(device))
-        return self._qmaps[device]
-
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         state = self.state[p]
         per = group.get("per")
@@ -249,9 +240,8 @@ class SwitchAdamW(Optimizer):
     def _moments(self, state: dict, p: torch.Tensor):
         if state["exp_avg"].dtype != torch.uint8:
             return state["exp_avg"], state["exp_avg_sq"]
-        import bitsandbytes.functional as BF
-
-        q1, q2 = self._qmap(p.device)
+        BF = import_bitsandbytes().functional
+        q1, q2 = adam_qmaps(p.device, self._qmaps)
         m = BF.dequantize_blockwise(state["exp_avg"], absmax=state["absmax1"], code=q1, blocksize=BLOCKSIZE)
         v = BF.dequantize_blockwise(state["exp_avg_sq"], absmax=state["absmax2"], code=q2, blocksize=BLOCKSIZE)
         return m.view_as(p).float(), v.view_as(p).float()
@@ -259,9 +249,8 @@ class SwitchAdamW(Optimizer):
     def _store(self, state: dict, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
         if state["exp_avg"].dtype != torch.uint8:
             return
-        import bitsandbytes.functional as BF
-
-        q1, q2 = self._qmap(p.device)
+        BF = import_bitsandbytes().functional
+        q1, q2 = adam_qmaps(p.device, self._qmaps)
         for key, absmax, x, q in (("exp_avg", "absmax1", m, q1), ("exp_avg_sq", "absmax2", v, q2)):
             BF.quantize_blockwise(x.contiguous(), code=q, absmax=state[absmax], out=state[key], blocksize=BLOCKSIZE)
 
