@@ -91,6 +91,12 @@ def check_schema_values(cfg, schema=RunSettings, prefix: str = "") -> None:
 
 # --------------------------------------------------------------------------------------- derived values
 def learning_rate(cfg) -> float:
+    """The peak learning rate: train.lr, else the task's recipe for the method, times train.lr_factor."""
+    lr = _base_learning_rate(cfg) * float(cfg.train.lr_factor)
+    return float(f"{lr:.12g}")  # 1e-2 x 0.3 and 3e-3 are one learning rate (and one run identity)
+
+
+def _base_learning_rate(cfg) -> float:
     if cfg.train.lr is not None:
         return float(cfg.train.lr)
     table = cfg.task.lr or {}

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import UserError
 from .train import TrainData
 
 
@@ -43,7 +44,6 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
         max_train_samples=t.max_train_samples, max_eval_samples=t.max_eval_samples, seed=cfg.seed,
     )
     if not data.train:
-        from .errors import UserError
 
         raise UserError(f"The {t.name} train split is empty ({data.source}); check task.data_dir or task.max_train_samples.")
     from transformers.utils import logging as hf_logging
@@ -101,17 +101,14 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16)
                              cfg.seed, world, rank)
     stream.check()
     n_eval = max(1, t.eval_tokens // t.seq_len)
+    n_select = t.selection_tokens // t.seq_len
     eval_blocks: list[torch.Tensor] = []  # tokenized (or read from the cache) at the first evaluation, on rank 0
     model_cfg = dict(cfg.model)
     model_cfg["vocab_size"] = vocab_size_for(tokenizer, model_cfg["vocab_size"])
     model = build_llama(model_cfg, seed=cfg.seed)
     enable_activation_checkpointing(model, cfg.train.activation_checkpointing)
 
-    def evaluate(m: nn.Module) -> dict:
-        if not eval_blocks:
-            eval_blocks.append(cached_eval_blocks(tokenizer, data_dir, t.seq_len, n_eval, t.cache_dir))
-        blocks = eval_blocks[0]
-        m.eval()
+    def mean_loss(m: nn.Module, blocks: torch.Tensor) -> dict:
         total, count = 0.0, 0
         with torch.no_grad(), _autocast(device, autocast_dtype):
             for i in range(0, len(blocks), eval_batch_size):
@@ -121,7 +118,21 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16)
                 total += loss * n
                 count += n
         loss = total / count
-        return {"validation": {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}}
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
+
+    def evaluate(m: nn.Module) -> dict:
+        if not eval_blocks:
+            eval_blocks.append(cached_eval_blocks(tokenizer, data_dir, t.seq_len, n_eval + n_select, t.cache_dir))
+            if n_select and len(eval_blocks[0]) < n_eval + n_select:
+                raise UserError(f"C4 validation from {data_dir or 'the hub'} has {len(eval_blocks[0])} blocks of "
+                                f"{t.seq_len} tokens, fewer than task.eval_tokens + task.selection_tokens need "
+                                f"({n_eval} + {n_select}); lower task.selection_tokens.")
+        m.eval()
+        blocks = eval_blocks[0]
+        metrics = {"validation": mean_loss(m, blocks[:n_eval])}
+        if n_select:  # the blocks after the reported ones: for choosing settings, never reported
+            metrics["selection"] = mean_loss(m, blocks[n_eval:n_eval + n_select])
+        return metrics
 
     source = data_dir or "the hub (allenai/c4)"
     tokens = steps * cfg.train.batch_size * t.seq_len
@@ -136,5 +147,6 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16)
         higher_is_better=False,
         eval_at_epoch_end=False,
         description=f"C4: {tokens:,} train tokens ({steps} steps x {cfg.train.batch_size} x {t.seq_len}) streamed from "
-                    f"{source} by {t.streams} streams; validation: {n_eval} blocks",
+                    f"{source} by {t.streams} streams; validation: {n_eval} blocks"
+                    + (f", selection: the next {n_select}" if n_select else ""),
     )

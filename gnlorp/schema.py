@@ -32,6 +32,9 @@ def setting(default: Any = MISSING, help: str = "", *, identity: bool = True, fa
 class TrainSettings:
     lr: Optional[float] = setting(None, "peak learning rate; null: the task's recipe for the method (task.lr)",
                                   gt=0, finite=True)
+    lr_factor: float = setting(1.0, "multiplies the peak learning rate (train.lr or task.lr): one grid for every "
+                               "method around its own recipe, e.g. -m train.lr_factor=0.3,1,3", identity=False,
+                               gt=0, finite=True)
     epochs: int = setting(1, "passes over the training data (GLUE); capped by max_steps", ge=1)
     max_steps: Optional[int] = setting(None, "optimizer steps; caps epochs when both are set", ge=1)
     batch_size: int = setting(32, "examples per optimizer step, over all processes", ge=1)
@@ -83,6 +86,9 @@ class TaskSettings:
                                        identity=False)
     eval_tokens: int = setting(262144, "C4: validation budget in tokens (the first eval_tokens / seq_len blocks)",
                                ge=2)
+    selection_tokens: int = setting(
+        0, "C4: tokens of a second validation slice, the blocks after the reported ones, scored as 'selection' "
+           "for choosing settings (0: none)", ge=0)
 
 
 @dataclass
