@@ -136,6 +136,9 @@ class GaLoreFamily(MethodSettings):
                              choices=PROJ_TYPES)
     svd: str = setting("auto", "exact, randomized, or auto (randomized where rank <= min(m,n)/8)",
                        choices=("exact", "randomized", "auto"))
+    exact_projection: bool = setting(
+        False, "projected gradients that do not depend on FSDP's sharding (left: float64 sums, slow on most "
+               "consumer GPUs; full: P^T (G Q^T)), so 8-bit runs on N processes match one process's")
 
 
 @dataclass

@@ -95,6 +95,7 @@ class GaLoreAdamW(Optimizer):
         group.setdefault("update_proj_gap", 200)
         group.setdefault("scale", 1.0)
         group.setdefault("proj_type", "std")
+        group.setdefault("exact_projection", False)
         if group["proj_type"] not in PROJ_TYPES:
             raise ValueError(f"proj_type must be one of {PROJ_TYPES}, got {group['proj_type']!r}")
         if int(group["rank"]) <= 0 or int(group["update_proj_gap"]) <= 0:
@@ -195,7 +196,7 @@ class GaLoreAdamW(Optimizer):
             if self._refresh_due(state, group):
                 self._set_projection(state, p, grad, group, side)
             P, Q = state.get("proj_left"), state.get("proj_right")
-            low = project(grad, side, P, Q)
+            low = project(grad, side, P, Q, exact=bool(group["exact_projection"]))
         else:
             low = grad
 

@@ -109,7 +109,27 @@ def compute_projection(
     return P, Q
 
 
-def project(grad: torch.Tensor, side: str, P, Q) -> torch.Tensor:
+FLOAT64_CHUNK_ROWS = 1024  # rows of G converted to float64 at a time: a bounded temporary
+
+
+def left_sum_float64(grad: torch.Tensor, P) -> torch.Tensor:
+    """P^T G summed in float64 over chunks of G's rows, not rounded: any split of the rows (FSDP's shards,
+    then a float64 sum over the ranks) rounds to the same value once cast back, but for an exact tie."""
+    out = grad.new_zeros((P.shape[1], grad.shape[1]), dtype=torch.float64)
+    for s in range(0, grad.shape[0], FLOAT64_CHUNK_ROWS):
+        out.addmm_(P[s:s + FLOAT64_CHUNK_ROWS].double().t(), grad[s:s + FLOAT64_CHUNK_ROWS].double())
+    return out
+
+
+def project(grad: torch.Tensor, side: str, P, Q, exact: bool = False) -> torch.Tensor:
+    """The projected gradient R. `exact` (the exact_projection setting) computes it so that FSDP's row
+    shards give the same R to the last bit (optim/sharded.py): left, float64 sums rounded once; full,
+    P^T (G Q^T), whose G Q^T is row by row what each shard computes. 8-bit moments turn a last-bit
+    difference into another quantization level now and then, so only then do N processes match one."""
+    if exact and side == "left":
+        return left_sum_float64(grad, P).to(grad.dtype)
+    if exact and side == "both":
+        return torch.matmul(P.t(), grad @ Q.t())
     if side == "left":
         return torch.matmul(P.t(), grad)
     if side == "right":

@@ -23,6 +23,12 @@ Per step (b bytes per element, r = min(rank, m, n)):
       ranks: each rank reduce-scatters its r x n partial sum, runs Adam on its 1/W slice of R (block-aligned),
       and all-gathers the r x n Adam direction D; back P_i D is local.
   full (both): the same with the r x r partial sums P_i^T G_i Q^T.
+`exact_projection` makes R independent of the sharding, so that 8-bit moments (which turn a last-bit
+difference into another quantization level now and then: 3e-4 in the weights after 20 steps of
+tests/e2e/fsdp_worker.py's galore8_left without it) match one process's: left, the partial sums are float64,
+reduce-scattered as such (8 bytes an element) and rounded once; full, no reduce-scatter: every rank gathers
+the rows of G Q^T (m x r) and computes R = P^T (G Q^T) as one process does (float64 sums would not do here:
+right after a refresh R is nearly diagonal, and its off-diagonal entries are cancellation noise).
 `flat` sizes: a reduce-scatter of W k elements and an all-gather of W k elements, k = ceil(N / W) for N = r n
 (left), r r (full) or m r (right in 8-bit unaligned), rounded up to a multiple of 256 in 8-bit mode; that is
 the bytes of one all-reduce of R, split so that the moments stay sharded (1/W of R's per rank). Against the
@@ -39,7 +45,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from .projector import low_rank_shape, projection_side
+from .projector import left_sum_float64, low_rank_shape, projection_side
 
 BLOCKSIZE = 256  # bitsandbytes' block size (galore_adamw.BLOCKSIZE)
 
@@ -87,7 +93,7 @@ def layout(shape, rank: int, side: str, world: int, eight_bit: bool) -> str:
 
 
 def projection_bytes_per_step(shape, rank: int, proj_type: str, world: int, eight_bit: bool,
-                              element_bytes: int = 4) -> dict:
+                              element_bytes: int = 4, exact: bool = False) -> dict:
     """The documented per-step communication of the projection of one m x n weight (module docstring),
     as bytes of the full buffer of each collective; `refresh` is added on refresh steps only."""
     side = projection_side(shape, proj_type)
@@ -97,7 +103,12 @@ def projection_bytes_per_step(shape, rank: int, proj_type: str, world: int, eigh
         return {"reduce_scatter": 0, "all_gather": 0, "refresh_all_gather": refresh}
     low = low_rank_shape(shape, rank, side)
     k = flat_chunk(low[0] * low[1], world, eight_bit)
-    return {"reduce_scatter": world * k * element_bytes, "all_gather": world * k * element_bytes,
+    if exact and side == "both":  # G Q^T's rows gathered instead of a reduce-scatter of R
+        gathered_gq = world * math.ceil(m / world) * low[1] * element_bytes
+        return {"reduce_scatter": 0, "all_gather": gathered_gq + world * k * element_bytes,
+                "refresh_all_gather": refresh}
+    summed_bytes = 8 if exact and side == "left" else element_bytes  # float64 partial sums
+    return {"reduce_scatter": world * k * summed_bytes, "all_gather": world * k * element_bytes,
             "refresh_all_gather": refresh}
 
 
@@ -142,18 +153,28 @@ def sharded_update(opt, p, group: dict) -> None:
         weight.addmm_(direction.to(weight.dtype), Q, beta=decay, alpha=coef)
         return
 
-    if side == "left":
-        partial = P_i.t() @ grad
-    elif side == "both":
-        partial = (P_i.t() @ grad) @ Q.t()
-    else:
-        partial = grad.new_zeros(low_shape)
-        partial[start:start + rows] = grad @ Q.t()
+    exact = bool(group["exact_projection"])
     k = flat_chunk(numel, world, eight_bit)
-    flat = partial.new_zeros(world * k)
-    flat[:numel] = partial.reshape(-1)
-    mine = partial.new_empty(k)
-    dist.reduce_scatter_tensor(mine, flat, op=dist.ReduceOp.SUM, group=pg)
+    if exact and side == "both":  # R = P^T (G Q^T) from every shard's rows of G Q^T: one process's R, to the bit
+        R = P.t() @ _gather_rows(grad @ Q.t(), m, pg, world)
+        flat = R.new_zeros(world * k)
+        flat[:numel] = R.reshape(-1)
+        mine = flat[rank * k:(rank + 1) * k].clone()
+    else:
+        if exact and side == "left":
+            partial = left_sum_float64(grad, P_i)  # reduce-scattered in float64, rounded once below
+        elif side == "left":
+            partial = P_i.t() @ grad
+        elif side == "both":
+            partial = (P_i.t() @ grad) @ Q.t()
+        else:
+            partial = grad.new_zeros(low_shape)
+            partial[start:start + rows] = grad @ Q.t()
+        flat = partial.new_zeros(world * k)
+        flat[:numel] = partial.reshape(-1)
+        mine = partial.new_empty(k)
+        dist.reduce_scatter_tensor(mine, flat, op=dist.ReduceOp.SUM, group=pg)
+        mine = mine.to(grad.dtype)
     if "exp_avg" not in state:
         opt._init_moments(state, mine, numel=numel)
     direction, coef, decay = opt._low_rank_direction(state, mine, group)

@@ -218,3 +218,24 @@ def test_eight_bit_import_says_nothing():
             "import gnlorp.checks")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stderr == "" and p.stdout == "", p.stderr
+
+
+@pytest.mark.parametrize("side", ["left", "both"])
+def test_exact_projection_is_the_projection_and_does_not_depend_on_a_row_split(side):
+    """exact_projection's R (what FSDP's row shards reproduce, tests/e2e/test_fsdp.py) is P^T G (Q^T) to
+    float32 rounding; left: the float64 sums over any row split round to the same float32 R."""
+    from gnlorp.optim.projector import left_sum_float64, project
+
+    torch.manual_seed(0)
+    G = torch.randn(3000, 96)  # more rows than one float64 chunk
+    P = torch.linalg.qr(torch.randn(3000, 8))[0]
+    Q = torch.linalg.qr(torch.randn(96, 8))[0].t().contiguous()
+    reference = P.double().t() @ G.double() if side == "left" else P.double().t() @ G.double() @ Q.double().t()
+    R = project(G, side, P, Q, exact=True)
+    assert R.dtype == torch.float32
+    assert torch.allclose(R.double(), reference, rtol=1e-6, atol=1e-5)
+    assert torch.allclose(R, project(G, side, P, Q), rtol=1e-5, atol=1e-4)  # the plain GEMM's value
+    if side == "left":
+        assert torch.equal(R, reference.float())  # rounded once from float64
+        split = left_sum_float64(G[:1234], P[:1234]) + left_sum_float64(G[1234:], P[1234:])
+        assert torch.equal(split.float(), R)
