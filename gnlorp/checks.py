@@ -141,6 +141,13 @@ def _relations(cfg, world_size: int) -> dict:
     if layerwise and world_size > 1 and t.parallel == "fsdp":
         raise UserError("method.layerwise=true cannot be combined with train.parallel=fsdp (its hooks would step each "
                         "weight before FSDP reduce-scatters the gradient); set method.layerwise=false.")
+    if world_size > 1 and t.parallel == "fsdp":
+        from .methods import SPECS
+
+        refusal = SPECS[cfg.method.name].fsdp_refusal
+        if refusal:
+            raise UserError(f"method={cfg.method.name} cannot run with train.parallel=fsdp ({refusal}); use "
+                            "train.parallel=ddp.")
     if t.fsdp_mixed_precision and (t.parallel != "fsdp" or cfg.device == "cpu"):
         raise UserError(f"train.fsdp_mixed_precision=true needs train.parallel=fsdp on GPUs (train.parallel="
                         f"{t.parallel}, device={cfg.device}); set train.fsdp_mixed_precision=false, or use "

@@ -40,3 +40,4 @@ class MethodSpec:
                                     # and of the benchmarks' default method list
     throughput_target: float | None = None  # end-to-end benchmark: amortized tokens/s at least this x full's
     uses_scale: bool = False        # uses GaLore's scale (alpha): part of its run identity
+    fsdp_refusal: str | None = None  # why it cannot run on FSDP's shards (train.parallel=fsdp), if it cannot

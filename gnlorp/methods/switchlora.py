@@ -26,7 +26,9 @@ class SwitchLoRASettings(LoRAFamily):
 
 
 METHOD = MethodSpec("switchlora", SwitchLoRASettings, Labels(glue="SwitchLoRA", c4="SwitchLoRA", memory="SwitchLoRA"),
-                    order=60, low_rank=True, color="#8c564b")
+                    order=60, low_rank=True, color="#8c564b",
+                    fsdp_refusal="a switch writes B(A_old - A_new) into W and resets single rows of the factors' "
+                                 "moments and step counts, which FSDP's row shards of W, B and A split over the ranks")
 
 
 def _check(model, cfg) -> list[str]:

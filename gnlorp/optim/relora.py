@@ -53,12 +53,15 @@ seeds the re-initializations of A."""
     def merge_and_reinit(self) -> None:
         """W += B A * scaling; A <- Kaiming-uniform (drawn from (seed, resets) on the CPU: resumable, and the
         same on any device); B <- 0. The layer's function is unchanged."""
-        self.weight.addmm_(self.lora_B, self.lora_A, alpha=self.scaling)
+        from .sharded import copy_rows_into, full, local
+
+        # under FSDP2 W and B are split by the same rows: each rank adds its rows of B A (A gathered, r x n)
+        local(self.weight).addmm_(local(self.lora_B), full(self.lora_A), alpha=self.scaling)
         self.resets.add_(1)
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(self.resets))
         a = torch.empty(self.lora_A.shape, dtype=torch.float32)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=g)
-        self.lora_A.copy_(a)
+        copy_rows_into(self.lora_A, a)
         self.lora_B.zero_()
 
 
@@ -86,8 +89,10 @@ def prune_optimizer_state(optimizer, params: Iterable[torch.Tensor], ratio: floa
             elif ratio >= 1.0:
                 t.zero_()
             elif ratio > 0.0:
-                magnitude = t.abs()
-                threshold = torch.quantile(magnitude.flatten().float(), ratio).to(t.dtype)
+                from .sharded import full
+
+                magnitude = t.abs()  # on FSDP shards the threshold is the whole tensor's, as on one process
+                threshold = float(torch.quantile(full(magnitude).flatten().float(), ratio).to(t.dtype))
                 t.mul_(magnitude > threshold)
 
 

@@ -60,6 +60,21 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_sharded(t) else t
 
 
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (all-gathered from FSDP's shards: a collective, every rank must call it)."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def copy_rows_into(p: torch.Tensor, whole: torch.Tensor) -> None:
+    """p <- whole, where p may be FSDP's row shard of it (every rank passes the same `whole`)."""
+    if not is_sharded(p):
+        p.copy_(whole)
+        return
+    shard = p.to_local()
+    start = row_start(p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank())
+    shard.copy_(whole[start:start + shard.shape[0]])
+
+
 def row_start(m: int, world: int, rank: int) -> int:
     """First row of `rank`'s shard of m rows (torch.chunk's split, as FSDP2's Shard(0))."""
     return min(rank * math.ceil(m / world), m)

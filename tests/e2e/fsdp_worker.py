@@ -32,6 +32,9 @@ CASES = {
     "full8": ("full", dict(lr=1e-3, optim_bits=8), None, 4),
     "lora": ("lora", dict(lr=1e-3, rank=4), None, 8),
     "dora": ("dora", dict(lr=1e-3, rank=4, weight_decay=0.1), None, 8),
+    # merge-and-reset at steps 8 and 16 (switchlora refuses FSDP: gnlorp.checks, methods/switchlora.py)
+    "relora": ("relora", dict(lr=1e-3, rank=4, lora_dropout=0.0, relora_reset_every=8, relora_restart_warmup=2),
+               None, 8),
     "galore32": ("galore", dict(lr=3e-3, rank=8, svd="exact", weight_decay=0.1), None, 8),
     "galore8": ("galore", dict(lr=3e-3, rank=8, svd="randomized", optim_bits=8, proj_type="right"), 256, 4),
     "galore8_left": ("galore", dict(lr=3e-3, rank=8, svd="exact", optim_bits=8, proj_type="left",
@@ -140,10 +143,14 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
     data = TrainData(EXAMPLES, lambda idx: {"input_ids": tokens[idx], "labels": tokens[idx]},
                      lambda batch: batch["input_ids"].numel())
     losses = []
+    loop_cfg = LoopConfig(total_steps=STEPS, batch_size=batch, micro_batch_size=MICRO, progress=False,
+                          eval_at_epoch_end=False, stop_at_step=stop, grad_clip=1.0 if cfg.optim_bits == 32 else 0.0)
+    hooks = {}  # a method's after_step / lr_lambda (ReLoRA's merges and jagged schedule), as the runner passes them
+    if hasattr(method, "loop_hooks"):
+        hooks = method.loop_hooks(model, optimizer, cfg, total_steps=STEPS, warmup_ratio=loop_cfg.warmup_ratio,
+                                  min_lr_ratio=loop_cfg.min_lr_ratio)
     loop = TrainLoop(
-        model, optimizer, data,
-        LoopConfig(total_steps=STEPS, batch_size=batch, micro_batch_size=MICRO, progress=False,
-                   eval_at_epoch_end=False, stop_at_step=stop, grad_clip=1.0 if cfg.optim_bits == 32 else 0.0),
+        model, optimizer, data, loop_cfg, **hooks,
         evaluate=lambda m: {}, on_log=lambda step, v: losses.append([step, v["loss"]]), on_eval=lambda *a: None,
         checkpoint_path=None if ckpt is None else ckpt / case, device=torch.device("cpu"), world_size=world,
         rank=rank,

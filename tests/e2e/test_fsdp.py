@@ -84,6 +84,9 @@ def test_two_process_fsdp_matches_one_process(runs, case):
     # 8-bit with a left or two-sided projection: R = P^T G is a sum over the ranks' rows; exact_projection
     # sums it in float64 and rounds once, as one process does (float32 sums: 3e-4 here, optim/sharded.py)
     assert _max_diff(p1, p2) <= 1e-5
+    if case == "relora":  # merged into W and restarted after steps 8 and 16, on one process and on two
+        for params in (p1, p2):
+            assert {v.item() for k, v in params.items() if k.endswith(".resets")} == {2}
     if case in PROJECTED:
         for log in (log1, log2):  # every projector computed at steps 1, 9 and 17, by every process
             assert len(log["refreshes"]) == 14 and all(s == [1, 9, 17] for s in log["refreshes"].values())

@@ -142,3 +142,19 @@ def test_slurm_launcher_preset_composes_and_tasks_become_torch_distributed_ranks
     distributed_env_from_slurm()
     assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("4", "3", "1")
     assert os.environ["MASTER_ADDR"] == "gpu07" and 20000 <= int(os.environ["MASTER_PORT"]) <= 60000
+
+
+def test_fsdp_refuses_only_the_methods_that_declare_they_cannot_shard():
+    from gnlorp.errors import UserError
+    from gnlorp.methods import SPECS
+
+    refusing = {name for name, spec in SPECS.items() if spec.fsdp_refusal}
+    assert refusing == {"switchlora"}
+    for name in SPECS:
+        cfg = compose(["task=c4", f"method={name}", "train.parallel=fsdp", "train.max_steps=2"])
+        check_config(cfg, world_size=1)  # one process never shards
+        if name in refusing:
+            with pytest.raises(UserError, match=rf"method={name} cannot run with train.parallel=fsdp .*ddp"):
+                check_config(cfg, world_size=2)
+        else:
+            check_config(cfg, world_size=2)
