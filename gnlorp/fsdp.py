@@ -64,6 +64,26 @@ def shard_model(model: nn.Module, device: torch.device, mixed_precision: bool = 
     return model
 
 
+def shard_from_rank0(model: nn.Module, device: torch.device, mixed_precision: bool = False) -> nn.Module:
+    """shard_model for a model whose weights are real on rank 0 and may be on the meta device on the other
+    ranks (built so, they never hold the whole model: runner.build_job): after sharding, rank 0's values are
+    broadcast into every rank's shards, and its buffers (LLaMA's rotary frequencies are not in the state
+    dict) into everyone's. Collective: every rank calls it. Rank 0 holds the whole model until then."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    rank0 = dist.get_rank() == 0
+    whole = dict(model.state_dict()) if rank0 else {}  # references, kept alive past sharding on rank 0 only
+    shard_model(model, device, mixed_precision)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        model.to_empty(device=device)
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del whole
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+    return model
+
+
 def is_fsdp(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 

@@ -84,7 +84,9 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
     )
 
 
-def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16) -> Job:
+def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16, meta_model: bool = False) -> Job:
+    """`meta_model`: the LLaMA on the meta device, no memory (FSDP's ranks but 0, which receive rank 0's weights:
+    fsdp.shard_from_rank0)."""
     from .models import build_llama, enable_activation_checkpointing
     from .tasks.c4 import cached_eval_blocks, resolve_c4_dir
     from .tasks.c4_stream import c4_train_stream
@@ -105,7 +107,7 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16)
     eval_blocks: list[torch.Tensor] = []  # tokenized (or read from the cache) at the first evaluation, on rank 0
     model_cfg = dict(cfg.model)
     model_cfg["vocab_size"] = vocab_size_for(tokenizer, model_cfg["vocab_size"])
-    model = build_llama(model_cfg, seed=cfg.seed)
+    model = build_llama(model_cfg, seed=cfg.seed, device="meta" if meta_model else "cpu")
     enable_activation_checkpointing(model, cfg.train.activation_checkpointing)
 
     def mean_loss(m: nn.Module, blocks: torch.Tensor) -> dict:

@@ -195,11 +195,15 @@ def build_job(plan: Plan, echo):
     if autocast is torch.bfloat16 and device.type == "cpu" and not _cpu_has_native_bf16():
         echo("note: this CPU has no native bf16 (AVX512-BF16 or AMX); bf16 autocast measured 25-50x slower than "
              "fp32 on such a CPU: consider precision=fp32.")
-    job = (glue_job if cfg.task.family == "glue" else c4_job)(cfg, device, autocast)
+    if cfg.task.family == "glue":
+        job = glue_job(cfg, device, autocast)
+    else:  # under FSDP only rank 0 builds the LLaMA's weights; the others get their shards from it
+        job = c4_job(cfg, device, autocast, meta_model=plan.sharded and torch.distributed.get_rank() != 0)
     echo(job.description)
     if device.type == "cuda":
         job.model.to(dtype=getattr(torch, cfg.precision.cuda_param_dtype))
-    job.model.to(device)
+    if not any(p.is_meta for p in job.model.parameters()):
+        job.model.to(device)
     return job, device, autocast
 
 
@@ -215,7 +219,7 @@ class Trainable:
     skeleton: object = None  # FSDP with save_model: the model's structure on the meta device (fsdp.meta_copy)
 
 
-def apply_method(plan: Plan, model) -> Trainable:
+def apply_method(plan: Plan, model, device) -> Trainable:
     from .methods import get_method
     from .models import count_parameters
 
@@ -225,11 +229,10 @@ def apply_method(plan: Plan, model) -> Trainable:
     model = method.prepare(model, mcfg)
     skeleton = None
     if plan.sharded:  # before the optimizer, which must hold the sharded parameters
-        from .fsdp import meta_copy, shard_model
+        from .fsdp import meta_copy, shard_from_rank0
 
         skeleton = meta_copy(model) if plan.cfg.save_model else None
-        device = next(model.parameters()).device
-        shard_model(model, device, bool(plan.cfg.train.fsdp_mixed_precision))
+        shard_from_rank0(model, device, bool(plan.cfg.train.fsdp_mixed_precision))
     try:
         optimizer = method.build_optimizer(model, mcfg)
     except RuntimeError as exc:  # e.g. bitsandbytes present but broken
@@ -334,7 +337,7 @@ def run(cfg: DictConfig, echo=print, multirun: bool = False) -> Outcome:
     resuming = check_resume(plan, echo)
 
     job, device, autocast = build_job(plan, echo)
-    trainable = apply_method(plan, job.model)
+    trainable = apply_method(plan, job.model, device)
     resume_state = load_resume_state(plan, device, trainable.model) if resuming else None
     wandb_id = (resume_state or {}).get("extra", {}).get("wandb_id")
     tracker, loop, total_steps, steps_per_epoch = start_tracking(plan, job, trainable, device, autocast, wandb_id, echo)

@@ -4,7 +4,7 @@
 
 For each method and mode it launches `torchrun --nproc_per_node=N` on this file, trains a few steps on random
 tokens (batch 2 x 128 tokens per process, rank 8, 32-bit states), and prints per rank: the peak RSS, the RSS
-before the model was built (Python + torch), and the bytes this process holds of the parameters, the
+before the model was built (Python, torch, transformers and the method's imports), and the bytes this process holds of the parameters, the
 gradients (measured after backward, before the step) and the optimizer states.
 """
 
@@ -41,16 +41,19 @@ def child(mode: str, method_name: str, steps: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    get_method(method_name).prepare(build_llama(MODEL, device="meta"), MethodConfig(
+        name=method_name, rank=8 if method_name != "full" else None))  # imports transformers (and peft) first
     base = _rss_mib()
-    model = build_llama(MODEL, seed=0)
+    # under FSDP only rank 0 builds the weights; the others build on the meta device (runner.build_job)
+    model = build_llama(MODEL, seed=0, device="meta" if mode == "fsdp" and rank else "cpu")
     cfg = MethodConfig(name=method_name, lr=1e-3, rank=8 if method_name != "full" else None, update_proj_gap=200)
     method = get_method(method_name)
     model = method.prepare(model, cfg)
     forward = model
     if mode == "fsdp":
-        from ..fsdp import shard_model
+        from ..fsdp import shard_from_rank0
 
-        shard_model(model, torch.device("cpu"))
+        shard_from_rank0(model, torch.device("cpu"))
     else:
         forward = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = method.build_optimizer(model, cfg)

@@ -235,3 +235,26 @@ def test_run_py_fsdp_stop_resume_and_merged_model_match_one_process(tmp_path):
     (model_dir,) = (two / "results" / "models").iterdir()
     merged = AutoModelForCausalLM.from_pretrained(model_dir)
     assert type(merged.model.layers[0].self_attn.q_proj).__name__ == "Linear"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_run_py_fsdp_peft_methods_built_on_meta_match_one_process(tmp_path, method):
+    """Under FSDP the ranks but 0 build the LLaMA on the meta device and wrap it with peft there; rank 0's
+    weights (LoRA's random A included) reach every shard: the run equals one process's."""
+    from conftest import tiny_c4
+
+    def launch(nproc, folder):
+        cmd = [sys.executable, str(ROOT / "run.py"),
+               *tiny_c4(folder, f"method={method}", "rank=4", "train.max_steps=6", "train.parallel=fsdp")]
+        if nproc > 1:
+            cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        return subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    _wait(launch(1, one), launch(2, two))
+    (r1,), (r2,) = ([json.loads(p.read_text()) for p in (f / "results").glob("*.json")] for f in (one, two))
+    assert r1["status"] == r2["status"] == "complete"
+    assert max(abs(a - b) for (_, a), (_, b) in zip(r1["loss_curve"], r2["loss_curve"])) <= 1e-4
+    assert abs(r1["last"]["metrics"]["validation"]["loss"] - r2["last"]["metrics"]["validation"]["loss"]) <= 1e-4
