@@ -29,6 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import lr_selection
 from .identity import EXCLUDED_KEYS
 from .methods import METHODS, SPECS, is_low_rank
 from .methods import label as method_label
@@ -225,9 +226,11 @@ def _safe(name: str) -> str:
 
 
 def collect(results_dir: str | Path, allow_dirty: bool = False):
-    """(usable runs, excluded runs, unreadable files) from a results folder, each sorted by file name."""
+    """(usable runs, excluded runs, unreadable files, learning-rate grids) from a results folder, each sorted by
+    file name; of a learning-rate grid (gnlorp/lr_selection.py) only the chosen rate's runs are usable."""
     records, problems = load_results(results_dir)
     runs: list[Run] = []
+    incomplete: list[tuple[Run, str]] = []
     excluded: list[Excluded] = []
     seen: dict[tuple, Run] = {}
     for rec in records:
@@ -241,6 +244,8 @@ def collect(results_dir: str | Path, allow_dirty: bool = False):
             excluded.append(Excluded(run.name, file, None, f"unknown task family {run.family!r}"))
         elif rec["status"] != "complete":
             excluded.append(Excluded(run.name, file, group, f"{rec['status']} (status is not complete)"))
+            if not run.dirty or allow_dirty:
+                incomplete.append((run, rec["status"]))
         elif run.dirty and not allow_dirty:
             excluded.append(Excluded(run.name, file, group, "ran from a git tree with uncommitted changes (git.dirty)"))
         elif (_glue_value(run) if run.family == "glue" else _c4_value(run)) is None:
@@ -249,6 +254,15 @@ def collect(results_dir: str | Path, allow_dirty: bool = False):
             excluded.append(Excluded(run.name, file, group, f"no {want} in the result"))
         else:
             runs.append(run)
+    chosen, grids = lr_selection.choose(runs, incomplete)
+    chosen_ids = {id(r) for r in chosen}
+    for grid in grids:
+        for point in grid.points:
+            for r in point.runs:
+                if id(r) not in chosen_ids:
+                    excluded.append(Excluded(r.name, r.file, _group(r), f"learning-rate grid: lr {point.lr:g} not "
+                                                                        f"chosen ({grid.describe()})"))
+    runs = [r for r in runs if id(r) in chosen_ids]
     _mark_variants(runs)
     kept = []
     for run in runs:
@@ -262,7 +276,7 @@ def collect(results_dir: str | Path, allow_dirty: bool = False):
     runs = kept
     # load_results names files by path: keep the file name only (no machine-specific directories in the outputs)
     unreadable = sorted((Path(p).name, reason) for p, reason in problems)
-    return runs, excluded, unreadable
+    return runs, excluded, unreadable, grids
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -493,7 +507,12 @@ def _c4_keys(runs: list[Run]) -> tuple[dict, list[tuple]]:
     return key_of, keys
 
 
-def c4_table(stem: str, runs: list[Run], excluded: list[Excluded]) -> Table:
+def _lr_text(runs: list[Run]) -> str:
+    return _distinct(f"{r.settings.get(lr_selection.LR_KEY):g}" for r in runs
+                     if isinstance(r.settings.get(lr_selection.LR_KEY), (int, float))) or DASH
+
+
+def c4_table(stem: str, runs: list[Run], excluded: list[Excluded], grids: list = ()) -> Table:
     key_of, keys = _c4_keys(runs)
     with_rank = any(k[1] is not None for k in keys)
     labels = _labels(keys, "c4", with_rank=with_rank)
@@ -518,36 +537,48 @@ def c4_table(stem: str, runs: list[Run], excluded: list[Excluded]) -> Table:
             elif r.model == c:
                 cells[key_of[id(r)]][c].append((r, _c4_value(r)))
 
-    header = ["Method", "Source"] + col_label
+    tuned = bool(grids)  # a learning-rate column: each row's rate, chosen on the selection split
+    header = ["Method", "Source"] + (["lr"] if tuned else []) + col_label
+    lr_cell = (lambda text: [text]) if tuned else (lambda text: [])
     rows = []
     for key in keys:
         row = []
         for c in columns:
             pairs = sorted(cells[key].get(c, []), key=lambda rv: rv[0].seed)
             row.append(_cell([v for _, v in pairs]) + _dirty_mark([r for r, _ in pairs]) if pairs else DASH)
-        rows.append([labels[key], _seeds_text([len(cells[key].get(c, [])) for c in columns])] + row)
+        key_runs = [r for r in runs if key_of[id(r)] == key]
+        rows.append([labels[key], _seeds_text([len(cells[key].get(c, [])) for c in columns])]
+                    + lr_cell(_lr_text(key_runs)) + row)
         for p in paper:
             if p.method != key[0] or key[1] is not None or (p.precision and p.precision != key[2]):
                 continue
-            rows.append([labels[key], f"paper ({p.source})"] + [_paper_cell(p.values.get(c)) for c in columns])
+            rows.append([labels[key], f"paper ({p.source})"] + lr_cell(DASH)
+                        + [_paper_cell(p.values.get(c)) for c in columns])
 
     # the "rank r" and "training tokens" rows of GaLore Table 2: ours from the runs, the paper's beside them
     low = [r for r in runs if r.rank is not None]
     if seven:
         rows.append(["training tokens", "paper (GaLore Table 3)"] + [TOKENS_7B[c] for c in columns])
     else:
-        rows.append(["rank r", "ours"] + [_distinct(r.rank for r in low if r.model == c) or DASH for c in columns])
+        rows.append(["rank r", "ours"] + lr_cell(DASH)
+                    + [_distinct(r.rank for r in low if r.model == c) or DASH for c in columns])
         if paper:
-            rows.append(["rank r", "paper (GaLore Table 2)"] + [PAPER_C4_RANK_ROW.get(c, DASH) for c in columns])
-        rows.append(["training tokens", "ours"] + [_distinct(_tokens(r) for r in runs if r.model == c) for c in columns])
+            rows.append(["rank r", "paper (GaLore Table 2)"] + lr_cell(DASH)
+                        + [PAPER_C4_RANK_ROW.get(c, DASH) for c in columns])
+        rows.append(["training tokens", "ours"] + lr_cell(DASH)
+                    + [_distinct(_tokens(r) for r in runs if r.model == c) for c in columns])
         if paper:
-            rows.append(["training tokens", "paper (GaLore Table 2)"] + [PAPER_C4_TOKENS_ROW.get(c, DASH) for c in columns])
+            rows.append(["training tokens", "paper (GaLore Table 2)"] + lr_cell(DASH)
+                        + [PAPER_C4_TOKENS_ROW.get(c, DASH) for c in columns])
 
     if seven:
         what = "validation perplexity at each evaluation step (eval_history)"
     else:
         what = "final validation perplexity (the last evaluation of each run)"
     notes = [f"Cells: {what}; lower is better.", SPREAD_NOTE]
+    if tuned:
+        notes.append(f"lr: each method's peak learning rate, chosen from its grid by the lowest loss on the selection "
+                     f"slice (validation blocks after the reported ones, never reported); the grids: {stem}_lr_grid.md.")
     if paper:
         notes.append(f"paper: published numbers ({paper_note}); " + (
             "GaLore's cells add the parameter + optimizer-state memory estimate (BF16) in parentheses."
@@ -561,7 +592,34 @@ def c4_table(stem: str, runs: list[Run], excluded: list[Excluded]) -> Table:
              "c4_llama_7b": "C4 pre-training, LLaMA-7B: validation perplexity by step (GaLore Table 3 layout)",
              "c4_other-sizes": "C4 pre-training, model sizes the papers do not have: validation perplexity "
                                "(GaLore Table 2 layout)"}[stem]
-    return Table(stem, title, header, ["l", "l"] + ["r"] * len(columns), rows, notes, _left_out_section(excluded))
+    return Table(stem, title, header, ["l", "l"] + ["r"] * (len(columns) + tuned), rows, notes,
+                 _left_out_section(excluded))
+
+
+def lr_grid_table(stem: str, grids: list) -> Table:
+    """Every point of every learning-rate grid of a table: its selection loss (what chose) and its reported
+    validation perplexity (what the table shows), so the choice can be checked."""
+    keys = sorted(grids, key=lambda g: _row_order(g.key[3], g.key[4], g.key[5]))
+    labels = _labels([(g.key[3], g.key[4], g.key[5], "") for g in keys], "c4", with_rank=False)
+    rows = []
+    for g in keys:
+        label = labels[(g.key[3], g.key[4], g.key[5], "")]
+        for p in g.points:
+            runs = sorted(p.runs, key=lambda r: r.seed)
+            sel = [lr_selection.selection_loss(r.record) for r in runs]
+            ppl = [_c4_value(r) for r in runs]
+            state = "; ".join(f"seed {r.seed} {status}" for r, status in sorted(p.failed, key=lambda f: f[0].seed))
+            rows.append([label, SIZE_LABEL.get(g.key[2], g.key[2]), f"{p.lr:g}", str(len(runs) + len(p.failed)),
+                         _cell([v for v in sel if v is not None], 4) if runs else DASH,
+                         _cell([v for v in ppl if v is not None]) if runs else DASH,
+                         ("**chosen**" if p.lr == g.chosen else "") + (f" ({state})" if state else "")])
+    notes = ["Selection loss: mean cross-entropy on the selection slice at the last evaluation, median over seeds "
+             "± half the range; the chosen rate has the lowest (a rate with a failed seed is never chosen).",
+             "Validation perplexity: the reported slice, as in the main table (shown for every rate, chosen on the "
+             "other slice)."]
+    return Table(f"{stem}_lr_grid", f"Learning-rate grids of {stem}.md: selection loss and validation perplexity",
+                 ["Method", "Model", "lr", "Runs", "Selection loss", "Validation perplexity", ""],
+                 ["l", "l", "r", "r", "r", "r", "l"], rows, notes)
 
 
 def _tokens(r: Run):
@@ -801,7 +859,7 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
     results_dir = Path(results_dir)
     out = Path(out_dir) if out_dir is not None else results_dir / "tables"
     out.mkdir(parents=True, exist_ok=True)
-    runs, excluded, unreadable = collect(results_dir, allow_dirty=allow_dirty)
+    runs, excluded, unreadable, grids = collect(results_dir, allow_dirty=allow_dirty)
 
     written: set[str] = set()
     tables: list[Table] = []
@@ -831,7 +889,10 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
                                     lambda r: (r.method, r.rank, r.precision, r.variant))
                     written.add(name)
             else:
-                table = c4_table(stem, rs, excluded_by_group.get(stem, []))
+                stem_grids = [g for g in grids if _group(g.any_run()) == stem]
+                table = c4_table(stem, rs, excluded_by_group.get(stem, []), stem_grids)
+                if stem_grids:
+                    tables.append(lr_grid_table(stem, stem_grids))
                 key_of_map, keys = _c4_keys(rs)
                 labels = _labels(keys, "c4", with_rank=any(k[1] is not None for k in keys))
                 for model in sorted({r.model for r in rs}, key=_size_order):
@@ -892,7 +953,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-memory", action="store_true", help="skip the memory table (it builds LLaMA-7B on the meta device)")
     args = ap.parse_args(argv)
     paths = build_tables(args.results, args.out, allow_dirty=args.allow_dirty, memory=not args.no_memory)
-    runs, excluded, unreadable = collect(args.results, allow_dirty=args.allow_dirty)
+    runs, excluded, unreadable, _ = collect(args.results, allow_dirty=args.allow_dirty)
     print(f"{len(runs)} run(s) tabulated, {len(excluded)} left out, {len(unreadable)} unreadable file(s); "
           f"see {(args.out or args.results / 'tables') / 'index.md'}")
     for p in paths:

@@ -4,6 +4,7 @@ never filled in, and byte-identical outputs (PNGs included) when run twice."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -365,3 +366,43 @@ def test_runs_with_other_training_settings_are_never_pooled(tmp_path):
     # medians of (60, 61) and (70, 71) x 100, half-range 0.5: never the median of all four
     assert rows["GaLore (rank 8) [train.lr=0.0001] | ours (2 runs)"][0] == "60.50 ± 0.50"
     assert rows["GaLore (rank 8) [train.lr=0.003] | ours (2 runs)"][0] == "70.50 ± 0.50"
+
+
+def _c4_grid_run(folder: Path, method: str, lr: float, seed: int, selection: float | None, ppl: float,
+                 status: str = "complete"):
+    rank = None if method == "full" else 64
+    cfg = _config("c4", "c4", "llama_20m", method, rank, "fp32", seed, lr=lr)
+    rec = RunRecord(folder, f"c4-llama_20m-{method}-fp32-s{seed}-{lr:g}", cfg, clock=CLOCK)
+    rec.set_identity(hash=f"{lr:g}", settings={"train.lr": lr, "method.name": method, "seed": seed})
+    rec.git = {"sha": "0" * 40, "dirty": False}
+    metrics = {"validation": {"loss": math.log(ppl), "perplexity": ppl}}
+    if selection is not None:
+        metrics["selection"] = {"loss": selection, "perplexity": math.exp(selection)}
+    if status == "complete":
+        rec.add_eval(10, metrics, epoch=1)
+        rec.set_best_last({"step": 10, "epoch": 1, "metrics": metrics}, {"step": 10, "epoch": 1, "metrics": metrics})
+    rec.write(status)
+
+
+def test_a_learning_rate_grid_keeps_the_rate_with_the_lowest_selection_loss(tmp_path):
+    """Chosen on the selection slice, not on the reported perplexity: full's 3e-3 has the best reported
+    perplexity but not the lowest selection loss; GaLore's best-looking rate failed on one seed, so it is
+    never chosen; the grid table lists every point with the choice marked."""
+    r = tmp_path / "r"
+    for seed, (a, b, c) in enumerate(((6.50, 6.40, 6.45), (6.52, 6.38, 6.47))):
+        _c4_grid_run(r, "full", 3e-4, seed, a, 700.0)
+        _c4_grid_run(r, "full", 1e-3, seed, b, 650.0 + seed)   # lowest selection loss (median 6.39)
+        _c4_grid_run(r, "full", 3e-3, seed, c, 600.0)          # best reported perplexity: not chosen
+    _c4_grid_run(r, "galore", 3e-3, 0, 6.30, 610.0)
+    _c4_grid_run(r, "galore", 3e-3, 1, 6.31, 611.0)
+    _c4_grid_run(r, "galore", 1e-2, 0, 6.10, 590.0)
+    _c4_grid_run(r, "galore", 1e-2, 1, None, 1.0, status="failed")  # diverged
+    tables.build_tables(r, tmp_path / "t", memory=False)
+    rows = _rows((tmp_path / "t" / "c4_other-sizes.md").read_text())
+    assert rows["Full-Rank | ours (2 runs)"][:2] == ["0.001", "650.50 ± 0.50"]
+    assert rows["GaLore | ours (2 runs)"][:2] == ["0.003", "610.50 ± 0.50"]
+    grid = (tmp_path / "t" / "c4_other-sizes_lr_grid.md").read_text()
+    assert "| Full-Rank | llama_20m | 0.001 | 2 | 6.3900 ± 0.0100 | 650.50 ± 0.50 | **chosen** |" in grid
+    assert "| GaLore | llama_20m | 0.01 | 2 | 6.1000 | 590.00 |  (seed 1 failed) |" in grid
+    index = (tmp_path / "t" / "index.md").read_text()
+    assert "lr 0.0003 not chosen (lr 0.001 chosen from {0.0003, 0.001, 0.003} on the selection loss)" in index
