@@ -25,6 +25,7 @@ class Job:
     higher_is_better: bool
     eval_at_epoch_end: bool
     description: str
+    baseline: dict | None = None  # what an input-blind model scores (GLUE: GlueData.trivial_baseline)
 
 
 def _autocast(device: torch.device, dtype):
@@ -42,6 +43,7 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
     data = load_glue(
         t.name, tokenizer, data_dir=t.data_dir, max_length=t.max_length,
         max_train_samples=t.max_train_samples, max_eval_samples=t.max_eval_samples, seed=cfg.seed,
+        selection_samples=t.selection_samples,
     )
     if not data.train:
 
@@ -80,7 +82,10 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
         main_metric=data.main_metric,
         higher_is_better=True,
         eval_at_epoch_end=True,
-        description=f"GLUE {t.name}: {len(train)} train examples from {data.source}",
+        description=f"GLUE {t.name}: {len(train)} train examples from {data.source}"
+                    + (f", {len(data.eval_splits['selection'])} held out for selection" if "selection" in data.eval_splits
+                       else ""),
+        baseline=data.trivial_baseline(),
     )
 
 

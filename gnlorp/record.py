@@ -259,6 +259,7 @@ class RunRecord:
         self.memory: dict = {}
         self.notes: list[str] = []
         self.identity: dict = {}
+        self.baseline: dict = {}
         self._loss = _Curve()
         self._lr = _Curve()
         self._has_lr = False
@@ -308,6 +309,10 @@ class RunRecord:
         """A free-text remark kept in the optional ``notes`` list (e.g. a substitution made)."""
         self.notes.append(str(note))
 
+    def set_baseline(self, baseline: dict) -> None:
+        """What an input-blind model scores on the eval splits (kept in the optional ``baseline``)."""
+        self.baseline = copy.deepcopy(dict(baseline))
+
     def set_identity(self, **fields: Any) -> None:
         """The run identity (gnlorp/identity.py): its hash, the training settings it hashes, the config hash."""
         self.identity = copy.deepcopy(fields)
@@ -347,6 +352,8 @@ class RunRecord:
             record["notes"] = list(self.notes)
         if self.identity:
             record["identity"] = self.identity
+        if self.baseline:
+            record["baseline"] = self.baseline
         return record
 
     def write(self, status: str) -> Path:

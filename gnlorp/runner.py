@@ -383,6 +383,8 @@ def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wand
     record = RunRecord(cfg.results_dir, plan.run_id, resolved)
     record.set_identity(hash=plan.run_id.rsplit("-", 1)[1], settings=plan.settings,
                         config_hash=identity.config_hash(plan.resolved))
+    if job.baseline:
+        record.set_baseline(job.baseline)
     logger = None
     if plan.rank == 0:
         where, group = _hydra_output_and_group(cfg)

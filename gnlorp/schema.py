@@ -78,6 +78,9 @@ class TaskSettings:
     max_length: int = setting(128, "GLUE: tokens per example (truncated)", ge=1)
     max_train_samples: Optional[int] = setting(None, "GLUE: a seeded subset of the train split (0: none)", ge=0)
     max_eval_samples: Optional[int] = setting(None, "GLUE: the first rows of each evaluation split", ge=1)
+    selection_samples: int = setting(
+        0, "GLUE: train rows held out (the same for every seed) and scored as 'selection', for choosing settings "
+           "(0: none); max_train_samples subsets the rest", ge=0)
     # C4
     seq_len: int = setting(256, "C4: tokens per packed block", ge=2)
     streams: int = setting(8, "C4: logical data streams (divides train.batch_size; a multiple of the processes)", ge=1)

@@ -194,6 +194,16 @@ def _glue_value(run: Run) -> float | None:
     return 100.0 * float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
+def _glue_baseline(runs: list[Run]) -> float | None:
+    """×100 headline score of the task's trivial baseline (GlueData.trivial_baseline), from any run's record."""
+    for r in runs:
+        split, metric = HEADLINE.get(r.task, ("validation", "accuracy"))
+        v = (((r.record.get("baseline") or {}).get("metrics") or {}).get(split) or {}).get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            return 100.0 * float(v)
+    return None
+
+
 def _c4_value(run: Run) -> float | None:
     try:
         v = run.record["last"]["metrics"]["validation"]["perplexity"]
@@ -413,7 +423,11 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
     paper_avg_ok = tuple(avg_tasks) == PAPER_AVG_TASKS
 
     header = ["Method", "Source"] + [TASK_LABEL.get(t, t) for t in tasks] + (["avg"] if avg_tasks else [])
+    baselines = {t: v for t in tasks if (v := _glue_baseline([r for r in runs if r.task == t])) is not None}
     rows = []
+    if baselines:
+        rows.append(["trivial baseline", "best constant prediction"]
+                    + [_fmt(baselines[t]) if t in baselines else DASH for t in tasks] + ([DASH] if avg_tasks else []))
     for key in keys:
         medians = {}
         row_cells = []
@@ -422,7 +436,8 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
             vals = [_glue_value(r) for r in rs]
             if vals:
                 medians[t] = statistics.median(vals)
-            row_cells.append(_cell(vals) + _dirty_mark(rs) if vals else DASH)
+            below = vals and t in baselines and medians[t] <= baselines[t]
+            row_cells.append(_cell(vals) + _dirty_mark(rs) + ("‡" if below else "") if vals else DASH)
         avg = _fmt(statistics.fmean(medians[t] for t in avg_tasks)) if avg_tasks and all(t in medians for t in avg_tasks) else DASH
         counts = [len(cells[key].get(t, [])) for t in tasks]
         rows.append([labels[key], _seeds_text(counts)] + row_cells + ([avg] if avg_tasks else []))
@@ -450,6 +465,10 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
                  "averages the same eight. The GradNormLoRP abstract's LoRA average (79.23) is far below GaLore's "
                  "(85.93), so the two protocols differ: compare gaps between methods, not absolute numbers"
                  + ("; this table's model is not RoBERTa-base, so only the gaps are comparable." if model != "roberta-base" else "."))
+    if baselines:
+        notes.append("trivial baseline: the best score of a constant prediction on the dev split (its majority "
+                     "class; STS-B: correlations of a constant, reported as 0), from the result files; ‡: the "
+                     "cell's median does not beat it.")
     if any(r.dirty for r in runs):
         notes.append("†: the cell includes runs from a git tree with uncommitted changes (--allow-dirty).")
     return Table(f"glue_{_safe(model)}", f"GLUE, {model}: dev-set score per task (GaLore Table 4 layout)", header,

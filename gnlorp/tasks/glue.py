@@ -149,6 +149,24 @@ class GlueData:
             batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
         return batch
 
+    def trivial_baseline(self) -> dict:
+        """The best score a model that ignores its input can reach on each eval split: the best constant
+        prediction for that split (for classification, the label whose constant prediction scores the
+        highest main metric there, i.e. usually the split's majority class; for STS-B any constant, whose
+        Pearson and Spearman correlations are undefined and reported as 0). A trained cell must clear it."""
+        import numpy as np
+
+        if self.is_regression:
+            metrics = {split: {m: 0.0 for m in self.metric_names} for split in self.eval_splits}
+            return {"kind": "a constant prediction", "metrics": metrics}
+        metrics, predictions = {}, {}
+        for split, rows in self.eval_splits.items():
+            labels = np.array([ex["labels"] for ex in rows])
+            scored = [(self.compute_metrics(np.full(len(labels), c), labels), c) for c in range(self.num_labels)]
+            best, predictions[split] = max(scored, key=lambda mc: (mc[0][self.main_metric], -mc[1]))
+            metrics[split] = best
+        return {"kind": "the best constant prediction", "prediction": predictions, "metrics": metrics}
+
     def compute_metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
         """Official GLUE metrics of this task. ``predictions`` are class ids (floats for stsb); logits of
         shape (n, num_labels) are also accepted and reduced with argmax."""
@@ -397,6 +415,27 @@ def _train_indices(n: int, max_samples: int | None, seed: int) -> list[int] | No
     return order[:max_samples]
 
 
+SELECTION_SEED = 0x5E1EC7  # one held-out set per task, whatever the run's seed, method or learning rate
+
+
+def _split_selection(n: int, selection_samples: int) -> tuple[list[int], list[int]]:
+    """(selection rows, remaining train rows) of a train split of n rows: the first `selection_samples` of a
+    shuffle with a fixed seed, so every run of the task holds out the same rows; the rest keep file order."""
+    order = list(range(n))
+    random.Random(SELECTION_SEED).shuffle(order)
+    held = sorted(order[:selection_samples])
+    held_set = set(held)
+    return held, [i for i in range(n) if i not in held_set]
+
+
+def _held_out(spec: _TaskSpec, n: int, selection_samples: int) -> tuple[list[int], list[int]]:
+    _check_limit("selection_samples", selection_samples, 0)
+    if selection_samples and selection_samples >= n:
+        raise UserError(f"task.selection_samples={selection_samples} would hold out all {n} rows of the {spec.name} "
+                        f"train split; use fewer (e.g. a tenth: {n // 10}).")
+    return _split_selection(n, selection_samples or 0)
+
+
 def _eval_indices(n: int, max_samples: int | None) -> list[int] | None:
     return None if max_samples is None or max_samples >= n else list(range(max_samples))
 
@@ -431,14 +470,17 @@ def load_glue(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 0,
+    selection_samples: int = 0,
 ) -> GlueData:
     """Load, subset and tokenize one GLUE task.
 
     Data come from ``resolve_glue_dir(data_dir)`` (task.data_dir, else $GNLORP_GLUE_DIR) when set, else
     from the hub (``nyu-mll/glue``). ``max_train_samples``: the first N rows after a shuffle seeded by
     ``seed`` (0 = no train split needed, e.g. for evaluation only; it is then not read at all);
-    ``max_eval_samples``: the first N rows of every eval split. Pairs are tokenized as
-    (sentence1, sentence2) with truncation to ``max_length``.
+    ``max_eval_samples``: the first N rows of every eval split. ``selection_samples``: rows held out of the
+    train split (the same rows for every seed: _split_selection) before ``max_train_samples`` subsets the rest,
+    scored as the eval split "selection" after the reported ones: for choosing settings, never reported.
+    Pairs are tokenized as (sentence1, sentence2) with truncation to ``max_length``.
     """
     spec = _spec(name)
     _check_limit("max_train_samples", max_train_samples, 0)
@@ -450,17 +492,24 @@ def load_glue(
         _check_data_dir(root)
         source = f"local:{os.path.abspath(root)}"
         eval_raw = {split: read_glue_tsv(spec.name, split, root) for split in spec.eval_files}
-        train_raw = [] if max_train_samples == 0 else read_glue_tsv(spec.name, "train", root)
-        train_idx = _train_indices(len(train_raw), max_train_samples, seed)
-        train_rows = train_raw if train_idx is None else [train_raw[i] for i in train_idx]
+        train_raw = [] if max_train_samples == 0 and not selection_samples else read_glue_tsv(spec.name, "train", root)
+        held, rest = _held_out(spec, len(train_raw), selection_samples)
+        train_idx = _train_indices(len(rest), max_train_samples, seed)
+        train_rows = [train_raw[rest[i]] for i in (range(len(rest)) if train_idx is None else train_idx)]
         eval_rows = {s: rows[:max_eval_samples] if max_eval_samples else rows for s, rows in eval_raw.items()}
+        selection_rows = [train_raw[i] for i in held]
     else:
         source = f"hub:{HUB_DATASET}"
         train_ds, eval_ds = _load_hub(spec)
-        train_rows = _hub_rows(spec, train_ds, _train_indices(len(train_ds), max_train_samples, seed))
+        held, rest = _held_out(spec, len(train_ds), selection_samples)
+        train_idx = _train_indices(len(rest), max_train_samples, seed)
+        train_rows = _hub_rows(spec, train_ds, rest if train_idx is None else [rest[i] for i in train_idx])
         eval_rows = {s: _hub_rows(spec, ds, _eval_indices(len(ds), max_eval_samples)) for s, ds in eval_ds.items()}
         if not all(eval_rows.values()):
             raise UserError(f"The hub dataset {HUB_DATASET}/{spec.name} has an empty eval split; pass task.data_dir instead.")
+        selection_rows = _hub_rows(spec, train_ds, held) if held else []
+    if selection_rows:
+        eval_rows["selection"] = selection_rows
 
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:

@@ -218,6 +218,26 @@ def test_train_subset_deterministic(tok):
 
 
 @needs_shared
+def test_selection_rows_are_held_out_of_train_the_same_for_every_seed(tok):
+    """task.selection_samples: rows of the train file, disjoint from the training rows, identical for any seed
+    and subset size, scored as an eval split after the reported one; 0 leaves the old train subsets as they were."""
+    kw = dict(data_dir=str(SHARED_GLUE), max_eval_samples=1)
+    ids = lambda rows: [tuple(ex["input_ids"]) for ex in rows]  # noqa: E731
+    full = ids(load_glue("wnli", tok, **kw).train)
+    a = load_glue("wnli", tok, selection_samples=60, seed=0, **kw)
+    b = load_glue("wnli", tok, selection_samples=60, seed=5, max_train_samples=100, **kw)
+    assert list(a.eval_splits) == ["validation", "selection"]
+    assert ids(a.eval_splits["selection"]) == ids(b.eval_splits["selection"])
+    assert len(a.eval_splits["selection"]) == 60 and len(a.train) == 635 - 60 and len(b.train) == 100
+    assert sorted(ids(a.train) + ids(a.eval_splits["selection"])) == sorted(full)  # a partition of the file
+    assert not set(ids(b.train)) & set(ids(b.eval_splits["selection"]))
+    assert ids(load_glue("wnli", tok, max_train_samples=40, seed=3, **kw).train) == ids(
+        load_glue("wnli", tok, max_train_samples=40, seed=3, selection_samples=0, **kw).train)
+    with pytest.raises(UserError, match="selection_samples=635 would hold out all 635 rows"):
+        load_glue("wnli", tok, selection_samples=635, **kw)
+
+
+@needs_shared
 def test_truncation_to_max_length(tok):
     data = load_glue("rte", tok, data_dir=str(SHARED_GLUE), max_length=16, max_train_samples=50, max_eval_samples=50)
     lengths = [len(ex["input_ids"]) for ex in data.train + data.eval_splits["validation"]]
@@ -565,3 +585,18 @@ def test_invalid_limits(tok):
         load_glue("qqp", tok, data_dir=str(FIXTURES), max_train_samples=-1)
     with pytest.raises(UserError, match="max_eval_samples=0"):
         load_glue("qqp", tok, data_dir=str(FIXTURES), max_eval_samples=0)
+
+
+@needs_shared
+def test_trivial_baseline_is_the_best_constant_prediction(tok):
+    """Hand-counted dev labels: MRPC 279 of 408 paraphrases (F1 81.2, the GLUE paper's majority baseline),
+    RTE 146 of 277 entailments (52.7%), CoLA MCC 0 for any constant, STS-B correlations reported as 0."""
+    kw = dict(data_dir=str(SHARED_GLUE), max_train_samples=1)
+    mrpc = load_glue("mrpc", tok, **kw).trivial_baseline()
+    assert mrpc["prediction"]["validation"] == 1
+    assert mrpc["metrics"]["validation"]["f1"] == pytest.approx(2 * 279 / (2 * 279 + 129))
+    rte = load_glue("rte", tok, **kw).trivial_baseline()
+    assert rte["prediction"]["validation"] == 0 and rte["metrics"]["validation"]["accuracy"] == pytest.approx(146 / 277)
+    assert load_glue("cola", tok, **kw).trivial_baseline()["metrics"]["validation"] == {"matthews_correlation": 0.0}
+    stsb = load_glue("stsb", tok, **kw).trivial_baseline()
+    assert stsb["metrics"]["validation"] == {"pearson": 0.0, "spearmanr": 0.0}

@@ -30,7 +30,7 @@ def _config(family, task, model, method, rank, precision, seed, **extra):
 
 
 def write_glue(results: Path, task, method, rank, seed, best, last=None, *, model="minilm", status="complete",
-               dirty=False, precision="fp32", steps=20):
+               dirty=False, precision="fp32", steps=20, baseline=None):
     """One GLUE result file. `best`/`last`: {split: {metric: value}}."""
     rank = rank if method != "full" else None
     name = f"glue-{task}-{model}-{method}{'' if rank is None else f'-r{rank}'}-{precision}-s{seed}"
@@ -43,6 +43,8 @@ def write_glue(results: Path, task, method, rank, seed, best, last=None, *, mode
     rec.add_eval(steps, last, epoch=2)
     rec.set_best_last({"step": steps // 2, "epoch": 1, "metrics": best}, {"step": steps, "epoch": 2, "metrics": last})
     rec.set_train(steps=steps, tokens=1000 * steps)
+    if baseline is not None:
+        rec.set_baseline({"kind": "the best constant prediction", "metrics": baseline})
     rec.write(status)
     return name
 
@@ -406,3 +408,17 @@ def test_a_learning_rate_grid_keeps_the_rate_with_the_lowest_selection_loss(tmp_
     assert "| GaLore | llama_20m | 0.01 | 2 | 6.1000 | 590.00 |  (seed 1 failed) |" in grid
     index = (tmp_path / "t" / "index.md").read_text()
     assert "lr 0.0003 not chosen (lr 0.001 chosen from {0.0003, 0.001, 0.003} on the selection loss)" in index
+
+
+def test_glue_table_shows_the_trivial_baseline_and_flags_cells_that_do_not_beat_it(tmp_path):
+    base = {"validation": {"accuracy": 146 / 277}}  # RTE's dev majority class
+    for seed, (lora, full) in enumerate(((0.52, 0.60), (0.53, 0.62), (0.51, 0.61))):
+        write_glue(tmp_path / "r", "rte", "lora", 8, seed, acc(lora), baseline=base)
+        write_glue(tmp_path / "r", "rte", "full", None, seed, acc(full), baseline=base)
+    tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
+    md = (tmp_path / "t" / "glue_minilm.md").read_text()
+    rows = _rows(md)
+    assert rows["trivial baseline | best constant prediction"][0] == "52.71"
+    assert rows["LoRA (rank 8) | ours (3 runs)"][0] == "52.00 ± 1.00‡"   # median 52.00 <= 52.71
+    assert rows["Full fine-tuning | ours (3 runs)"][0] == "61.00 ± 1.00"
+    assert "‡: the cell's median does not beat it" in md
