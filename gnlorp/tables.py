@@ -31,6 +31,7 @@ from pathlib import Path
 
 from . import lr_selection
 from .identity import EXCLUDED_KEYS
+from .paired import paired_difference
 from .methods import METHODS, SPECS, is_low_rank
 from .methods import label as method_label
 from .record import load_results
@@ -476,6 +477,60 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
                  [_glue_setup(tasks, runs)] + _left_out_section(excluded))
 
 
+def _comparisons(keys: list[tuple]) -> list[tuple[tuple, tuple]]:
+    """(a, b) row pairs whose paired difference a - b the differences table shows: GradNormLoRP against LoRA
+    and GaLore, and every method against full training (same rank, precision and settings where it has one)."""
+    pairs = []
+    by = {(k[0], k[1], k[2], k[3]): k for k in keys}
+    full = [k for k in keys if k[0] == "full"]
+    for k in keys:
+        if k[0] == "gradnormlorp":
+            for other in ("lora", "galore"):
+                if (other, k[1], k[2], k[3]) in by:
+                    pairs.append((k, by[(other, k[1], k[2], k[3])]))
+    for k in keys:
+        if k[0] != "full":
+            pairs += [(k, f) for f in full if f[2] == k[2]]
+    return pairs
+
+
+def glue_differences_table(model: str, runs: list[Run]) -> Table | None:
+    """Paired differences (gnlorp/paired.py) per task and on the average, from the runs of glue_table."""
+    tasks = [t for t in GLUE_TASKS if any(r.task == t for r in runs)]
+    avg_tasks = [t for t in tasks if t not in AVG_EXCLUDED]
+    scores: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in runs:
+        v = _glue_value(r)
+        if v is not None:
+            scores[(r.method, r.rank, r.precision, r.variant)][r.task][r.seed] = v
+    keys = sorted(scores, key=lambda k: _row_order(*k))
+    labels = _labels(keys, "glue", with_rank=True)
+
+    def averages(key):
+        seeds = set.intersection(*(set(scores[key][t]) for t in avg_tasks)) if avg_tasks else set()
+        return {s: statistics.fmean(scores[key][t][s] for t in avg_tasks) for s in seeds}
+
+    rows = []
+    for a, b in _comparisons(keys):
+        cells = []
+        for t in tasks:
+            d = paired_difference(scores[a][t], scores[b][t])
+            cells.append(d.text() if d else DASH)
+        d = paired_difference(averages(a), averages(b)) if avg_tasks else None
+        rows.append([f"{labels[a]} − {labels[b]}"] + cells + ([d.text() if d else DASH] if avg_tasks else []))
+    if not rows:
+        return None
+    header = ["Difference"] + [TASK_LABEL.get(t, t) for t in tasks] + (["avg"] if avg_tasks else [])
+    notes = ["Cells: mean over seeds of the paired difference of scores ×100 (runs with the same seed share data "
+             "order and subset), [2.5%, 97.5%] percentile bootstrap interval of that mean over seeds "
+             "(gnlorp/paired.py: every resample enumerated up to 6 seeds; with 3 seeds it lies just inside the range "
+             "of the per-seed differences); \"—\": fewer than two seeds in common."]
+    if avg_tasks:
+        notes.append(f"avg: per seed, the mean over {', '.join(TASK_LABEL[t] for t in avg_tasks)}, then paired.")
+    return Table(f"glue_{_safe(model)}_differences", f"GLUE, {model}: paired differences between methods",
+                 header, ["l"] + ["r"] * (len(header) - 1), rows, notes)
+
+
 def _distinct(values) -> str:
     vals = sorted({v for v in values}, key=lambda v: (v is None, str(v)))
     return " / ".join("all" if v is None else str(v) for v in vals)
@@ -898,6 +953,9 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
             if stem.startswith("glue_"):
                 model = rs[0].model
                 table = glue_table(model, rs, excluded_by_group.get(stem, []))
+                differences = glue_differences_table(model, rs)
+                if differences is not None:
+                    tables.append(differences)
                 keys = sorted({(r.method, r.rank, r.precision, r.variant) for r in rs}, key=lambda k: _row_order(*k))
                 labels = _labels(keys, "glue", with_rank=True)
                 for task in sorted({r.task for r in rs}, key=lambda t: (GLUE_TASKS + (t,)).index(t)):

@@ -157,7 +157,7 @@ def test_writes_one_table_per_model_and_scale_and_the_plots(built):
     assert names == sorted([
         "c4_llama_7b.md", "c4_llama_7b.tex", "c4_other-sizes.md", "c4_other-sizes.tex", "c4_paper-sizes.md",
         "c4_paper-sizes.tex", "glue_bert_tiny.md", "glue_bert_tiny.tex", "glue_minilm.md", "glue_minilm.tex",
-        "index.md", "loss_c4_llama_20m.png", "loss_c4_llama_60m.png", "loss_c4_llama_7b.png",
+        "glue_minilm_differences.md", "glue_minilm_differences.tex", "index.md", "loss_c4_llama_20m.png", "loss_c4_llama_60m.png", "loss_c4_llama_7b.png",
         "dev_glue_bert_tiny_rte.png", "dev_glue_minilm_cola.png", "dev_glue_minilm_mrpc.png",
         "dev_glue_minilm_wnli.png", "memory.md", "memory.png", "memory.tex",
     ])
@@ -422,3 +422,27 @@ def test_glue_table_shows_the_trivial_baseline_and_flags_cells_that_do_not_beat_
     assert rows["LoRA (rank 8) | ours (3 runs)"][0] == "52.00 ± 1.00‡"   # median 52.00 <= 52.71
     assert rows["Full fine-tuning | ours (3 runs)"][0] == "61.00 ± 1.00"
     assert "‡: the cell's median does not beat it" in md
+
+
+def test_paired_difference_by_hand():
+    """Differences 1, 2, 6: mean 3; the 27 equally likely resampled means, sorted, have the 2.5% point at
+    position 0.65 between 1 (1,1,1) and 4/3 (1,1,2), and the 97.5% point between 14/3 (6,6,2) and 6."""
+    from gnlorp.paired import paired_difference
+
+    d = paired_difference({0: 11.0, 1: 12.0, 2: 16.0, 3: 99.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    assert (d.mean, d.seeds) == (3.0, 3)
+    assert d.low == pytest.approx(1 + 0.65 * (4 / 3 - 1))
+    assert d.high == pytest.approx(14 / 3 + 0.35 * (6 - 14 / 3))
+    assert paired_difference({0: 1.0}, {0: 0.0}) is None  # one seed in common: no interval
+
+
+def test_glue_differences_table_pairs_runs_by_seed(tmp_path):
+    for seed, (gnl, lora, full) in enumerate(((0.61, 0.60, 0.50), (0.72, 0.70, 0.52), (0.63, 0.60, 0.51))):
+        write_glue(tmp_path / "r", "rte", "gradnormlorp", 8, seed, acc(gnl))
+        write_glue(tmp_path / "r", "rte", "lora", 8, seed, acc(lora))
+        write_glue(tmp_path / "r", "rte", "full", None, seed, acc(full))
+    tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
+    md = (tmp_path / "t" / "glue_minilm_differences.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in md.splitlines() if " − " in line}
+    assert rows["GradNormLoRP (rank 8) − LoRA (rank 8)"][0].startswith("+2.00 [")  # (1 + 2 + 3) / 3
+    assert rows["LoRA (rank 8) − Full fine-tuning"][0].startswith("+12.33 [")     # (10 + 18 + 9) / 3, seed by seed
