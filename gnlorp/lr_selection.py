@@ -2,10 +2,12 @@
 
 A *grid* is the runs of one task, model, method, rank and precision whose training settings differ only in the
 learning rate (e.g. `python run.py -m -cd sweeps -cn cpu_c4`, `train.lr_factor=0.3,1,3`), each scored on a
-`selection` split (C4: `task.selection_tokens`, validation blocks after the reported ones). The chosen rate has
-the lowest median selection loss over its seeds; a run that did not complete (diverged, killed) scores +inf at
-its rate, so a rate with any such seed is never chosen while another rate completed every seed. The tables keep
-only the chosen rate's runs and list the whole grid beside them.
+`selection` split: C4, `task.selection_tokens` (validation blocks after the reported ones), scored by its loss
+at the last evaluation; GLUE, `task.selection_samples` (train rows held out), scored by the task's headline
+metric at its best epoch, negated so that lower is better everywhere. The chosen rate has the lowest median
+score over its seeds; a run that did not complete (diverged, killed) scores +inf at its rate, so a rate with
+any such seed is never chosen while another rate completed every seed. The tables keep only the chosen rate's
+runs and list the whole grid beside them.
 """
 
 from __future__ import annotations
@@ -18,8 +20,23 @@ from dataclasses import dataclass, field
 LR_KEY = "train.lr"
 
 
-def selection_loss(record: dict) -> float | None:
-    """The last evaluation's selection loss, or None if the run was not scored on a selection split."""
+def selection_epoch(record: dict, metric: str) -> dict | None:
+    """The evaluation (an eval_history entry) with the best selection `metric` (higher is better; the earliest
+    of equals), or None if the run has no selection split."""
+    best = None
+    for e in record.get("eval_history") or []:
+        v = ((e.get("metrics") or {}).get("selection") or {}).get(metric)
+        if isinstance(v, (int, float)) and math.isfinite(v) and (best is None or v > best[0]):
+            best = (v, e)
+    return None if best is None else best[1]
+
+
+def selection_loss(record: dict, metric: str | None = None) -> float | None:
+    """What chooses (lower is better): C4's selection loss at the last evaluation, or with `metric` (GLUE's
+    headline metric) minus its best value on the selection split; None if the run has no selection split."""
+    if metric is not None:
+        e = selection_epoch(record, metric)
+        return None if e is None else -float(e["metrics"]["selection"][metric])
     try:
         v = record["last"]["metrics"]["selection"]["loss"]
     except (KeyError, TypeError):
@@ -33,10 +50,12 @@ class GridPoint:
     runs: list = field(default_factory=list)        # complete runs (tables.Run)
     failed: list = field(default_factory=list)      # runs that did not complete: (Run, status)
 
+    metric: str | None = None                       # GLUE: the headline metric (selection_loss)
+
     @property
     def score(self) -> float:
         """Median selection loss over seeds; +inf if a seed failed or diverged to a non-finite loss."""
-        losses = [selection_loss(r.record) for r in self.runs]
+        losses = [selection_loss(r.record, self.metric) for r in self.runs]
         if self.failed or not losses or any(v is None or not math.isfinite(v) for v in losses):
             return math.inf
         return statistics.median(losses)
@@ -62,9 +81,10 @@ def _other_settings(run) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in run.settings.items() if k != LR_KEY))
 
 
-def choose(runs: list, incomplete: list) -> tuple[list, list[Grid]]:
-    """(the runs to tabulate, the grids). `runs` are complete runs, `incomplete` (Run, status) pairs. Runs that are
-    not part of a grid (one rate only, or no selection score) pass through unchanged."""
+def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[list, list[Grid]]:
+    """(the runs to tabulate, the grids). `runs` are complete runs, `incomplete` (Run, status) pairs, `metric_of`
+    a run's selection metric for selection_loss (None: C4's loss). Runs that are not part of a grid (one rate
+    only, or no selection score) pass through unchanged."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in runs:
         groups[(r.family, r.task, r.model, r.method, r.rank, r.precision, _other_settings(r))].append(r)
@@ -77,11 +97,12 @@ def choose(runs: list, incomplete: list) -> tuple[list, list[Grid]]:
     for key in sorted(set(groups) | set(failed_by_group), key=repr):
         members, failed = groups.get(key, []), failed_by_group.get(key, [])
         rates = {r.settings.get(LR_KEY) for r in members} | {r.settings.get(LR_KEY) for r, _ in failed}
-        scored = members and all(selection_loss(r.record) is not None for r in members)
+        metric = metric_of(members[0]) if members else None
+        scored = members and all(selection_loss(r.record, metric) is not None for r in members)
         if len(rates) < 2 or not scored or None in rates:
             kept += members
             continue
-        points = {lr: GridPoint(float(lr)) for lr in rates}
+        points = {lr: GridPoint(float(lr), metric=metric) for lr in rates}
         for r in members:
             points[r.settings[LR_KEY]].runs.append(r)
         for r, status in failed:

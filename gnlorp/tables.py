@@ -186,10 +186,17 @@ def _mark_variants(runs: list[Run]) -> None:
             r.variant = ", ".join(f"{k}={s.get(k)}" for k in keys)
 
 
+def _selection_metric(run: Run) -> str | None:
+    return HEADLINE.get(run.task, ("validation", "accuracy"))[1] if run.family == "glue" else None
+
+
 def _glue_value(run: Run) -> float | None:
+    """×100 headline dev score: at the epoch with the best selection score where the run held out a selection
+    split (so neither the epoch nor the learning rate is chosen on dev), else at the best dev epoch (`best`)."""
     split, metric = HEADLINE.get(run.task, ("validation", "accuracy"))
+    chosen = lr_selection.selection_epoch(run.record, metric)
     try:
-        v = run.record["best"]["metrics"][split][metric]
+        v = (chosen or run.record["best"])["metrics"][split][metric]
     except (KeyError, TypeError):
         return None
     return 100.0 * float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
@@ -265,7 +272,7 @@ def collect(results_dir: str | Path, allow_dirty: bool = False):
             excluded.append(Excluded(run.name, file, group, f"no {want} in the result"))
         else:
             runs.append(run)
-    chosen, grids = lr_selection.choose(runs, incomplete)
+    chosen, grids = lr_selection.choose(runs, incomplete, metric_of=_selection_metric)
     chosen_ids = {id(r) for r in chosen}
     for grid in grids:
         for point in grid.points:
@@ -452,10 +459,16 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
             rows.append([labels[key], f"paper ({p.source})"] + pcells + ([pavg] if avg_tasks else []))
 
     metric_bits = ", ".join(f"{TASK_LABEL.get(t, t)} {METRIC_LABEL[HEADLINE[t][1]]}" for t in tasks if t in HEADLINE)
+    held_out = any(lr_selection.selection_epoch(r.record, HEADLINE.get(r.task, ("", "accuracy"))[1]) for r in runs)
+    if held_out:
+        epoch_rule = ("at the epoch with the best score on train rows held out of training (task.selection_samples), "
+                      "the learning rate chosen on the same rows (glue_" + _safe(model) + "_lr_grid.md): nothing is "
+                      "chosen on the dev split")
+    else:
+        epoch_rule = ("of the best epoch (the `best` evaluation in each result file: the GLUE convention of GaLore's "
+                      "scripts, best validation score over the epochs)")
     notes = [
-        f"Score ×100 of the best epoch (the `best` evaluation in each result file: the GLUE convention of GaLore's "
-        f"scripts, best validation score over the epochs): {metric_bits}"
-        + ("; MNLI on validation_matched." if "mnli" in tasks else "."),
+        f"Score ×100 {epoch_rule}: {metric_bits}" + ("; MNLI on validation_matched." if "mnli" in tasks else "."),
         SPREAD_NOTE,
     ]
     if avg_tasks:
@@ -671,29 +684,41 @@ def c4_table(stem: str, runs: list[Run], excluded: list[Excluded], grids: list =
 
 
 def lr_grid_table(stem: str, grids: list) -> Table:
-    """Every point of every learning-rate grid of a table: its selection loss (what chose) and its reported
-    validation perplexity (what the table shows), so the choice can be checked."""
-    keys = sorted(grids, key=lambda g: _row_order(g.key[3], g.key[4], g.key[5]))
-    labels = _labels([(g.key[3], g.key[4], g.key[5], "") for g in keys], "c4", with_rank=False)
+    """Every point of every learning-rate grid of a table: its selection score (what chose) and its reported
+    score (what the table shows), so the choice can be checked."""
+    glue = stem.startswith("glue_")
+    table = "glue" if glue else "c4"
+    keys = sorted(grids, key=lambda g: (g.key[1], _row_order(g.key[3], g.key[4], g.key[5])))
+    labels = _labels(sorted({(g.key[3], g.key[4], g.key[5], "") for g in keys}, key=lambda k: _row_order(*k)),
+                     table, with_rank=glue)
     rows = []
     for g in keys:
         label = labels[(g.key[3], g.key[4], g.key[5], "")]
+        where = TASK_LABEL.get(g.key[1], g.key[1]) if glue else SIZE_LABEL.get(g.key[2], g.key[2])
         for p in g.points:
             runs = sorted(p.runs, key=lambda r: r.seed)
-            sel = [lr_selection.selection_loss(r.record) for r in runs]
-            ppl = [_c4_value(r) for r in runs]
+            sel = [lr_selection.selection_loss(r.record, p.metric) for r in runs]
+            sel = [(-100.0 * v if glue else v) for v in sel if v is not None]
+            reported = [v for v in (_glue_value(r) if glue else _c4_value(r) for r in runs) if v is not None]
             state = "; ".join(f"seed {r.seed} {status}" for r, status in sorted(p.failed, key=lambda f: f[0].seed))
-            rows.append([label, SIZE_LABEL.get(g.key[2], g.key[2]), f"{p.lr:g}", str(len(runs) + len(p.failed)),
-                         _cell([v for v in sel if v is not None], 4) if runs else DASH,
-                         _cell([v for v in ppl if v is not None]) if runs else DASH,
+            rows.append([label, where, f"{p.lr:g}", str(len(runs) + len(p.failed)),
+                         _cell(sel, 2 if glue else 4) if runs else DASH, _cell(reported) if runs else DASH,
                          ("**chosen**" if p.lr == g.chosen else "") + (f" ({state})" if state else "")])
-    notes = ["Selection loss: mean cross-entropy on the selection slice at the last evaluation, median over seeds "
-             "± half the range; the chosen rate has the lowest (a rate with a failed seed is never chosen).",
-             "Validation perplexity: the reported slice, as in the main table (shown for every rate, chosen on the "
-             "other slice)."]
-    return Table(f"{stem}_lr_grid", f"Learning-rate grids of {stem}.md: selection loss and validation perplexity",
-                 ["Method", "Model", "lr", "Runs", "Selection loss", "Validation perplexity", ""],
-                 ["l", "l", "r", "r", "r", "r", "l"], rows, notes)
+    if glue:
+        notes = ["Selection score: the task's headline metric ×100 on train rows held out of training "
+                 "(task.selection_samples) at the run's best epoch there, median over seeds ± half the range; the "
+                 "chosen rate has the highest (a rate with a failed seed is never chosen).",
+                 "Dev score: the headline metric ×100 on the dev split at that same epoch, as in the main table "
+                 "(shown for every rate; neither the rate nor the epoch is chosen on it)."]
+        header = ["Method", "Task", "lr", "Runs", "Selection score", "Dev score", ""]
+    else:
+        notes = ["Selection loss: mean cross-entropy on the selection slice at the last evaluation, median over "
+                 "seeds ± half the range; the chosen rate has the lowest (a rate with a failed seed is never chosen).",
+                 "Validation perplexity: the reported slice, as in the main table (shown for every rate, chosen on "
+                 "the other slice)."]
+        header = ["Method", "Model", "lr", "Runs", "Selection loss", "Validation perplexity", ""]
+    return Table(f"{stem}_lr_grid", f"Learning-rate grids of {stem}.md: " + header[4].lower() + " and "
+                 + header[5].lower(), header, ["l", "l", "r", "r", "r", "r", "l"], rows, notes)
 
 
 def _tokens(r: Run):
@@ -953,6 +978,9 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
             if stem.startswith("glue_"):
                 model = rs[0].model
                 table = glue_table(model, rs, excluded_by_group.get(stem, []))
+                stem_grids = [g for g in grids if _group(g.any_run()) == stem]
+                if stem_grids:
+                    tables.append(lr_grid_table(stem, stem_grids))
                 differences = glue_differences_table(model, rs)
                 if differences is not None:
                     tables.append(differences)

@@ -446,3 +446,31 @@ def test_glue_differences_table_pairs_runs_by_seed(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in md.splitlines() if " − " in line}
     assert rows["GradNormLoRP (rank 8) − LoRA (rank 8)"][0].startswith("+2.00 [")  # (1 + 2 + 3) / 3
     assert rows["LoRA (rank 8) − Full fine-tuning"][0].startswith("+12.33 [")     # (10 + 18 + 9) / 3, seed by seed
+
+
+def test_glue_grid_chooses_rate_and_epoch_on_held_out_rows_never_on_dev(tmp_path):
+    """Two rates x 2 seeds, two epochs each. 1e-4 has the better dev scores, 3e-4 the better selection score
+    (75 against 70): 3e-4 is chosen, and its runs report dev at their best selection epoch (epoch 1: 0.50),
+    not at their best dev epoch (epoch 2: 0.55)."""
+    r = tmp_path / "r"
+    for lr, sel, dev in ((1e-4, (0.60, 0.70), (0.80, 0.90)), (3e-4, (0.75, 0.65), (0.50, 0.55))):
+        for seed in (0, 1):
+            cfg = _config("glue", "rte", "minilm", "lora", 8, "fp32", seed, lr=lr)
+            rec = RunRecord(r, f"glue-rte-minilm-lora-r8-fp32-s{seed}-{lr:g}", cfg, clock=CLOCK)
+            rec.set_identity(hash=f"{lr:g}", settings={"train.lr": lr, "method.name": "lora", "seed": seed})
+            rec.git = {"sha": "0" * 40, "dirty": False}
+            evals = [{"validation": {"accuracy": dev[e] + 0.01 * seed}, "selection": {"accuracy": sel[e]}}
+                     for e in (0, 1)]
+            for e, m in enumerate(evals):
+                rec.add_eval(10 * (e + 1), m, epoch=e + 1)
+            best = max(range(2), key=lambda e: evals[e]["validation"]["accuracy"])  # the dev-chosen `best`
+            rec.set_best_last({"step": 10 * (best + 1), "epoch": best + 1, "metrics": evals[best]},
+                              {"step": 20, "epoch": 2, "metrics": evals[1]})
+            rec.write("complete")
+    tables.build_tables(r, tmp_path / "t", memory=False)
+    md = (tmp_path / "t" / "glue_minilm.md").read_text()
+    assert _rows(md)["LoRA (rank 8) | ours (2 runs)"][0] == "50.50 ± 0.50"
+    grid = (tmp_path / "t" / "glue_minilm_lr_grid.md").read_text()
+    assert "| LoRA (rank 8) | RTE | 0.0003 | 2 | 75.00 ± 0.00 | 50.50 ± 0.50 | **chosen** |" in grid
+    assert "| LoRA (rank 8) | RTE | 0.0001 | 2 | 70.00 ± 0.00 | 90.50 ± 0.50 |  |" in grid
+    assert "nothing is chosen on the dev split" in md
