@@ -117,17 +117,22 @@ def distributed_env_from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def run_identity(cfg: DictConfig, derived: dict) -> tuple[str, str, dict, dict]:
+    """(readable name, run id = name-hash, the training settings hashed, the resolved config)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    settings = identity.training_settings(resolved, derived, uses_rank=cfg.method.name in LOW_RANK,
+                                          uses_scale=cfg.method.name in PROJECTED)
+    name = run_name(cfg)
+    return name, f"{name}-{identity.identity_hash(settings)}", settings, resolved
+
+
 def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
     distributed_env_from_slurm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     derived = check_config(cfg, world)
     _check_data_dirs(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    settings = identity.training_settings(resolved, derived, uses_rank=cfg.method.name in LOW_RANK,
-                                          uses_scale=cfg.method.name in PROJECTED)
-    name = run_name(cfg)
-    run_id = f"{name}-{identity.identity_hash(settings)}"
+    name, run_id, settings, resolved = run_identity(cfg, derived)
     check_name_length(run_id)
     check_writable_folder("results_dir", cfg.results_dir)
     check_writable_folder("checkpoint_dir", cfg.checkpoint_dir)

@@ -15,12 +15,13 @@ import yaml
 from conftest import C4_DIR, CONF, ROOT, needs_shared
 from gnlorp.checks import galore_scale
 from gnlorp.methods import PROJECTED
-from gnlorp.runner import check_config, run_name
+from gnlorp.runner import check_config, run_identity, run_name
 
 SWEEPS = ROOT / "sweeps"
 C4_METHODS = ("full", "lora", "galore", "gradnormlorp", "relora", "switchlora")
 GRID_SIZE = {"paper_glue": 9 * 2 * 5, "paper_c4": 4 * len(C4_METHODS), "paper_llama7b": 3, "cpu_glue": 5 * 3 * 4,
-             "cpu_c4": len(C4_METHODS)}
+             "cpu_c4": len(C4_METHODS) * 3}
+LR_FACTORS = ("0.3", "1", "3")  # cpu_c4's learning-rate grid around each method's recipe
 GLUE9 = ["cola", "stsb", "mrpc", "rte", "sst2", "mnli", "qnli", "qqp", "wnli"]
 C4_PAPER = {  # GaLore Table 2 / PAPER_NUMBERS.md: size -> (rank, steps)
     "llama_60m": (128, 10_000), "llama_130m": (256, 20_000), "llama_350m": (256, 60_000), "llama_1b": (512, 100_000)}
@@ -121,8 +122,11 @@ def _check_cpu_glue(cfg, p):
 
 def _check_cpu_c4(cfg, p):
     assert (cfg.model.name, cfg.model.tokenizer, cfg.rank, cfg.precision.name) == ("llama_20m", "mistral-sp", 64, "fp32")
-    assert cfg.train.max_steps * cfg.train.batch_size * cfg.task.seq_len == 614_400  # the fixed token budget
+    assert cfg.train.max_steps * cfg.train.batch_size * cfg.task.seq_len == 409_600  # the fixed token budget
     assert cfg.task.data_dir == "../shared/data/c4/en" and cfg.method.name == p["method"]
+    assert (cfg.task.eval_tokens, cfg.task.selection_tokens) == (131_072, 131_072)  # reported, then selection
+    assert str(p["train.lr_factor"]) in LR_FACTORS and cfg.keep_going is True
+    assert check_config(cfg)["lr"] == pytest.approx(cfg.task.lr[cfg.method.name] * float(p["train.lr_factor"]))
 
 
 CHECKS = {"paper_glue": _check_paper_glue, "paper_c4": _check_paper_c4, "paper_llama7b": _check_paper_llama7b,
@@ -139,16 +143,17 @@ def _check_point(sweep, point):
 
 @pytest.mark.parametrize("sweep", sorted(GRID_SIZE))
 def test_grid_points_compose_to_the_intended_settings(sweep):
-    names = [run_name(_check_point(sweep, p)) for p in _sample(grid(sweep))]
-    assert len(set(names)) == len(names) or sweep == "paper_glue"  # paper_glue: full is rank-free (see below)
+    cfgs = [_check_point(sweep, p) for p in _sample(grid(sweep))]
+    ids = [run_identity(cfg, check_config(cfg))[1] for cfg in cfgs]
+    assert len(set(ids)) == len(ids) or sweep == "paper_glue"  # paper_glue: full is rank-free (see below)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sweep", sorted(GRID_SIZE))
 def test_every_grid_point_composes(sweep):
-    names = [run_name(_check_point(sweep, p)) for p in grid(sweep)]
+    ids = [run_identity(cfg, check_config(cfg))[1] for cfg in (_check_point(sweep, p) for p in grid(sweep))]
     distinct = {"paper_glue": 9 * (1 + 4 * 2)}.get(sweep, GRID_SIZE[sweep])  # full runs once per task, not per rank
-    assert len(set(names)) == distinct
+    assert len(set(ids)) == distinct
 
 
 def test_command_line_keys_replace_the_grid_lists():
@@ -205,7 +210,7 @@ def _dry_multirun(tmp_path, sweep, *extra):
 def test_multirun_dry_run_cpu_c4(tmp_path):
     jobs = _dry_multirun(tmp_path, "cpu_c4")
     assert jobs == [[f"c4-llama_20m-{m}{'' if m == 'full' else '-r64'}-fp32-s0", True, True]
-                    for m in C4_METHODS]
+                    for m in C4_METHODS for _ in LR_FACTORS]
 
 
 @pytest.mark.slow
@@ -250,7 +255,7 @@ def _glue_run_seconds(task: str, samples: int | None, epochs: int) -> float:
     return START_S + train + epochs * DEV_TOKENS[task] * EVAL_TOKEN_S
 
 
-def test_cpu_sweeps_fit_four_hours_in_parts_under_an_hour():
+def test_cpu_sweeps_fit_six_hours_in_parts_under_an_hour():
     parts = {}
     for p in grid("cpu_glue"):
         task = _point(p)["task"].split("/")[1]
@@ -260,13 +265,16 @@ def test_cpu_sweeps_fit_four_hours_in_parts_under_an_hour():
         parts[task][0] += _glue_run_seconds(task, parts[task][1], parts[task][2])
     c4 = compose_sweep("cpu_c4", grid("cpu_c4")[0])
     evals = c4.train.max_steps // c4.train.eval_every
-    c4_run = START_S + c4.train.max_steps * C4_STEP_S + evals * c4.task.eval_tokens * C4_EVAL_S_PER_TOKEN
-    parts["c4"] = [len(grid("cpu_c4")) * c4_run]
+    scored = c4.task.eval_tokens + c4.task.selection_tokens
+    c4_run = START_S + c4.train.max_steps * C4_STEP_S + evals * scored * C4_EVAL_S_PER_TOKEN
+    for pair in ("full,lora", "galore,gradnormlorp", "relora,switchlora"):  # sweeps/README.md's C4 parts
+        parts[f"c4 {pair}"] = [len(grid("cpu_c4", [f"method={pair}"])) * c4_run]
     minutes = {k: round(v[0] / 60) for k, v in parts.items()}
     assert all(m <= 60 for m in minutes.values()), minutes
-    assert sum(v[0] for v in parts.values()) <= 4 * 3600, minutes
-    # the numbers sweeps/README.md gives
-    assert minutes == {"cola": 21, "stsb": 30, "mrpc": 27, "rte": 23, "wnli": 18, "c4": 60}, minutes
+    assert sum(v[0] for v in parts.values()) <= 6 * 3600, minutes
+    # the estimates sweeps/README.md gives
+    assert minutes == {"cola": 21, "stsb": 30, "mrpc": 27, "rte": 23, "wnli": 18, "c4 full,lora": 43,
+                       "c4 galore,gradnormlorp": 43, "c4 relora,switchlora": 43}, minutes
 
 
 @needs_shared
@@ -275,7 +283,8 @@ def test_cpu_c4_sweep_runs_and_skips_complete_runs_on_a_rerun(tmp_path):
     """The real `python run.py -m -cd sweeps -cn cpu_c4`, shrunk to a tiny LLaMA, 2 steps and one method, twice."""
     args = [str(ROOT / "run.py"), "-m", "-cd", "sweeps", "-cn", "cpu_c4", "method=galore", "model=llama_tiny",
             "model.tokenizer=mistral-sp", "task.seq_len=64", "train.max_steps=2", "train.eval_every=null",
-            "task.eval_tokens=512", f"task.cache_dir={tmp_path}/cache", "train.num_threads=1", f"task.data_dir={C4_DIR}",
+            "task.eval_tokens=512", "task.selection_tokens=512", "train.lr_factor=1", f"task.cache_dir={tmp_path}/cache",
+            "train.num_threads=1", f"task.data_dir={C4_DIR}",
             f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/ck", "logger.mode=disabled",
             f"hydra.sweep.dir={tmp_path}/multirun"]
     first = _cli(args, ROOT, timeout=300)
