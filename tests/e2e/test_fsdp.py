@@ -205,20 +205,35 @@ def test_four_processes_match_one_process(tmp_path):
         assert _max_diff(p1, p4) <= (1e-5 if case == "galore32" else 2e-3)
 
 
+def _launch_run_py(nproc: int, cwd, folder, *args):
+    """`run.py` on a tiny C4 job (conftest.tiny_c4) writing into `folder`, under torchrun when nproc > 1."""
+    from conftest import tiny_c4
+
+    cmd = [sys.executable, str(ROOT / "run.py"), *tiny_c4(folder, *args)]
+    if nproc > 1:
+        cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _results_match(one, two) -> tuple[dict, dict]:
+    """The two folders' single results: complete, same loss curve (1e-4) and validation loss (1e-4)."""
+    (r1,), (r2,) = ([json.loads(p.read_text()) for p in (f / "results").glob("*.json")] for f in (one, two))
+    assert r1["status"] == r2["status"] == "complete"
+    assert [s for s, _ in r2["loss_curve"]] == [s for s, _ in r1["loss_curve"]]
+    assert max(abs(a - b) for (_, a), (_, b) in zip(r1["loss_curve"], r2["loss_curve"])) <= 1e-4
+    assert abs(r1["last"]["metrics"]["validation"]["loss"] - r2["last"]["metrics"]["validation"]["loss"]) <= 1e-4
+    return r1, r2
+
+
 @pytest.mark.slow
 def test_run_py_fsdp_stop_resume_and_merged_model_match_one_process(tmp_path):
     """torchrun run.py train.parallel=fsdp: stopped at step 6, resumed from the DCP folder to step 12, a merged
     vanilla model written from the shards; the loss curve and the validation loss equal one process's."""
-    from conftest import tiny_c4
     from transformers import AutoModelForCausalLM
 
     def launch(nproc, folder, *extra):
-        cmd = [sys.executable, str(ROOT / "run.py"),
-               *tiny_c4(folder, "method=gradnormlorp", "method.svd=randomized", "method.update_proj_gap=4", *extra)]
-        if nproc > 1:
-            cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        return subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        return _launch_run_py(nproc, tmp_path, folder, "method=gradnormlorp", "method.svd=randomized",
+                              "method.update_proj_gap=4", *extra)
 
     one, two = tmp_path / "one", tmp_path / "two"
     fsdp = ("train.parallel=fsdp", "save_model=true")
@@ -227,11 +242,7 @@ def test_run_py_fsdp_stop_resume_and_merged_model_match_one_process(tmp_path):
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0 and "last.dcp" in out, out[-3000:]
     _wait(launch(2, two, *fsdp, "resume=true"))
-    (r1,), (r2,) = ([json.loads(p.read_text()) for p in (f / "results").glob("*.json")] for f in (one, two))
-    assert r1["status"] == r2["status"] == "complete"
-    assert [s for s, _ in r2["loss_curve"]] == [s for s, _ in r1["loss_curve"]]
-    assert max(abs(a - b) for (_, a), (_, b) in zip(r1["loss_curve"], r2["loss_curve"])) <= 1e-4
-    assert abs(r1["last"]["metrics"]["validation"]["loss"] - r2["last"]["metrics"]["validation"]["loss"]) <= 1e-4
+    _results_match(one, two)
     (model_dir,) = (two / "results" / "models").iterdir()
     merged = AutoModelForCausalLM.from_pretrained(model_dir)
     assert type(merged.model.layers[0].self_attn.q_proj).__name__ == "Linear"
@@ -242,19 +253,7 @@ def test_run_py_fsdp_stop_resume_and_merged_model_match_one_process(tmp_path):
 def test_run_py_fsdp_peft_methods_built_on_meta_match_one_process(tmp_path, method):
     """Under FSDP the ranks but 0 build the LLaMA on the meta device and wrap it with peft there; rank 0's
     weights (LoRA's random A included) reach every shard: the run equals one process's."""
-    from conftest import tiny_c4
-
-    def launch(nproc, folder):
-        cmd = [sys.executable, str(ROOT / "run.py"),
-               *tiny_c4(folder, f"method={method}", "rank=4", "train.max_steps=6", "train.parallel=fsdp")]
-        if nproc > 1:
-            cmd[1:1] = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        return subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-
+    args = (f"method={method}", "rank=4", "train.max_steps=6", "train.parallel=fsdp")
     one, two = tmp_path / "one", tmp_path / "two"
-    _wait(launch(1, one), launch(2, two))
-    (r1,), (r2,) = ([json.loads(p.read_text()) for p in (f / "results").glob("*.json")] for f in (one, two))
-    assert r1["status"] == r2["status"] == "complete"
-    assert max(abs(a - b) for (_, a), (_, b) in zip(r1["loss_curve"], r2["loss_curve"])) <= 1e-4
-    assert abs(r1["last"]["metrics"]["validation"]["loss"] - r2["last"]["metrics"]["validation"]["loss"]) <= 1e-4
+    _wait(_launch_run_py(1, tmp_path, one, *args), _launch_run_py(2, tmp_path, two, *args))
+    _results_match(one, two)
