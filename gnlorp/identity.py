@@ -15,7 +15,7 @@ import hashlib
 import json
 from typing import Any
 
-from .schema import RunSettings
+from .schema import UNLESS_DEFAULT, RunSettings
 
 HASH_CHARS = 8
 
@@ -34,6 +34,18 @@ def _training_keys(schema=RunSettings, prefix: str = "") -> tuple[list[str], lis
         else:
             drop.append(key)
     return keep, drop
+
+
+def _added_later(schema=RunSettings, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: default} of the settings declared identity=UNLESS_DEFAULT (schema module docstring)."""
+    out = {}
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            out.update(_added_later(f.default_factory, f"{key}."))
+        elif f.metadata.get("identity") == UNLESS_DEFAULT:
+            out[key] = f.default
+    return out
 
 
 IDENTITY_KEYS, EXCLUDED_KEYS = _training_keys()  # with the keys every method has (schema.MethodSettings)
@@ -59,7 +71,11 @@ def training_settings(resolved: dict, derived: dict, uses_rank: bool = True, use
     """{dotted key: value} of everything that changes training (see the module docstring): the chosen method's
     own keys only. A method that ignores the rank (full training) or GaLore's scale (LoRA) is not told apart
     by them."""
-    settings = {key: _get(resolved, key) for key in identity_keys(_get(resolved, "method.name"))}
+    method = _get(resolved, "method.name")
+    settings = {key: _get(resolved, key) for key in identity_keys(method)}
+    for key, default in _defaults_of_added_keys(method).items():
+        if key in settings and settings[key] == default:
+            del settings[key]
     settings.pop("task.lr")
     settings.pop("task.alpha")
     settings["train.lr"] = derived["lr"]
@@ -69,6 +85,13 @@ def training_settings(resolved: dict, derived: dict, uses_rank: bool = True, use
     if not uses_scale:
         settings.pop("scale")
     return settings
+
+
+def _defaults_of_added_keys(method: str) -> dict[str, Any]:
+    from .methods import SPECS
+
+    own = _added_later(SPECS[method].settings, "method.") if method in SPECS else {}
+    return {**{k: v for k, v in _added_later().items() if not k.startswith("method.")}, **own}
 
 
 def identity_hash(settings: dict) -> str:

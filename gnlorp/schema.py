@@ -9,7 +9,9 @@ Each field's metadata says:
 - `accepts`: the accepted values, checked by gnlorp.checks (ge/gt/le/lt bounds, `choices`, `regex`);
 - `identity`: whether the setting changes what a run trains (default True). Settings with identity=False
   (paths, logging and evaluation cadence, stop/resume controls) are left out of the run identity, so
-  changing them neither creates another result file nor blocks a resume.
+  changing them neither creates another result file nor blocks a resume. A setting added after results
+  exist declares identity=UNLESS_DEFAULT: at its default it trains as before it existed, so it stays out of
+  the hash there and those results keep their identity (skip_complete still finds them).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, List, Optional
 
+UNLESS_DEFAULT = "unless_default"  # identity= of a setting added later (module docstring)
 SEED_LIMIT = 2**31  # torch, numpy and Python generators all accept [0, 2**31); the loop derives seeds from it
 
 
-def setting(default: Any = MISSING, help: str = "", *, identity: bool = True, factory=None, **accepts):
+def setting(default: Any = MISSING, help: str = "", *, identity: bool | str = True, factory=None, **accepts):
     """A dataclass field with its documentation and accepted values (see the module docstring)."""
     metadata = {"help": help, "identity": identity, "accepts": accepts}
     if factory is not None:

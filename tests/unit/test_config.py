@@ -158,3 +158,31 @@ def test_fsdp_refuses_only_the_methods_that_declare_they_cannot_shard():
                 check_config(cfg, world_size=2)
         else:
             check_config(cfg, world_size=2)
+
+
+def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
+    """identity=UNLESS_DEFAULT: at its default the key is left out of the hash (the run trains as before the key
+    existed, so earlier results keep their file); any other value is part of it."""
+    import dataclasses
+
+    from gnlorp import identity
+    from gnlorp.runner import run_identity
+    from gnlorp.schema import UNLESS_DEFAULT, setting
+
+    @dataclasses.dataclass
+    class Later:
+        knob: int = setting(3, "a key added later", identity=UNLESS_DEFAULT)
+        other: int = setting(1, "an ordinary key")
+
+    assert identity._added_later(Later, "x.") == {"x.knob": 3}
+    cfg = compose(["task=glue/rte", "method=galore", "rank=8"])
+    before = run_identity(cfg, check_config(cfg))  # task.seq_len is an ordinary key here
+    monkeypatch.setattr(identity, "_added_later", lambda schema=None, prefix="": (
+        {"task.seq_len": 256} if not prefix else {}))
+    at_default = run_identity(cfg, check_config(cfg))
+    assert "task.seq_len" not in at_default[2] and "task.seq_len" in before[2]
+    without_key = {k: v for k, v in before[2].items() if k != "task.seq_len"}  # a schema before the key existed
+    assert at_default[1].rsplit("-", 1)[1] == identity.identity_hash(without_key)
+    changed = compose(["task=glue/rte", "method=galore", "rank=8", "task.seq_len=512"])
+    assert run_identity(changed, check_config(changed))[2]["task.seq_len"] == 512
+    assert at_default[1] != run_identity(changed, check_config(changed))[1]
