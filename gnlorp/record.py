@@ -260,6 +260,7 @@ class RunRecord:
         self.notes: list[str] = []
         self.identity: dict = {}
         self.baseline: dict = {}
+        self.origin: dict = {}
         self._loss = _Curve()
         self._lr = _Curve()
         self._has_lr = False
@@ -309,6 +310,10 @@ class RunRecord:
         """A free-text remark kept in the optional ``notes`` list (e.g. a substitution made)."""
         self.notes.append(str(note))
 
+    def set_origin(self, **fields: Any) -> None:
+        """Where the run came from: the sweep file (-cn) and the experiment, when Hydra knows them."""
+        self.origin = copy.deepcopy(fields)
+
     def set_baseline(self, baseline: dict) -> None:
         """What an input-blind model scores on the eval splits (kept in the optional ``baseline``)."""
         self.baseline = copy.deepcopy(dict(baseline))
@@ -354,6 +359,8 @@ class RunRecord:
             record["identity"] = self.identity
         if self.baseline:
             record["baseline"] = self.baseline
+        if self.origin:
+            record["origin"] = self.origin
         return record
 
     def write(self, status: str) -> Path:

@@ -390,6 +390,8 @@ def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wand
                         config_hash=identity.config_hash(plan.resolved))
     if job.baseline:
         record.set_baseline(job.baseline)
+    origin = _hydra_origin()
+    record.set_origin(sweep=origin["sweep"], experiment=origin["experiment"])
     logger = None
     if plan.rank == 0:
         where, group = _hydra_output_and_group(cfg)
@@ -425,21 +427,29 @@ def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wand
     return tracker, loop, total_steps, steps_per_epoch
 
 
-def _hydra_output_and_group(cfg) -> tuple[str, str]:
-    """W&B's folder sits with the job's Hydra outputs (outputs/<date>/<time>/, multirun/.../<job>/); its group is
-    the sweep file's name (-cn), else the experiment, else <task>-<model>."""
-    group = f"{cfg.task.name}-{cfg.model.name}"
+def _hydra_origin() -> dict:
+    """{"sweep": the sweep file's name (-cn) or None, "experiment": the experiment or None, "output_dir": the job's
+    Hydra output folder or None}: where the run came from (kept in the result as `origin`)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         if HydraConfig.initialized():
             hc = HydraConfig.get()
             experiment = hc.runtime.choices.get("experiment")
-            sweep = hc.job.config_name if hc.job.config_name not in (None, "config") else None
-            return hc.runtime.output_dir, sweep or (experiment if experiment not in (None, "null") else group)
+            return {"sweep": hc.job.config_name if hc.job.config_name not in (None, "config") else None,
+                    "experiment": experiment if experiment not in (None, "null") else None,
+                    "output_dir": hc.runtime.output_dir}
     except (ImportError, ValueError):
         pass
-    return str(Path.cwd()), group
+    return {"sweep": None, "experiment": None, "output_dir": None}
+
+
+def _hydra_output_and_group(cfg) -> tuple[str, str]:
+    """W&B's folder sits with the job's Hydra outputs (outputs/<date>/<time>/, multirun/.../<job>/); its group is
+    the sweep file's name (-cn), else the experiment, else <task>-<model>."""
+    origin = _hydra_origin()
+    group = origin["sweep"] or origin["experiment"] or f"{cfg.task.name}-{cfg.model.name}"
+    return origin["output_dir"] or str(Path.cwd()), group
 
 
 def _wandb_id(run_id: str) -> str:

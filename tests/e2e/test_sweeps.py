@@ -292,6 +292,7 @@ def test_cpu_c4_sweep_runs_and_skips_complete_runs_on_a_rerun(tmp_path):
     (result,) = (tmp_path / "results").glob("c4-llama_tiny-galore-r64-fp32-s0-*.json")  # <name>-<hash>
     rec = json.loads(result.read_text())
     assert rec["status"] == "complete" and rec["config"]["rank"] == 64 and rec["train"]["steps"] == 2
+    assert rec["origin"] == {"sweep": "cpu_c4", "experiment": "c4_llama_20m_cpu"}  # what tables can route by
     second = _cli(args, ROOT, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "skipped (skip_complete=true)" in second.stdout + second.stderr
