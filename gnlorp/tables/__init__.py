@@ -1,0 +1,163 @@
+"""results/*.json -> the papers' tables (Markdown and LaTeX) and plots (PNG) under results/tables/.
+
+  python -m gnlorp.tables                       # what `make tables` runs: --results results --out results/tables
+  python -m gnlorp.tables --results DIR --out DIR [--allow-dirty] [--no-memory]
+
+What comes out (one file per table, each with its notes; index.md lists them and every file left out), and the
+module of this package that makes it:
+  glue_<model>.md/.tex         glue.py: GaLore Table 4 layout: rows = method (+rank), columns = the GLUE tasks run,
+                               avg; the trivial baseline and the published RoBERTa-base rows beside ours
+  glue_<model>_differences     glue.py: paired differences between methods over seeds, with bootstrap intervals
+  c4_paper-sizes.md/.tex       c4.py: GaLore Table 2 layout: rows = method, columns = LLaMA 60M..1B
+  c4_llama_7b.md/.tex          c4.py: GaLore Table 3 layout: perplexity at 40K / 80K / 120K / 150K steps
+  c4_other-sizes.md/.tex       c4.py: the same for sizes the papers do not have (the CPU-scale 20M LLaMA)
+  <table>_lr_grid.md/.tex      c4.py: every point of the learning-rate grids behind a table (gnlorp/lr_selection.py)
+  memory.md/.tex, memory.png   memory.py: optimizer-state memory of every method, LLaMA 60M..7B, 16- and 8-bit, at the
+                               paper's ranks, against the published claims (analytic: needs no results)
+  loss_<...>.png, dev_glue_<...>.png
+                               plots.py: training loss per C4 size, GLUE dev score per epoch per task
+Shared: common.py (the runs read from results/, cells, labels, Table), published.py (the papers' numbers).
+
+Rules: a cell is the median over seeds ± half the range; a run that is not complete, or that ran from a git tree with
+uncommitted changes (git.dirty), is left out and named; a file load_results cannot read is named; a published cell the
+paper does not give stays "—". Same results in, same bytes out: sorted rows, fixed number formats, no timestamps,
+PNGs without software/date metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from .c4 import _c4_keys, c4_table, lr_grid_table
+from .common import (  # METHOD_ORDER, method_label: re-exported, the package's public names
+    METHOD_ORDER, Excluded, Run, Table, _excluded_lines, _group, _labels, _row_order, _safe, _size_order, collect,
+    method_label,
+)
+from .glue import glue_differences_table, glue_table
+from .memory import memory_tables
+from .plots import _RC, dev_metric_plot, loss_plot, memory_plot
+from .published import GLUE_TASKS, HEADLINE, PAPER_AVG_TASKS, TASK_LABEL
+
+__all__ = ["build_tables", "collect", "main", "Run", "Table", "HEADLINE", "METHOD_ORDER", "PAPER_AVG_TASKS",
+           "method_label", "memory_tables", "memory_plot", "glue_table", "c4_table"]
+
+GENERATED = re.compile(r"^(glue_.*|c4_.*|memory|index|loss_.*|dev_glue_.*)\.(md|tex|png)$")
+
+
+def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
+                 allow_dirty: bool = False, memory_rows: list[dict] | None = None, memory: bool = True) -> list[Path]:
+    """Write every table and plot for `results_dir` into `out_dir` (default results_dir/tables); returns the paths
+    written, sorted. `memory_rows`: llama_memory_table() rows to use (computed when None and memory=True)."""
+    import matplotlib
+
+    results_dir = Path(results_dir)
+    out = Path(out_dir) if out_dir is not None else results_dir / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    runs, excluded, unreadable, grids = collect(results_dir, allow_dirty=allow_dirty)
+
+    written: set[str] = set()
+    tables: list[Table] = []
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[_group(r)].append(r)
+    excluded_by_group: dict[str, list[Excluded]] = defaultdict(list)
+    for e in excluded:
+        if e.group:
+            excluded_by_group[e.group].append(e)
+
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(_RC)
+        for stem in sorted(groups):
+            rs = groups[stem]
+            if stem.startswith("glue_"):
+                model = rs[0].model
+                table = glue_table(model, rs, excluded_by_group.get(stem, []))
+                stem_grids = [g for g in grids if _group(g.any_run()) == stem]
+                if stem_grids:
+                    tables.append(lr_grid_table(stem, stem_grids))
+                differences = glue_differences_table(model, rs)
+                if differences is not None:
+                    tables.append(differences)
+                keys = sorted({(r.method, r.rank, r.precision, r.variant) for r in rs}, key=lambda k: _row_order(*k))
+                labels = _labels(keys, "glue", with_rank=True)
+                for task in sorted({r.task for r in rs}, key=lambda t: (GLUE_TASKS + (t,)).index(t)):
+                    trs = [r for r in rs if r.task == task]
+                    name = f"dev_glue_{_safe(model)}_{task}.png"
+                    dev_metric_plot(out / name, f"GLUE {TASK_LABEL.get(task, task)}, {model}: dev score per epoch "
+                                    "(median over seeds, band: min-max)", trs, labels,
+                                    lambda r: (r.method, r.rank, r.precision, r.variant))
+                    written.add(name)
+            else:
+                stem_grids = [g for g in grids if _group(g.any_run()) == stem]
+                table = c4_table(stem, rs, excluded_by_group.get(stem, []), stem_grids)
+                if stem_grids:
+                    tables.append(lr_grid_table(stem, stem_grids))
+                key_of_map, keys = _c4_keys(rs)
+                labels = _labels(keys, "c4", with_rank=any(k[1] is not None for k in keys))
+                for model in sorted({r.model for r in rs}, key=_size_order):
+                    mrs = [r for r in rs if r.model == model]
+                    name = f"loss_c4_{_safe(model)}.png"
+                    loss_plot(out / name, f"C4 pre-training, {model}: training loss per method", mrs, labels,
+                              lambda r, k=key_of_map: k[id(r)])
+                    written.add(name)
+            tables.append(table)
+        if memory:
+            if memory_rows is None:
+                from .memory import llama_memory_table
+
+                memory_rows = llama_memory_table()
+            tables.append(memory_tables(memory_rows))
+            memory_plot(out / "memory.png", memory_rows)
+            written.add("memory.png")
+
+    for t in tables:
+        (out / f"{t.stem}.md").write_text(t.markdown(), encoding="utf-8")
+        (out / f"{t.stem}.tex").write_text(t.latex(), encoding="utf-8")
+        written.update({f"{t.stem}.md", f"{t.stem}.tex"})
+    (out / "index.md").write_text(_index(tables, sorted(n for n in written if n.endswith(".png")), excluded,
+                                         unreadable, results_dir), encoding="utf-8")
+    written.add("index.md")
+    for stale in sorted(out.iterdir()):  # outputs of an earlier call whose runs are gone
+        if stale.is_file() and GENERATED.match(stale.name) and stale.name not in written:
+            stale.unlink()
+    return sorted(out / n for n in written)
+
+
+def _index(tables: list[Table], pngs: list[str], excluded: list[Excluded], unreadable, results_dir: Path) -> str:
+    lines = ["# Tables and plots", "",
+             "Generated by `make tables` (`python -m gnlorp.tables`) from the result files; edits are overwritten.", ""]
+    lines += [f"- [{t.stem}.md]({t.stem}.md) ([.tex]({t.stem}.tex)): {t.title}" for t in tables]
+    lines += [f"- [{p}]({p})" for p in pngs]
+    if not tables:
+        lines.append("- (no tables: no usable result files)")
+    lines += ["", "## Left out", ""]
+    if excluded:
+        lines += [f"- {line}" for line in _excluded_lines(excluded)]
+    else:
+        lines.append("- none")
+    lines += ["", "## Unreadable result files", ""]
+    if unreadable:
+        lines += [f"- {name}: {reason}" for name, reason in unreadable]
+    else:
+        lines.append("- none")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=Path("results"), help="folder of result files (default: results)")
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/tables)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="include runs from a git tree with uncommitted changes (marked † in the tables)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory table (it builds LLaMA-7B on the meta device)")
+    args = ap.parse_args(argv)
+    paths = build_tables(args.results, args.out, allow_dirty=args.allow_dirty, memory=not args.no_memory)
+    runs, excluded, unreadable, _ = collect(args.results, allow_dirty=args.allow_dirty)
+    print(f"{len(runs)} run(s) tabulated, {len(excluded)} left out, {len(unreadable)} unreadable file(s); "
+          f"see {(args.out or args.results / 'tables') / 'index.md'}")
+    for p in paths:
+        print(f"  {p}")

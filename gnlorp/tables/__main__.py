@@ -1,0 +1,5 @@
+"""python -m gnlorp.tables (what `make tables` runs)."""
+
+from . import main
+
+main()

@@ -1,0 +1,154 @@
+"""The PNG plots: training loss, GLUE dev score per epoch, memory; deterministic bytes."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from ..methods import SPECS
+from ..methods import is_low_rank
+from ..methods import label as method_label
+from .common import METHOD_ORDER, Run, _row_order
+from .published import HEADLINE, MEMORY_CLAIMS, METRIC_LABEL, PAPER_RANK, SIZE_LABEL
+
+_RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
+       "svg.hashsalt": "gnlorp", "path.simplify": False}
+_PNG_META = {"Software": None}
+
+
+def _color(method: str) -> str:
+    return SPECS[method].color if method in SPECS else "#9467bd"
+
+
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _style(method: str) -> tuple[str, str]:
+    """(line style, marker) of a method: distinct for the registry's methods, so no line hides another's."""
+    i = list(SPECS).index(method) if method in SPECS else len(SPECS)
+    return _STYLES[i % len(_STYLES)], _MARKERS[i % len(_MARKERS)]
+
+
+def _figure(w: float, h: float, **margins):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    fig.subplots_adjust(**margins)  # fixed margins: same layout every time, and half the drawing of a layout engine
+    return fig
+
+
+def _save(fig, path: Path) -> None:
+    fig.savefig(path, format="png", metadata=_PNG_META)
+
+
+def _smooth(xs: list, ys: list, window: int) -> tuple[list, list]:
+    if window <= 1 or len(ys) < window:
+        return xs, ys
+    out, acc = [], sum(ys[:window])
+    out.append(acc / window)
+    for i in range(window, len(ys)):
+        acc += ys[i] - ys[i - window]
+        out.append(acc / window)
+    return xs[window - 1:], out
+
+
+def loss_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> None:
+    fig = _figure(6.4, 3.8, left=0.11, right=0.98, bottom=0.13, top=0.91)
+    ax = fig.add_subplot()
+    seen = set()
+    longest = max((len(r.record.get("loss_curve") or []) for r in runs), default=0)
+    window = max(1, longest // 50)
+    for r in sorted(runs, key=lambda r: (_row_order(*key_of(r)), r.seed)):
+        pts = [(p[0], p[1]) for p in (r.record.get("loss_curve") or []) if p[1] is not None and math.isfinite(p[1])]
+        if not pts:
+            continue
+        xs, ys = _smooth([p[0] for p in pts], [p[1] for p in pts], window)
+        key = key_of(r)
+        label = labels[key] if key not in seen else None
+        seen.add(key)
+        ax.plot(xs, ys, color=_color(r.method), lw=1.0, alpha=0.85, label=label, ls=_style(r.method)[0])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss" + (f" (moving average of {window} points)" if window > 1 else ""))
+    ax.set_title(title)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    if seen:
+        ax.legend(loc="upper right")
+    _save(fig, path)
+
+
+def dev_metric_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> None:
+    """The dev metric the table reports, per epoch: per row (method, rank, precision, variant) the median over
+    seeds as a line with markers, and the seeds' min-max range as a band of the same colour."""
+    split, metric = HEADLINE.get(runs[0].task, ("validation", "accuracy"))
+    fig = _figure(6.4, 3.8, left=0.11, right=0.98, bottom=0.13, top=0.91)
+    ax = fig.add_subplot()
+    rows: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        for e in r.record.get("eval_history") or []:
+            v = ((e.get("metrics") or {}).get(split) or {}).get(metric)
+            if e.get("epoch") is not None and isinstance(v, (int, float)) and math.isfinite(v):
+                rows[key_of(r)][int(e["epoch"])].append(100.0 * v)
+    for key in sorted(rows, key=lambda k: _row_order(*k)):
+        epochs = sorted(rows[key])
+        values = [rows[key][e] for e in epochs]
+        ls, marker = _style(key[0])
+        color = _color(key[0])
+        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.12, lw=0)
+        ax.plot(epochs, [statistics.median(v) for v in values], color=color, ls=ls, marker=marker, ms=4, lw=1.2,
+                label=labels[key])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{METRIC_LABEL.get(metric, metric)} ×100 ({split})")
+    ax.set_title(title)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    if rows:
+        ax.legend(loc="best", fontsize="small")
+    _save(fig, path)
+
+
+def memory_plot(path: Path, rows: list[dict]) -> None:
+    sizes = [s for s in ("llama_60m", "llama_130m", "llama_350m", "llama_1b", "llama_7b") if any(r["model"] == s for r in rows)]
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)]
+    by = {(r["model"], r["method"], r["rank"], r["state_bits"]): r for r in rows}
+    fig = _figure(10.0, 4.4, left=0.065, right=0.99, bottom=0.14, top=0.86, wspace=0.2)
+    ax_gb, ax_pct = fig.subplots(1, 2)
+    n = len(methods) * 2
+    width = 0.8 / max(n, 1)
+    for i, m in enumerate(methods):
+        for j, bits in enumerate((16, 8)):
+            gb, pct = [], []
+            for s in sizes:
+                r = by.get((s, m, PAPER_RANK[s] if is_low_rank(m) else None, bits))
+                gb.append(r["state_bytes"] / 2**30 if r else 0.0)  # GiB, as `make memory` and the README
+                pct.append(100 * r["saving_vs_bf16_adamw"] if r else 0.0)
+            xs = [k + (2 * i + j - (n - 1) / 2) * width for k in range(len(sizes))]
+            style = dict(width=width, color=_color(m), edgecolor="black", linewidth=0.4,
+                         hatch="///" if bits == 8 else None, label=f"{method_label(m, 'memory')} {bits}-bit")
+            ax_gb.bar(xs, gb, **style)
+            ax_pct.bar(xs, pct, **style)
+    ticks = [f"{SIZE_LABEL[s]}\nr={PAPER_RANK[s]}" for s in sizes]
+    for ax in (ax_gb, ax_pct):
+        ax.set_xticks(range(len(sizes)), ticks)
+        ax.grid(True, axis="y", lw=0.3, alpha=0.5)
+    ax_gb.set_yscale("log")
+    ax_gb.set_ylabel("optimizer state (GiB, log scale)")
+    ax_gb.set_title("Optimizer-state memory per method and size")
+    ax_pct.set_ylabel("saving vs BF16 AdamW (%)")
+    ax_pct.set_title("Saving vs BF16 AdamW; lines: published claims (LLaMA-7B)")
+    claim_style = {"galore": "#c85a00", "gradnormlorp": "#1a7a1a"}
+    for label, source, value, method, bits in MEMORY_CLAIMS:
+        color = claim_style.get(method, "black")
+        ax_pct.axhline(100 * value, color=color, ls=":" if bits == 16 else "--", lw=1.2)
+        ax_pct.text(-0.45, 100 * value + 0.8, f"published: {method_label(method, 'memory')} {bits}-bit {100 * value:.1f}% "
+                    f"({source})", color=color, fontsize=7, va="bottom", ha="left",
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.0}, zorder=5)
+    ax_pct.set_xlim(-0.5, len(sizes) - 0.5)
+    ax_pct.set_ylim(0, 100)
+    ax_gb.legend(loc="upper left", ncols=2, fontsize=7)
+    fig.suptitle("LLaMA 60M–7B optimizer states at the paper's ranks (analytic, gnlorp.memory)", fontsize=10)
+    _save(fig, path)
