@@ -5,15 +5,17 @@ learning rate (e.g. `python run.py -m -cd sweeps -cn cpu_c4`, `train.lr_factor=0
 `selection` split: C4, `task.selection_tokens` (validation blocks after the reported ones), scored by its loss
 at the last evaluation; GLUE, `task.selection_samples` (train rows held out), scored by the task's headline
 metric at its best epoch, negated so that lower is better everywhere. The chosen rate has the lowest median
-score over its seeds; a run that did not complete (diverged, killed) scores +inf at its rate, so a rate with
-any such seed is never chosen while another rate completed every seed. The tables keep only the chosen rate's
-runs and list the whole grid beside them.
+score over the seeds every rate of the grid has (more seeds run later at the chosen rate, `train.lr_choice=
+selection`, join its point without changing the choice); a run that did not complete (diverged, killed) scores
++inf at its rate, so a rate with any such seed is never chosen while another rate completed every seed. The
+tables keep only the chosen rate's runs and list the whole grid beside them.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -51,12 +53,18 @@ class GridPoint:
     failed: list = field(default_factory=list)      # runs that did not complete: (Run, status)
 
     metric: str | None = None                       # GLUE: the headline metric (selection_loss)
+    seeds: frozenset = frozenset()                  # the seeds the grid is compared on (those every rate has)
+
+    @property
+    def scored_runs(self) -> list:
+        return [r for r in self.runs if r.seed in self.seeds]
 
     @property
     def score(self) -> float:
-        """Median selection loss over seeds; +inf if a seed failed or diverged to a non-finite loss."""
-        losses = [selection_loss(r.record, self.metric) for r in self.runs]
-        if self.failed or not losses or any(v is None or not math.isfinite(v) for v in losses):
+        """Median selection loss over the compared seeds; +inf if such a seed failed or diverged."""
+        losses = [selection_loss(r.record, self.metric) for r in self.scored_runs]
+        if any(r.seed in self.seeds for r, _ in self.failed) or not losses \
+                or any(v is None or not math.isfinite(v) for v in losses):
             return math.inf
         return statistics.median(losses)
 
@@ -66,6 +74,7 @@ class Grid:
     key: tuple                                        # (family, task, model, method, rank, precision)
     points: list[GridPoint]
     chosen: float | None                              # the chosen learning rate (None: every rate failed)
+    settings: tuple = ()                              # the training settings all its runs share (other_settings)
 
     def any_run(self):
         return next(r for p in self.points for r in [*p.runs, *(f[0] for f in p.failed)])
@@ -77,8 +86,13 @@ class Grid:
         return f"lr {self.chosen:g} chosen from {{{rates}}} on the selection loss"
 
 
+def other_settings(settings: dict) -> tuple:
+    """A run's training settings but the learning rate (and the seed), comparable across runs."""
+    return tuple(sorted((k, repr(v)) for k, v in settings.items() if k not in (LR_KEY, "seed")))
+
+
 def _other_settings(run) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in run.settings.items() if k != LR_KEY))
+    return other_settings(run.settings)
 
 
 def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[list, list[Grid]]:
@@ -108,9 +122,37 @@ def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[li
         for r, status in failed:
             points[r.settings[LR_KEY]].failed.append((r, status))
         ordered = sorted(points.values(), key=lambda p: p.lr)
+        seed_sets = [{r.seed for r in p.runs} | {r.seed for r, _ in p.failed} for p in ordered]
+        common = frozenset(set.intersection(*seed_sets)) or frozenset(set.union(*seed_sets))
+        for p in ordered:
+            p.seeds = common
         best = min(ordered, key=lambda p: (p.score, p.lr))
         chosen = best.lr if math.isfinite(best.score) else None
-        grids.append(Grid(key[:6], ordered, chosen))
+        grids.append(Grid(key[:6], ordered, chosen, key[6]))
         if chosen is not None:
             kept += best.runs
     return kept, grids
+
+
+def rate_from_grid(results_dir: str | Path, key: tuple, settings: dict) -> dict:
+    """For train.lr_choice=selection: {"lr": the rate the complete grid of this config (key = family, task, model,
+    method, rank, precision; the same training settings but the rate and the seed) in results_dir chose, "lr_choice":
+    how}. A UserError if there is no such grid or none of its rates completed."""
+    from .errors import UserError
+    from .tables.common import collect
+
+    _, _, _, grids = collect(results_dir, allow_dirty=True)
+    wanted = other_settings(settings)
+    for g in grids:
+        if g.key == key and g.settings == wanted:
+            if g.chosen is None:
+                raise UserError(f"train.lr_choice=selection: {g.describe()} in {results_dir}; run the grid again "
+                                f"with other rates, or set train.lr_choice=given.")
+            point = next(p for p in g.points if p.lr == g.chosen)
+            return {"lr": g.chosen, "lr_choice": {
+                "by": "selection", "grid": [p.lr for p in g.points], "seeds": sorted(point.seeds),
+                "chosen_on": sorted(r.file for r in point.scored_runs)}}
+    raise UserError(f"train.lr_choice=selection: {results_dir} holds no learning-rate grid of this config (the same "
+                    f"settings at two or more rates, each scored on a selection split); run the grid first "
+                    f"(e.g. -m train.lr_factor=0.3,1,3 with task.selection_tokens or task.selection_samples), or set "
+                    f"train.lr_choice=given.")

@@ -117,6 +117,19 @@ def distributed_env_from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
+def learning_rate_choice(cfg: DictConfig, derived: dict) -> dict:
+    """{"lr", "lr_choice"}: the learning rate and how it was chosen (kept in the result's config.derived)."""
+    if cfg.train.lr_choice == "selection":
+        from .lr_selection import rate_from_grid
+
+        low_rank = cfg.method.name in LOW_RANK
+        key = (cfg.task.family, cfg.task.name, cfg.model.name, cfg.method.name, int(cfg.rank) if low_rank else None,
+               cfg.precision.name)
+        return rate_from_grid(cfg.results_dir, key, run_identity(cfg, derived)[2])
+    source = "train.lr" if cfg.train.lr is not None else f"task.lr.{cfg.method.name}"
+    return {"lr": derived["lr"], "lr_choice": {"by": source, "factor": float(cfg.train.lr_factor)}}
+
+
 def run_identity(cfg: DictConfig, derived: dict) -> tuple[str, str, dict, dict]:
     """(readable name, run id = name-hash, the training settings hashed, the resolved config)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -132,6 +145,7 @@ def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
     rank = int(os.environ.get("RANK", "0"))
     derived = check_config(cfg, world)
     _check_data_dirs(cfg)
+    derived = {**derived, **learning_rate_choice(cfg, derived)}
     name, run_id, settings, resolved = run_identity(cfg, derived)
     check_name_length(run_id)
     check_writable_folder("results_dir", cfg.results_dir)

@@ -38,6 +38,10 @@ class TrainSettings:
     lr_factor: float = setting(1.0, "multiplies the peak learning rate (train.lr or task.lr): one grid for every "
                                "method around its own recipe, e.g. -m train.lr_factor=0.3,1,3", identity=False,
                                gt=0, finite=True)
+    lr_choice: str = setting(
+        "given", "given: train.lr or task.lr, times lr_factor; selection: the rate that this config's complete "
+                 "learning-rate grid in results_dir chose on its selection split (e.g. for more seeds)",
+        identity=False, choices=("given", "selection"))
     epochs: int = setting(1, "passes over the training data (GLUE); capped by max_steps", ge=1)
     max_steps: Optional[int] = setting(None, "optimizer steps; caps epochs when both are set", ge=1)
     batch_size: int = setting(32, "examples per optimizer step, over all processes", ge=1)

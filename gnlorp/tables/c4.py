@@ -131,7 +131,7 @@ def lr_grid_table(stem: str, grids: list) -> Table:
         where = TASK_LABEL.get(g.key[1], g.key[1]) if glue else SIZE_LABEL.get(g.key[2], g.key[2])
         for p in g.points:
             runs = sorted(p.runs, key=lambda r: r.seed)
-            sel = [lr_selection.selection_loss(r.record, p.metric) for r in runs]
+            sel = [lr_selection.selection_loss(r.record, p.metric) for r in p.scored_runs]
             sel = [(-100.0 * v if glue else v) for v in sel if v is not None]
             reported = [v for v in (_glue_value(r) if glue else _c4_value(r) for r in runs) if v is not None]
             state = "; ".join(f"seed {r.seed} {status}" for r, status in sorted(p.failed, key=lambda f: f[0].seed))
@@ -140,16 +140,17 @@ def lr_grid_table(stem: str, grids: list) -> Table:
                          ("**chosen**" if p.lr == g.chosen else "") + (f" ({state})" if state else "")])
     if glue:
         notes = ["Selection score: the task's headline metric ×100 on train rows held out of training "
-                 "(task.selection_samples) at the run's best epoch there, median over seeds ± half the range; the "
-                 "chosen rate has the highest (a rate with a failed seed is never chosen).",
+                 "(task.selection_samples) at the run's best epoch there, median ± half the range over the seeds "
+                 "every rate has; the chosen rate has the highest (a rate with a failed seed is never chosen).",
                  "Dev score: the headline metric ×100 on the dev split at that same epoch, as in the main table "
                  "(shown for every rate; neither the rate nor the epoch is chosen on it)."]
         header = ["Method", "Task", "lr", "Runs", "Selection score", "Dev score", ""]
     else:
-        notes = ["Selection loss: mean cross-entropy on the selection slice at the last evaluation, median over "
-                 "seeds ± half the range; the chosen rate has the lowest (a rate with a failed seed is never chosen).",
-                 "Validation perplexity: the reported slice, as in the main table (shown for every rate, chosen on "
-                 "the other slice)."]
+        notes = ["Selection loss: mean cross-entropy on the selection slice at the last evaluation, median ± half "
+                 "the range over the seeds every rate has; the chosen rate has the lowest (a rate with a failed "
+                 "seed is never chosen).",
+                 "Validation perplexity: the reported slice, as in the main table, over every seed run at the rate "
+                 "(shown for every rate, chosen on the other slice)."]
         header = ["Method", "Model", "lr", "Runs", "Selection loss", "Validation perplexity", ""]
     return Table(f"{stem}_lr_grid", f"Learning-rate grids of {stem}.md: " + header[4].lower() + " and "
                  + header[5].lower(), header, ["l", "l", "r", "r", "r", "r", "l"], rows, notes)

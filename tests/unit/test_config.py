@@ -186,3 +186,40 @@ def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
     changed = compose(["task=glue/rte", "method=galore", "rank=8", "task.seq_len=512"])
     assert run_identity(changed, check_config(changed))[2]["task.seq_len"] == 512
     assert at_default[1] != run_identity(changed, check_config(changed))[1]
+
+
+def test_lr_choice_selection_takes_the_rate_a_grid_chose_and_records_how(tmp_path):
+    """Three rates at seed 0 (C4, selection losses 6.5 / 6.3 / 6.4): seed 1 with train.lr_choice=selection trains at
+    the second; a later seed-1 run at that rate with a worse selection loss does not change the choice (only the
+    seeds every rate has are compared); without a grid the run is refused, naming the fix."""
+    from gnlorp.errors import UserError
+    from gnlorp.record import RunRecord
+    from gnlorp.runner import learning_rate_choice, run_identity
+
+    base = ["task=c4", "method=galore", "rank=8", "train.max_steps=2", f"results_dir={tmp_path}"]
+
+    def write(seed, factor, selection):
+        cfg = compose([*base, f"seed={seed}", f"train.lr_factor={factor}"])
+        derived = check_config(cfg)
+        _, run_id, settings, resolved = run_identity(cfg, derived)
+        rec = RunRecord(tmp_path, run_id, {**resolved, "derived": derived})
+        rec.set_identity(hash=run_id.rsplit("-", 1)[1], settings=settings)
+        metrics = {"validation": {"loss": 6.0, "perplexity": 403.4}, "selection": {"loss": selection}}
+        rec.add_eval(2, metrics, epoch=1)
+        rec.set_best_last({"step": 2, "epoch": 1, "metrics": metrics}, {"step": 2, "epoch": 1, "metrics": metrics})
+        rec.write("complete")
+
+    chooser = compose([*base, "seed=1", "train.lr_choice=selection"])
+    with pytest.raises(UserError, match="holds no learning-rate grid of this config"):
+        learning_rate_choice(chooser, check_config(chooser))
+    for factor, selection in ((0.3, 6.5), (1, 6.3), (3, 6.4)):
+        write(0, factor, selection)
+    recipe = chooser.task.lr["galore"]
+    chosen = learning_rate_choice(chooser, check_config(chooser))
+    assert chosen["lr"] == pytest.approx(recipe)
+    assert chosen["lr_choice"]["grid"] == pytest.approx([0.3 * recipe, recipe, 3 * recipe])
+    assert chosen["lr_choice"]["by"] == "selection" and chosen["lr_choice"]["seeds"] == [0]
+    write(1, 1, 9.9)  # the chosen rate's seed 1 turns out worse: not compared, the others have no seed 1
+    assert learning_rate_choice(chooser, check_config(chooser))["lr"] == pytest.approx(recipe)
+    given = compose([*base, "train.lr_factor=3"])
+    assert learning_rate_choice(given, check_config(given))["lr_choice"] == {"by": "task.lr.galore", "factor": 3.0}
