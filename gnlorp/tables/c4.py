@@ -117,6 +117,13 @@ def c4_table(stem: str, runs: list[Run], excluded: list[Excluded], grids: list =
                  _left_out_section(excluded))
 
 
+def _choice_mark(grid, point) -> str:
+    if point.lr != grid.chosen:
+        return ""
+    edge = len(grid.points) > 1 and point.lr in (grid.points[0].lr, grid.points[-1].lr)
+    return "**chosen**, at the grid's edge" if edge else "**chosen**"
+
+
 def lr_grid_table(stem: str, grids: list) -> Table:
     """Every point of every learning-rate grid of a table: its selection score (what chose) and its reported
     score (what the table shows), so the choice can be checked."""
@@ -137,7 +144,7 @@ def lr_grid_table(stem: str, grids: list) -> Table:
             state = "; ".join(f"seed {r.seed} {status}" for r, status in sorted(p.failed, key=lambda f: f[0].seed))
             rows.append([label, where, f"{p.lr:g}", str(len(runs) + len(p.failed)),
                          _cell(sel, 2 if glue else 4) if runs else DASH, _cell(reported) if runs else DASH,
-                         ("**chosen**" if p.lr == g.chosen else "") + (f" ({state})" if state else "")])
+                         _choice_mark(g, p) + (f" ({state})" if state else "")])
     if glue:
         notes = ["Selection score: the task's headline metric ×100 on train rows held out of training "
                  "(task.selection_samples) at the run's best epoch there, median ± half the range over the seeds "
@@ -152,5 +159,6 @@ def lr_grid_table(stem: str, grids: list) -> Table:
                  "Validation perplexity: the reported slice, as in the main table, over every seed run at the rate "
                  "(shown for every rate, chosen on the other slice)."]
         header = ["Method", "Model", "lr", "Runs", "Selection loss", "Validation perplexity", ""]
+    notes.append("A rate chosen at the grid's edge may not be the best one: a wider grid could find a better rate.")
     return Table(f"{stem}_lr_grid", f"Learning-rate grids of {stem}.md: " + header[4].lower() + " and "
                  + header[5].lower(), header, ["l", "l", "r", "r", "r", "r", "l"], rows, notes)

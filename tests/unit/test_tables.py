@@ -471,6 +471,6 @@ def test_glue_grid_chooses_rate_and_epoch_on_held_out_rows_never_on_dev(tmp_path
     md = (tmp_path / "t" / "glue_minilm.md").read_text()
     assert _rows(md)["LoRA (rank 8) | ours (2 runs)"][0] == "50.50 ± 0.50"
     grid = (tmp_path / "t" / "glue_minilm_lr_grid.md").read_text()
-    assert "| LoRA (rank 8) | RTE | 0.0003 | 2 | 75.00 ± 0.00 | 50.50 ± 0.50 | **chosen** |" in grid
+    assert "| LoRA (rank 8) | RTE | 0.0003 | 2 | 75.00 ± 0.00 | 50.50 ± 0.50 | **chosen**, at the grid's edge |" in grid
     assert "| LoRA (rank 8) | RTE | 0.0001 | 2 | 70.00 ± 0.00 | 90.50 ± 0.50 |  |" in grid
     assert "nothing is chosen on the dev split" in md
