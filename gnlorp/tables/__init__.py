@@ -107,7 +107,7 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
             tables.append(table)
         if memory:
             if memory_rows is None:
-                from .memory import llama_memory_table
+                from ..memory import llama_memory_table
 
                 memory_rows = llama_memory_table()
             tables.append(memory_tables(memory_rows))

@@ -356,7 +356,7 @@ def _tokens(r: Run):
 
 def _size_order(model: str) -> tuple:
     try:
-        from .models import llama_model_cfg
+        from ..models import llama_model_cfg
 
         cfg = llama_model_cfg(model)
         return (cfg.get("hidden_size", 0) * cfg.get("num_hidden_layers", 0), model)
