@@ -91,8 +91,9 @@ def other_settings(settings: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in settings.items() if k not in (LR_KEY, "seed")))
 
 
-def _other_settings(run) -> tuple:
-    return other_settings(run.settings)
+def _grid_key(run) -> tuple:
+    """(family, task, model, method, rank, precision, other settings): the runs of one grid share it."""
+    return (run.family, run.task, run.model, run.method, run.rank, run.precision, other_settings(run.settings))
 
 
 def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[list, list[Grid]]:
@@ -101,11 +102,10 @@ def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[li
     only, or no selection score) pass through unchanged."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in runs:
-        groups[(r.family, r.task, r.model, r.method, r.rank, r.precision, _other_settings(r))].append(r)
+        groups[_grid_key(r)].append(r)
     failed_by_group: dict[tuple, list] = defaultdict(list)
     for r, status in incomplete:
-        failed_by_group[(r.family, r.task, r.model, r.method, r.rank, r.precision, _other_settings(r))].append(
-            (r, status))
+        failed_by_group[_grid_key(r)].append((r, status))
 
     kept, grids = [], []
     for key in sorted(set(groups) | set(failed_by_group), key=repr):
