@@ -171,6 +171,9 @@ def _c4_relations(cfg, world_size: int) -> None:
     if t.max_steps is None:
         raise UserError("train.max_steps=null: C4 is streamed without epochs, so the number of training tokens is "
                         "max_steps x batch_size x seq_len; set train.max_steps to a positive integer.")
+    if t.group_by_length:
+        raise UserError("train.group_by_length=true groups GLUE examples by length; C4 blocks all have task.seq_len "
+                        "tokens: drop it.")
     if t.batch_size % streams or streams % world_size:
         raise UserError(f"task.streams={streams} must divide train.batch_size={t.batch_size} and be a multiple of the "
                         f"{world_size} process(es) (each process reads whole streams); e.g. task.streams={world_size}.")

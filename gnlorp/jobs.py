@@ -65,6 +65,8 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
         out = {}
         with torch.no_grad(), _autocast(device, autocast_dtype):
             for split, rows in data.eval_splits.items():
+                # longest first, so each batch pads little; every GLUE metric is blind to the order of the rows
+                rows = sorted(rows, key=lambda row: len(row["input_ids"]), reverse=True)
                 preds, labels = [], []
                 for i in range(0, len(rows), eval_batch_size):
                     batch = data.collate(rows[i:i + eval_batch_size])
@@ -76,7 +78,8 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
 
     return Job(
         model=model,
-        data=TrainData(len(train), collate, lambda b: int(b["attention_mask"].sum()), drop_last=False),
+        data=TrainData(len(train), collate, lambda b: int(b["attention_mask"].sum()), drop_last=False,
+                       lengths=[len(row["input_ids"]) for row in train] if cfg.train.group_by_length else None),
         evaluate=evaluate,
         main_split=next(iter(data.eval_splits)),
         main_metric=data.main_metric,

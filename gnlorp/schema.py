@@ -61,6 +61,9 @@ class TrainSettings:
         identity=False, choices=("ddp", "fsdp"))
     fsdp_mixed_precision: bool = setting(
         False, "parallel=fsdp on GPUs: bf16 parameters and compute, float32 gradient reduction and master weights")
+    group_by_length: bool = setting(
+        False, "GLUE: batches of similar lengths (transformers' get_length_grouped_indices, as Trainer's "
+               "group_by_length): the same examples each epoch with about half the padding", identity=UNLESS_DEFAULT)
     eval_every: Optional[int] = setting(None, "steps between evaluations; null: every epoch (GLUE) / at the end (C4)",
                                         identity=False, ge=1)
     log_every: int = setting(10, "steps between W&B loss points", identity=False, ge=1)

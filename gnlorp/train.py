@@ -66,6 +66,8 @@ class TrainData:
     # share for this rank `collate` turns into a batch), not from epoch permutations. It has state_dict(),
     # load_state_dict(), close(), stats() and merge_stats(list); the states of all ranks merge by dict union.
     stream: object | None = None
+    # Tokens per example: each epoch's order then puts examples of similar lengths in a batch (less padding).
+    lengths: list[int] | None = None
 
 
 @dataclass
@@ -163,6 +165,10 @@ class TrainLoop:
         if self.data.stream is not None:
             return []
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        if self.data.lengths is not None:
+            from transformers.trainer_pt_utils import get_length_grouped_indices
+
+            return get_length_grouped_indices(self.data.lengths, self.cfg.batch_size, generator=g)
         return torch.randperm(self.data.num_examples, generator=g).tolist()
 
     def _global_batch(self, order: list[int], index: int) -> list[int]:

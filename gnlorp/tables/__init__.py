@@ -88,7 +88,7 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
                     trs = [r for r in rs if r.task == task]
                     name = f"dev_glue_{_safe(model)}_{task}.png"
                     dev_metric_plot(out / name, f"GLUE {TASK_LABEL.get(task, task)}, {model}: dev score per epoch "
-                                    "(median over seeds, band: min-max)", trs, labels,
+                                    "(median over seeds, bars: min-max)", trs, labels,
                                     lambda r: (r.method, r.rank, r.precision, r.variant))
                     written.add(name)
             else:

@@ -79,9 +79,13 @@ def loss_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> 
     _save(fig, path)
 
 
+DODGE = 0.05  # epochs between neighbouring rows of a dev-metric plot
+
+
 def dev_metric_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> None:
     """The dev metric the table reports, per epoch: per row (method, rank, precision, variant) the median over
-    seeds as a line with markers, and the seeds' min-max range as a band of the same colour."""
+    seeds as a line with markers and the seeds' min-max range as a bar and a band of the same colour. Rows are
+    set side by side around each epoch (DODGE apart), so a row whose scores equal another's is not hidden by it."""
     split, metric = HEADLINE.get(runs[0].task, ("validation", "accuracy"))
     fig = _figure(6.4, 3.8, left=0.11, right=0.98, bottom=0.13, top=0.91)
     ax = fig.add_subplot()
@@ -91,14 +95,17 @@ def dev_metric_plot(path: Path, title: str, runs: list[Run], labels: dict, key_o
             v = ((e.get("metrics") or {}).get(split) or {}).get(metric)
             if e.get("epoch") is not None and isinstance(v, (int, float)) and math.isfinite(v):
                 rows[key_of(r)][int(e["epoch"])].append(100.0 * v)
-    for key in sorted(rows, key=lambda k: _row_order(*k)):
+    keys = sorted(rows, key=lambda k: _row_order(*k))
+    for i, key in enumerate(keys):
         epochs = sorted(rows[key])
+        xs = [e + (i - (len(keys) - 1) / 2) * DODGE for e in epochs]
         values = [rows[key][e] for e in epochs]
+        low, mid, high = [min(v) for v in values], [statistics.median(v) for v in values], [max(v) for v in values]
         ls, marker = _style(key[0])
         color = _color(key[0])
-        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.12, lw=0)
-        ax.plot(epochs, [statistics.median(v) for v in values], color=color, ls=ls, marker=marker, ms=4, lw=1.2,
-                label=labels[key])
+        ax.fill_between(xs, low, high, color=color, alpha=0.08, lw=0)
+        ax.errorbar(xs, mid, yerr=[[m - lo for m, lo in zip(mid, low)], [hi - m for m, hi in zip(mid, high)]],
+                    color=color, ls=ls, marker=marker, ms=4, lw=1.2, elinewidth=0.8, capsize=2, label=labels[key])
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -70,7 +70,7 @@ def test_run_name_names_the_groups():
     assert run_name(compose(["task=c4", "model=llama_60m", "method=full", "precision=bf16"])) == "c4-llama_60m-full-bf16-s0"
     # a train subset is another experiment: the CPU sweep's MRPC run never shares a file with the quickstart's
     sub = compose(["experiment=glue_minilm_cpu", "task=glue/mrpc", "method=gradnormlorp"])
-    assert run_name(sub) == "glue-mrpc-minilm-gradnormlorp-r8-fp32-n1000-s0"
+    assert run_name(sub) == "glue-mrpc-minilm-gradnormlorp-r8-fp32-n2000-s0"
     assert run_name(compose(["task=glue/mrpc", "method=gradnormlorp"])) == "glue-mrpc-minilm-gradnormlorp-r8-fp32-s0"
 
 
@@ -160,6 +160,19 @@ def test_fsdp_refuses_only_the_methods_that_declare_they_cannot_shard():
             check_config(cfg, world_size=2)
 
 
+def test_group_by_length_is_part_of_a_glue_runs_identity_and_refused_for_c4():
+    from gnlorp.errors import UserError
+    from gnlorp.runner import run_identity
+
+    plain = compose(["task=glue/rte", "method=lora"])
+    grouped = compose(["task=glue/rte", "method=lora", "train.group_by_length=true"])
+    assert "train.group_by_length" not in run_identity(plain, check_config(plain))[2]  # earlier results keep their file
+    assert run_identity(grouped, check_config(grouped))[2]["train.group_by_length"] is True
+    c4 = compose(["task=c4", "method=lora", "train.max_steps=2", "train.group_by_length=true"])
+    with pytest.raises(UserError, match="train.group_by_length=true groups GLUE examples by length; C4 .*drop it"):
+        check_config(c4)
+
+
 def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
     """identity=UNLESS_DEFAULT: at its default the key is left out of the hash (the run trains as before the key
     existed, so earlier results keep their file); any other value is part of it."""
@@ -177,8 +190,9 @@ def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
     assert identity._added_later(Later, "x.") == {"x.knob": 3}
     cfg = compose(["task=glue/rte", "method=galore", "rank=8"])
     before = run_identity(cfg, check_config(cfg))  # task.seq_len is an ordinary key here
-    monkeypatch.setattr(identity, "_added_later", lambda schema=None, prefix="": (
-        {"task.seq_len": 256} if not prefix else {}))
+    real = identity._added_later
+    monkeypatch.setattr(identity, "_added_later", lambda schema=identity.RunSettings, prefix="": (
+        {**real(schema, prefix), "task.seq_len": 256} if not prefix else real(schema, prefix)))
     at_default = run_identity(cfg, check_config(cfg))
     assert "task.seq_len" not in at_default[2] and "task.seq_len" in before[2]
     without_key = {k: v for k, v in before[2].items() if k != "task.seq_len"}  # a schema before the key existed

@@ -316,7 +316,7 @@ def test_a_real_run_record_is_tabulated(tmp_path):
     tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
     md = (tmp_path / "t" / "glue_minilm.md").read_text()
     assert _rows(md)["GradNormLoRP (rank 8) | ours (1 run)"] == ["81.25", "81.25"]
-    assert "| MRPC | 3 | 32 | 128 | 1000 | 1 | gradnormlorp 0.0003 |" in md
+    assert "| MRPC | 2 | 32 | 128 | 2000 | 1 | gradnormlorp 0.0003 |" in md
 
 
 @pytest.mark.slow
@@ -474,3 +474,32 @@ def test_glue_grid_chooses_rate_and_epoch_on_held_out_rows_never_on_dev(tmp_path
     assert "| LoRA (rank 8) | RTE | 0.0003 | 2 | 75.00 ± 0.00 | 50.50 ± 0.50 | **chosen**, at the grid's edge |" in grid
     assert "| LoRA (rank 8) | RTE | 0.0001 | 2 | 70.00 ± 0.00 | 90.50 ± 0.50 |  |" in grid
     assert "nothing is chosen on the dev split" in md
+
+
+def test_dev_plot_sets_rows_with_equal_scores_side_by_side_with_their_seed_range(tmp_path, monkeypatch):
+    """GaLore and GradNormLoRP with the same dev scores at every epoch (as on STS-B of the earlier CPU recipe): each
+    row's markers sit at their own x around the epoch, so neither hides the other; the bars span min..max over seeds."""
+    import matplotlib
+
+    from gnlorp.tables import plots
+
+    matplotlib.use("Agg")
+    for method in ("galore", "gradnormlorp"):
+        for seed, (best, last) in enumerate([(0.70, 0.78), (0.74, 0.80)]):
+            write_glue(tmp_path, "stsb", method, 8, seed, {"validation": {"pearson": best}},
+                       {"validation": {"pearson": last}})
+    runs, *_ = tables.collect(tmp_path)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    key = lambda r: (r.method, r.rank, r.precision, r.variant)  # noqa: E731
+    plots.dev_metric_plot(tmp_path / "p.png", "t", runs, {key(r): r.method for r in runs}, key)
+    (ax,) = figures[0].axes
+    rows = {c.get_label(): c for c in ax.containers}  # one errorbar (line, caps, bars) per row
+    assert set(rows) == {"galore", "gradnormlorp"}
+    half = plots.DODGE / 2
+    for label, x in (("galore", -half), ("gradnormlorp", half)):
+        line, _, (bars,) = rows[label].lines
+        assert list(line.get_xdata()) == pytest.approx([1 + x, 2 + x])
+        assert list(line.get_ydata()) == pytest.approx([72.0, 79.0])  # medians of (70, 74) and (78, 80)
+        spans = [v for seg in bars.get_segments() for v in (seg[0][0], seg[0][1], seg[1][1])]  # x, low, high
+        assert spans == pytest.approx([1 + x, 70.0, 74.0, 2 + x, 78.0, 80.0])
