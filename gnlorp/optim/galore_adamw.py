@@ -188,7 +188,6 @@ class GaLoreAdamW(Optimizer):
         if "step" not in state:
             state["step"] = 0
         grad = p.grad
-        wd = group["weight_decay"]
         galore = "rank" in group
 
         if galore:

@@ -8,10 +8,8 @@ import gzip
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

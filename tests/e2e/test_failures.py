@@ -15,13 +15,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import (C4_DIR, GLUE_DIR, ROOT, cli_env, compose, needs_shared, run_cli, tiny_c4, tiny_glue,
+from conftest import (C4_DIR, ROOT, cli_env, compose, needs_shared, run_cli, tiny_c4, tiny_glue,
                       with_overrides)
 
 pytestmark = needs_shared

@@ -15,7 +15,7 @@ import yaml
 from conftest import C4_DIR, CONF, ROOT, needs_shared
 from gnlorp.checks import galore_scale
 from gnlorp.methods import PROJECTED
-from gnlorp.runner import check_config, run_identity, run_name
+from gnlorp.runner import check_config, run_identity
 
 SWEEPS = ROOT / "sweeps"
 C4_METHODS = ("full", "lora", "galore", "gradnormlorp", "relora", "switchlora")
@@ -315,3 +315,30 @@ def test_cpu_c4_sweep_runs_and_skips_complete_runs_on_a_rerun(tmp_path):
     second = _cli(args, ROOT, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "skipped (skip_complete=true)" in second.stdout + second.stderr
+
+
+@needs_shared
+@pytest.mark.slow
+def test_cpu_glue_grid_then_seeds_at_the_rate_the_held_out_rows_chose(tmp_path):
+    """sweeps/README.md's two commands for one task, shrunk to a tiny BERT on 64 RTE rows: the grid (two rates, seed
+    0) and then seed 1 with train.lr_choice=selection, which trains at the rate whose run scored best on the held-out
+    rows at its best epoch (read back here from the grid's own files) and records how it was chosen."""
+    common = [str(ROOT / "run.py"), "-m", "-cd", "sweeps", "-cn", "cpu_glue", "task=glue/rte", "method=lora",
+              "model=bert_tiny", "task.max_train_samples=64", "task.selection_samples=48", "task.max_eval_samples=32",
+              "train.batch_size=16", "train.num_threads=1", f"task.data_dir={ROOT.parent / 'shared/data/glue_data'}",
+              f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/ck", "logger.mode=disabled",
+              f"hydra.sweep.dir={tmp_path}/multirun"]
+    first = _cli([*common, "train.lr_factor=1,10"], ROOT, timeout=400)
+    assert first.returncode == 0, first.stderr[-3000:]
+    grid_runs = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("glue-rte-bert_tiny-lora-*-s0-*.json")]
+    assert len(grid_runs) == 2 and {r["status"] for r in grid_runs} == {"complete"}
+    assert all(r["config"]["train"]["group_by_length"] and len(r["eval_history"]) == 2 for r in grid_runs)
+    best = {r["config"]["derived"]["lr"]: max(e["metrics"]["selection"]["accuracy"] for e in r["eval_history"])
+            for r in grid_runs}
+    second = _cli([*common, "seed=1", "train.lr_factor=1", "train.lr_choice=selection"], ROOT, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    (seed1,) = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("glue-rte-bert_tiny-lora-*-s1-*.json")]
+    choice = seed1["config"]["derived"]["lr_choice"]
+    assert choice["by"] == "selection" and sorted(choice["grid"]) == sorted(best) and choice["seeds"] == [0]
+    assert best[seed1["config"]["derived"]["lr"]] == max(best.values())
+    assert seed1["origin"] == {"sweep": "cpu_glue", "experiment": "glue_minilm_cpu"}

@@ -1,7 +1,6 @@
 """Every config group option composes, and the settings that reach the method are the documented ones."""
 
 import re
-from pathlib import Path
 
 import pytest
 
