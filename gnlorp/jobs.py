@@ -60,13 +60,15 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
     def collate(indices: list[int]) -> dict:
         return data.collate([train[i] for i in indices])
 
+    # longest first, so each batch pads little; every GLUE metric is blind to the order of the rows
+    eval_splits = {split: sorted(rows, key=lambda row: len(row["input_ids"]), reverse=True)
+                   for split, rows in data.eval_splits.items()}
+
     def evaluate(m: nn.Module) -> dict:
         m.eval()
         out = {}
         with torch.no_grad(), _autocast(device, autocast_dtype):
-            for split, rows in data.eval_splits.items():
-                # longest first, so each batch pads little; every GLUE metric is blind to the order of the rows
-                rows = sorted(rows, key=lambda row: len(row["input_ids"]), reverse=True)
+            for split, rows in eval_splits.items():
                 preds, labels = [], []
                 for i in range(0, len(rows), eval_batch_size):
                     batch = data.collate(rows[i:i + eval_batch_size])
