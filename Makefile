@@ -21,8 +21,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[runner,slurm,offline,test]" "$(firstword $(TORCH))"
 	touch $@
 
+# two workers, each taking whole test files (a file's module fixtures run once); the slowest tests are listed
 test: setup
-	$(TESTENV) $(BIN)/python -m pytest -q
+	$(TESTENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # the unit tests (tests/unit, under a minute); `make test` adds the end-to-end runs (tests/e2e)
 test-fast: setup

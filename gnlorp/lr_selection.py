@@ -83,7 +83,9 @@ class Grid:
         rates = ", ".join(f"{p.lr:g}" for p in self.points)
         if self.chosen is None:
             return f"no rate of {{{rates}}} completed"
-        return f"lr {self.chosen:g} chosen from {{{rates}}} on the selection loss"
+        metric = self.points[0].metric if self.points else None
+        on = f"the best selection {metric}" if metric else "the selection loss"
+        return f"lr {self.chosen:g} chosen from {{{rates}}} on {on}"
 
 
 def other_settings(settings: dict) -> tuple:

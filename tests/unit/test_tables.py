@@ -474,6 +474,8 @@ def test_glue_grid_chooses_rate_and_epoch_on_held_out_rows_never_on_dev(tmp_path
     assert "| LoRA (rank 8) | RTE | 0.0003 | 2 | 75.00 ± 0.00 | 50.50 ± 0.50 | **chosen**, at the grid's edge |" in grid
     assert "| LoRA (rank 8) | RTE | 0.0001 | 2 | 70.00 ± 0.00 | 90.50 ± 0.50 |  |" in grid
     assert "nothing is chosen on the dev split" in md
+    index = (tmp_path / "t" / "index.md").read_text()
+    assert "(lr 0.0003 chosen from {0.0001, 0.0003} on the best selection accuracy)" in index
 
 
 def test_dev_plot_sets_rows_with_equal_scores_side_by_side_with_their_seed_range(tmp_path, monkeypatch):
