@@ -113,10 +113,16 @@ def glue_differences_table(model: str, runs: list[Run]) -> Table | None:
             scores[(r.method, r.rank, r.precision, r.variant)][r.task][r.seed] = v
     keys = sorted(scores, key=lambda k: _row_order(*k))
     labels = _labels(keys, "glue", with_rank=True)
+    # the tasks on which every method's median beats the trivial baseline: a difference between two runs that both
+    # predict the majority class says nothing about the methods
+    baselines = {t: _glue_baseline([r for r in runs if r.task == t]) for t in avg_tasks}
+    above = [t for t in avg_tasks if baselines[t] is not None
+             and all(statistics.median(scores[k][t].values()) > baselines[t] for k in keys if scores[k][t])]
+    averaged = [avg_tasks] + ([above] if above and above != avg_tasks else [])
 
-    def averages(key):
-        seeds = set.intersection(*(set(scores[key][t]) for t in avg_tasks)) if avg_tasks else set()
-        return {s: statistics.fmean(scores[key][t][s] for t in avg_tasks) for s in seeds}
+    def averages(key, over):
+        seeds = set.intersection(*(set(scores[key][t]) for t in over))
+        return {s: statistics.fmean(scores[key][t][s] for t in over) for s in seeds}
 
     rows = []
     for a, b in _comparisons(keys):
@@ -124,17 +130,24 @@ def glue_differences_table(model: str, runs: list[Run]) -> Table | None:
         for t in tasks:
             d = paired_difference(scores[a][t], scores[b][t])
             cells.append(d.text() if d else DASH)
-        d = paired_difference(averages(a), averages(b)) if avg_tasks else None
-        rows.append([f"{labels[a]} − {labels[b]}"] + cells + ([d.text() if d else DASH] if avg_tasks else []))
+        for over in averaged if avg_tasks else []:
+            d = paired_difference(averages(a, over), averages(b, over))
+            cells.append(d.text() if d else DASH)
+        rows.append([f"{labels[a]} − {labels[b]}"] + cells)
     if not rows:
         return None
-    header = ["Difference"] + [TASK_LABEL.get(t, t) for t in tasks] + (["avg"] if avg_tasks else [])
+    header = (["Difference"] + [TASK_LABEL.get(t, t) for t in tasks] + (["avg"] if avg_tasks else [])
+              + (["avg above baseline"] if len(averaged) > 1 else []))
     notes = ["Cells: mean over seeds of the paired difference of scores ×100 (runs with the same seed share data "
              "order and subset), [2.5%, 97.5%] percentile bootstrap interval of that mean over seeds "
              "(gnlorp/paired.py: every resample enumerated up to 6 seeds; with 3 seeds it lies just inside the range "
              "of the per-seed differences); \"—\": fewer than two seeds in common."]
     if avg_tasks:
         notes.append(f"avg: per seed, the mean over {', '.join(TASK_LABEL[t] for t in avg_tasks)}, then paired.")
+    if len(averaged) > 1:
+        notes.append(f"avg above baseline: the same over {', '.join(TASK_LABEL[t] for t in above)}, the tasks on which "
+                     "every method's median beats the trivial baseline (glue_" + _safe(model) + ".md); on the others "
+                     "(‡ there) a difference compares runs that stay at a constant prediction.")
     return Table(f"glue_{_safe(model)}_differences", f"GLUE, {model}: paired differences between methods",
                  header, ["l"] + ["r"] * (len(header) - 1), rows, notes)
 

@@ -448,6 +448,26 @@ def test_glue_differences_table_pairs_runs_by_seed(tmp_path):
     assert rows["LoRA (rank 8) − Full fine-tuning"][0].startswith("+12.33 [")     # (10 + 18 + 9) / 3, seed by seed
 
 
+def test_glue_differences_average_the_tasks_above_baseline_apart(tmp_path):
+    """RTE: both methods beat the majority class (50.0); SST-2: LoRA's median (49.0) does not. avg pairs the mean
+    over both tasks seed by seed; "avg above baseline" the mean over RTE alone."""
+    base = {"validation": {"accuracy": 0.50}}
+    for seed, (g_rte, l_rte, g_sst, l_sst) in enumerate(((0.61, 0.60, 0.70, 0.49), (0.72, 0.70, 0.71, 0.49),
+                                                          (0.63, 0.60, 0.72, 0.51))):
+        for task, g, l in (("rte", g_rte, l_rte), ("sst2", g_sst, l_sst)):
+            write_glue(tmp_path / "r", task, "gradnormlorp", 8, seed, acc(g), baseline=base)
+            write_glue(tmp_path / "r", task, "lora", 8, seed, acc(l), baseline=base)
+    tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
+    md = (tmp_path / "t" / "glue_minilm_differences.md").read_text()
+    assert "| Difference | RTE | SST-2 | avg | avg above baseline |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| GradNormLoRP (rank 8) − LoRA"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert cells[0].startswith("+2.00 [") and cells[1].startswith("+21.33 [")  # (1+2+3)/3, (21+22+21)/3
+    assert cells[2].startswith("+11.67 [")                                   # per seed (d_rte + d_sst) / 2
+    assert cells[3] == cells[0]                                              # RTE alone
+    assert "the same over RTE, the tasks on which every method's median beats the trivial baseline" in md
+
+
 def test_glue_grid_chooses_rate_and_epoch_on_held_out_rows_never_on_dev(tmp_path):
     """Two rates x 2 seeds, two epochs each. 1e-4 has the better dev scores, 3e-4 the better selection score
     (75 against 70): 3e-4 is chosen, and its runs report dev at their best selection epoch (epoch 1: 0.50),
