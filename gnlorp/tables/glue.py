@@ -14,6 +14,11 @@ from .common import (
 from .published import AVG_EXCLUDED, GLUE_TASKS, HEADLINE, METRIC_LABEL, PAPER_AVG_TASKS, PAPER_GLUE, TASK_LABEL
 
 
+def _below_baseline(median: float, baseline: float | None) -> bool:
+    """The ‡ rule: a cell whose median does not beat its task's trivial baseline (none recorded: never below)."""
+    return baseline is not None and median <= baseline
+
+
 def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
     tasks = [t for t in GLUE_TASKS if any(r.task == t for r in runs)]
     tasks += sorted({r.task for r in runs} - set(GLUE_TASKS))
@@ -39,7 +44,7 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
             vals = [_glue_value(r) for r in rs]
             if vals:
                 medians[t] = statistics.median(vals)
-            below = vals and t in baselines and medians[t] <= baselines[t]
+            below = vals and _below_baseline(medians[t], baselines.get(t))
             row_cells.append(_cell(vals) + _dirty_mark(rs) + ("‡" if below else "") if vals else DASH)
         avg = _fmt(statistics.fmean(medians[t] for t in avg_tasks)) if avg_tasks and all(t in medians for t in avg_tasks) else DASH
         counts = [len(cells[key].get(t, [])) for t in tasks]
@@ -117,8 +122,11 @@ def glue_differences_table(model: str, runs: list[Run]) -> Table | None:
     # predict the majority class says nothing about the methods
     baselines = {t: _glue_baseline([r for r in runs if r.task == t]) for t in avg_tasks}
     above = [t for t in avg_tasks if baselines[t] is not None
-             and all(statistics.median(scores[k][t].values()) > baselines[t] for k in keys if scores[k][t])]
-    averaged = [avg_tasks] + ([above] if above and above != avg_tasks else [])
+             and not any(_below_baseline(statistics.median(scores[k][t].values()), baselines[t])
+                         for k in keys if scores[k][t])]
+    averaged = [ts for ts in (avg_tasks, above) if ts]
+    if above == avg_tasks:
+        averaged = averaged[:1]
 
     def averages(key, over):
         seeds = set.intersection(*(set(scores[key][t]) for t in over))
@@ -130,14 +138,13 @@ def glue_differences_table(model: str, runs: list[Run]) -> Table | None:
         for t in tasks:
             d = paired_difference(scores[a][t], scores[b][t])
             cells.append(d.text() if d else DASH)
-        for over in averaged if avg_tasks else []:
+        for over in averaged:
             d = paired_difference(averages(a, over), averages(b, over))
             cells.append(d.text() if d else DASH)
         rows.append([f"{labels[a]} − {labels[b]}"] + cells)
     if not rows:
         return None
-    header = (["Difference"] + [TASK_LABEL.get(t, t) for t in tasks] + (["avg"] if avg_tasks else [])
-              + (["avg above baseline"] if len(averaged) > 1 else []))
+    header = ["Difference"] + [TASK_LABEL.get(t, t) for t in tasks] + ["avg", "avg above baseline"][:len(averaged)]
     notes = ["Cells: mean over seeds of the paired difference of scores ×100 (runs with the same seed share data "
              "order and subset), [2.5%, 97.5%] percentile bootstrap interval of that mean over seeds "
              "(gnlorp/paired.py: every resample enumerated up to 6 seeds; with 3 seeds it lies just inside the range "
