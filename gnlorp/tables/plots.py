@@ -10,7 +10,7 @@ from pathlib import Path
 from ..methods import SPECS
 from ..methods import is_low_rank
 from ..methods import label as method_label
-from .common import METHOD_ORDER, Run, _row_order
+from .common import METHOD_ORDER, Run, _glue_baseline, _row_order
 from .published import HEADLINE, MEMORY_CLAIMS, METRIC_LABEL, PAPER_RANK, SIZE_LABEL
 
 _RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
@@ -85,7 +85,8 @@ DODGE = 0.05  # epochs between neighbouring rows of a dev-metric plot
 def dev_metric_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> None:
     """The dev metric the table reports, per epoch: per row (method, rank, precision, variant) the median over
     seeds as a line with markers and the seeds' min-max range as a bar and a band of the same colour. Rows are
-    set side by side around each epoch (DODGE apart), so a row whose scores equal another's is not hidden by it."""
+    set side by side around each epoch (DODGE apart), so a row whose scores equal another's is not hidden by it.
+    The task's trivial baseline (the record's `baseline`), where known, is a dotted horizontal line."""
     split, metric = HEADLINE.get(runs[0].task, ("validation", "accuracy"))
     fig = _figure(6.4, 3.8, left=0.11, right=0.98, bottom=0.13, top=0.91)
     ax = fig.add_subplot()
@@ -106,6 +107,9 @@ def dev_metric_plot(path: Path, title: str, runs: list[Run], labels: dict, key_o
         ax.fill_between(xs, low, high, color=color, alpha=0.08, lw=0)
         ax.errorbar(xs, mid, yerr=[[m - lo for m, lo in zip(mid, low)], [hi - m for m, hi in zip(mid, high)]],
                     color=color, ls=ls, marker=marker, ms=4, lw=1.2, elinewidth=0.8, capsize=2, label=labels[key])
+    baseline = _glue_baseline(runs)
+    if baseline is not None:
+        ax.axhline(baseline, color="0.35", ls=":", lw=1.0, label=f"trivial baseline ({baseline:.2f})")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -525,3 +525,27 @@ def test_dev_plot_sets_rows_with_equal_scores_side_by_side_with_their_seed_range
         assert list(line.get_ydata()) == pytest.approx([72.0, 79.0])  # medians of (70, 74) and (78, 80)
         spans = [v for seg in bars.get_segments() for v in (seg[0][0], seg[0][1], seg[1][1])]  # x, low, high
         assert spans == pytest.approx([1 + x, 70.0, 74.0, 2 + x, 78.0, 80.0])
+
+
+def test_dev_plot_draws_the_tasks_trivial_baseline_from_the_records(tmp_path, monkeypatch):
+    """The record's baseline (the best constant prediction on dev) is a horizontal line at its ×100 value, labelled
+    with it; a plot whose records carry no baseline draws no such line."""
+    import matplotlib
+
+    from gnlorp.tables import plots
+
+    matplotlib.use("Agg")
+    key = lambda r: (r.method, r.rank, r.precision, r.variant)  # noqa: E731
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    for folder, baseline in (("with", {"validation": {"accuracy": 0.5271}}), ("without", None)):
+        for seed in (0, 1):
+            write_glue(tmp_path / folder, "rte", "lora", 8, seed, {"validation": {"accuracy": 0.55 + 0.01 * seed}},
+                       baseline=baseline)
+        runs, *_ = tables.collect(tmp_path / folder)
+        plots.dev_metric_plot(tmp_path / "p.png", "t", runs, {key(r): r.method for r in runs}, key)
+    flat = lambda ax: [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1 and ln.get_label().startswith("trivial")]  # noqa: E731
+    (line,) = flat(figures[0].axes[0])
+    assert list(line.get_ydata()) == pytest.approx([52.71, 52.71])
+    assert line.get_label() == "trivial baseline (52.71)"
+    assert flat(figures[1].axes[0]) == []
