@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 # Tests never touch the network: a missing local file must fail fast, not after a hub timeout.
 TESTENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup test test-fast memory peak-memory gpu-check tables bench clean
+.PHONY: setup lock test test-fast memory peak-memory gpu-check tables bench clean
 
 setup: $(BIN)/.installed
 
@@ -14,12 +14,22 @@ setup: $(BIN)/.installed
 # --index-url https://download.pytorch.org/whl/cu128" (or any build in the declared range).
 TORCH   ?= torch==2.13.0
 
-$(BIN)/.installed: pyproject.toml
+# Every other package at the version in constraints.txt, the set that `make test` passed with (the metadata keeps
+# ranges, so `pip install gnlorp` still resolves freely).
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[runner,slurm,offline,test]" "$(firstword $(TORCH))"
+	$(BIN)/pip install -q -c constraints.txt -e ".[runner,slurm,offline,test]" "$(firstword $(TORCH))"
 	touch $@
+
+# constraints.txt anew: the newest versions the metadata admits, resolved in a scratch venv; then `make clean test`.
+lock:
+	rm -rf .lockvenv && $(PY) -m venv .lockvenv
+	.lockvenv/bin/pip install -q $(TORCH)
+	.lockvenv/bin/pip install -q -e ".[runner,slurm,offline,test]" "$(firstword $(TORCH))"
+	{ sed -n '1,2p' constraints.txt; .lockvenv/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lockvenv
 
 # two workers, each taking whole test files (a file's module fixtures run once); the slowest tests are listed
 test: setup

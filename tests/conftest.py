@@ -15,7 +15,59 @@ CONF = ROOT / "gnlorp" / "conf"
 SHARED = ROOT.parent / "shared" / "data"
 GLUE_DIR = SHARED / "glue_data"
 C4_DIR = SHARED / "c4" / "en"
-needs_shared = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"shared data not found at {SHARED}")
+SHARED_PRESENT = GLUE_DIR.is_dir() and C4_DIR.is_dir()
+needs_shared = pytest.mark.shared_data  # explicit; tests that reach the shared paths are found without it (below)
+
+
+# ------------------------------------------------------------------ the shared data, handled in this one place
+def _reaches_shared(obj, module_globals: dict, seen: set) -> bool:
+    """Whether a test function (or a helper or fixture it calls, or a module constant it reads) reaches the
+    shared data: the names its code reads, followed through the module's functions and path constants."""
+    code = getattr(obj, "__code__", None)
+    if code is None or id(code) in seen:
+        return False
+    seen.add(id(code))
+    codes = [code]
+    while codes:
+        c = codes.pop()
+        codes += [k for k in c.co_consts if hasattr(k, "co_names")]
+        for name in c.co_names:
+            value = module_globals.get(name)
+            if isinstance(value, (str, Path)) and str(value).startswith(str(SHARED.parent)):
+                return True
+            if callable(value) and getattr(value, "__module__", None) in (module_globals.get("__name__"), __name__):
+                target = getattr(value, "__wrapped__", value)
+                if _reaches_shared(target, getattr(target, "__globals__", module_globals), seen):
+                    return True
+    return False
+
+
+def _needs_shared(item) -> bool:
+    if item.get_closest_marker("shared_data"):
+        return True
+    fn = getattr(item, "function", None)
+    if fn is None:
+        return False
+    if _reaches_shared(fn, fn.__globals__, set()):
+        return True
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(_reaches_shared(d.func, d.func.__globals__, set()) for ds in defs.values() for d in ds)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared_data: reads ../shared/data (skipped where it is absent)")
+    if not SHARED_PRESENT and os.environ.get("CI") == "true":
+        pytest.exit(f"the shared data is missing: expected {GLUE_DIR} and {C4_DIR} beside the checkout "
+                    f"(CI lays shared/ there); nothing was tested.", returncode=4)
+
+
+def pytest_collection_modifyitems(config, items):
+    if SHARED_PRESENT:
+        return
+    skip = pytest.mark.skip(reason=f"shared data not found at {SHARED}")
+    for item in items:
+        if _needs_shared(item):
+            item.add_marker(skip)
 
 
 def compose(overrides: list[str]):

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import C4_DIR, ROOT, compose, tiny_c4
+from conftest import C4_DIR, ROOT, compose, needs_shared, tiny_c4
 from gnlorp.errors import UserError
 from gnlorp.tasks import c4
 from gnlorp.tasks.c4_stream import BlockStream, LocalDocs, StreamBatches, c4_train_stream
 
 TRAIN_SHARD = C4_DIR / "c4-train.00000-of-01024.first1000.json.gz"
-needs_data = pytest.mark.skipif(not TRAIN_SHARD.is_file(), reason=f"shared C4 data not found at {C4_DIR}")
+needs_data = needs_shared
 
 
 class IntTokenizer:

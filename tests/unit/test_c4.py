@@ -21,7 +21,7 @@ C4_EN = SHARED / "c4" / "en"
 TRAIN_SHARD = C4_EN / "c4-train.00000-of-01024.first1000.json.gz"
 OFFLINE = os.environ.get("HF_HUB_OFFLINE") == "1" and os.environ.get("HF_DATASETS_OFFLINE") == "1"
 
-needs_data = pytest.mark.skipif(not TRAIN_SHARD.is_file(), reason=f"shared C4 data not found at {C4_EN}")
+from conftest import needs_shared as needs_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")

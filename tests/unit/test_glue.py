@@ -23,7 +23,7 @@ from gnlorp.tasks.glue import GLUE_TASKS, GlueData, load_glue, read_glue_tsv, re
 SHARED_GLUE = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue_data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue_data"
 
-needs_shared = pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason=f"shared GLUE data not found at {SHARED_GLUE}")
+from conftest import needs_shared  # noqa: E402
 
 # task: (folder, train rows, dev rows) from shared/data/README.md
 README_COUNTS = {
