@@ -1,11 +1,14 @@
-"""A run's identity: the readable name plus a short hash of every setting that changes what it trains.
+"""A run's identity: the readable name plus a short hash of everything that changes what it trains or reports:
+its settings, the data it reads (gnlorp/data_fingerprint.py) and the kind of device it runs on.
 
 The result file is results/<name>-<hash>.json and the checkpoint checkpoints/<name>-<hash>/last.pt, so two
 configs that train differently never share a file, `skip_complete` skips only an identical config, and a
 resume never continues another config's state. Settings declared with identity=False in gnlorp/schema.py
 (paths, logging and evaluation cadence, stop/resume controls) are left out; the effective learning rate
 and GaLore scale replace the per-method and per-rank tables they were looked up in, so an edit to the lr
-of another method does not change this run's identity.
+of another method does not change this run's identity. Settings that change nothing in a given run (SwitchLoRA's
+pool placement, FSDP's mixed precision off a sharded GPU run, C4's evaluation cadence) are hashed at their
+default there.
 """
 
 from __future__ import annotations
@@ -67,15 +70,46 @@ def _get(container: dict, dotted: str) -> Any:
     return container
 
 
-def training_settings(resolved: dict, derived: dict, uses_rank: bool = True, uses_scale: bool = True) -> dict:
-    """{dotted key: value} of everything that changes training (see the module docstring): the chosen method's
-    own keys only. A method that ignores the rank (full training) or GaLore's scale (LoRA) is not told apart
-    by them."""
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What changes a run besides its config: the data it reads and where it runs."""
+
+    data_digest: str | None = None  # gnlorp/data_fingerprint.py; None or a REFERENCE digest: kept out of the hash
+    device_kind: str = "cpu"        # cpu | cuda
+    sharded: bool = False           # FSDP over several processes
+
+
+def _without_effect(context: RunContext) -> list[str]:
+    """Settings that change neither training nor the report of this run: they are hashed at their default, so
+    a change of them neither makes another identity nor moves the results written before this was known."""
+    keys = ["method.offload_candidates"]  # SwitchLoRA's pools in CPU or accelerator memory: the same numbers
+    if not (context.device_kind == "cuda" and context.sharded):
+        keys.append("train.fsdp_mixed_precision")  # only FSDP on GPUs casts
+    return keys
+
+
+def training_settings(resolved: dict, derived: dict, uses_rank: bool = True, uses_scale: bool = True,
+                      context: RunContext = RunContext()) -> dict:
+    """{dotted key: value} of everything that changes training or the reported result (see the module docstring):
+    the chosen method's own keys only. A method that ignores the rank (full training) or GaLore's scale (LoRA)
+    is not told apart by them."""
+    from .data_fingerprint import REFERENCE
+
     method = _get(resolved, "method.name")
     settings = {key: _get(resolved, key) for key in identity_keys(method)}
+    defaults = _defaults(method)
+    for key in _without_effect(context):
+        if key in settings:
+            settings[key] = defaults[key]
+    if _get(resolved, "task.family") == "c4":
+        settings.pop("train.eval_every", None)  # C4 reports its last evaluation, whatever the cadence
     for key, default in _defaults_of_added_keys(method).items():
         if key in settings and settings[key] == default:
             del settings[key]
+    if context.data_digest is not None and context.data_digest not in REFERENCE:
+        settings["data"] = context.data_digest
+    if context.device_kind != "cpu":  # every result before this was known ran on a CPU
+        settings["device"] = context.device_kind
     settings.pop("task.lr")
     settings.pop("task.alpha")
     settings["train.lr"] = derived["lr"]
@@ -85,6 +119,25 @@ def training_settings(resolved: dict, derived: dict, uses_rank: bool = True, use
     if not uses_scale:
         settings.pop("scale")
     return settings
+
+
+def _defaults(method: str, schema=None, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: default} of every setting, the method's own keys included."""
+    from .methods import SPECS
+
+    if schema is None:
+        out = _defaults(method, RunSettings)
+        if method in SPECS:
+            out.update(_defaults(method, SPECS[method].settings, "method."))
+        return out
+    out = {}
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+            out.update(_defaults(method, f.default_factory, f"{key}."))
+        else:
+            out[key] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return out
 
 
 def _defaults_of_added_keys(method: str) -> dict[str, Any]:
@@ -119,6 +172,12 @@ def differing_keys(mine: dict, theirs: dict) -> list[str]:
 
 
 def describe_differences(mine: dict, theirs: dict, keys: list[str], limit: int = 6) -> str:
-    shown = [f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in keys[:limit]]
+    shown = [_describe(k, theirs.get(k), mine.get(k)) for k in keys[:limit]]
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(shown) + more
+
+
+def _describe(key: str, before, now) -> str:
+    if key == "data":  # digests: None stands for the shared data (data_fingerprint.REFERENCE)
+        return f"the data read from task.data_dir ({before or 'the shared data'} -> {now or 'the shared data'})"
+    return f"{key} {before!r} -> {now!r}"

@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import identity
 from .checks import check_config, check_name_length, check_writable_folder
+from .data_fingerprint import describe_change, task_fingerprint
+from .data_fingerprint import digest as fingerprint_digest
 from .errors import UserError
 from .methods import LOW_RANK, PROJECTED  # light: method modules (peft, bitsandbytes) load only when a method is used
 
@@ -55,6 +57,7 @@ class Plan:
     settings: dict                  # the training settings the hash covers
     resolved: dict = field(default_factory=dict)
     multirun: bool = False
+    data: dict = field(default_factory=dict)  # the data's fingerprint (gnlorp/data_fingerprint.py)
 
     @property
     def result_path(self) -> Path:
@@ -117,7 +120,7 @@ def distributed_env_from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def learning_rate_choice(cfg: DictConfig, derived: dict) -> dict:
+def learning_rate_choice(cfg: DictConfig, derived: dict, context: identity.RunContext) -> dict:
     """{"lr", "lr_choice"}: the learning rate and how it was chosen (kept in the result's config.derived)."""
     if cfg.train.lr_choice == "selection":
         from .lr_selection import rate_from_grid
@@ -125,16 +128,16 @@ def learning_rate_choice(cfg: DictConfig, derived: dict) -> dict:
         low_rank = cfg.method.name in LOW_RANK
         key = (cfg.task.family, cfg.task.name, cfg.model.name, cfg.method.name, int(cfg.rank) if low_rank else None,
                cfg.precision.name)
-        return rate_from_grid(cfg.results_dir, key, run_identity(cfg, derived)[2])
+        return rate_from_grid(cfg.results_dir, key, run_identity(cfg, derived, context)[2])
     source = "train.lr" if cfg.train.lr is not None else f"task.lr.{cfg.method.name}"
     return {"lr": derived["lr"], "lr_choice": {"by": source, "factor": float(cfg.train.lr_factor)}}
 
 
-def run_identity(cfg: DictConfig, derived: dict) -> tuple[str, str, dict, dict]:
+def run_identity(cfg: DictConfig, derived: dict, context: identity.RunContext) -> tuple[str, str, dict, dict]:
     """(readable name, run id = name-hash, the training settings hashed, the resolved config)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     settings = identity.training_settings(resolved, derived, uses_rank=cfg.method.name in LOW_RANK,
-                                          uses_scale=cfg.method.name in PROJECTED)
+                                          uses_scale=cfg.method.name in PROJECTED, context=context)
     name = run_name(cfg)
     return name, f"{name}-{identity.identity_hash(settings)}", settings, resolved
 
@@ -145,12 +148,23 @@ def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
     rank = int(os.environ.get("RANK", "0"))
     derived = check_config(cfg, world)
     _check_data_dirs(cfg)
-    derived = {**derived, **learning_rate_choice(cfg, derived)}
-    name, run_id, settings, resolved = run_identity(cfg, derived)
+    data = task_fingerprint(cfg.task)
+    context = identity.RunContext(fingerprint_digest(data), _device_kind(cfg), world > 1 and cfg.train.parallel == "fsdp")
+    derived = {**derived, **learning_rate_choice(cfg, derived, context)}
+    name, run_id, settings, resolved = run_identity(cfg, derived, context)
     check_name_length(run_id)
     check_writable_folder("results_dir", cfg.results_dir)
     check_writable_folder("checkpoint_dir", cfg.checkpoint_dir)
-    return Plan(cfg, derived, world, rank, name, run_id, settings, resolved, multirun)
+    return Plan(cfg, derived, world, rank, name, run_id, settings, resolved, multirun, data)
+
+
+def _device_kind(cfg: DictConfig) -> str:
+    """cpu or cuda: what device=auto resolves to here (torch loads now, once the config has passed its checks)."""
+    if cfg.device != "auto":
+        return str(cfg.device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # --------------------------------------------------------------------------------------- skip_if_complete
@@ -292,7 +306,7 @@ def refuse_other_configs_checkpoint(plan: Plan, echo) -> None:
         theirs = _read_identity(folder) if (folder / "last.pt").exists() and folder.name != plan.run_id else None
         if theirs and _same_slot(plan.settings, theirs["settings"]):
             keys = identity.differing_keys(plan.settings, theirs["settings"])
-            candidates.append((len(keys), folder, keys, theirs["settings"]))
+            candidates.append((len(keys), folder, keys, theirs))
     if not candidates:
         echo(f"resume=true but no checkpoint at {plan.checkpoint_path}: starting from scratch.")
         return
@@ -300,10 +314,15 @@ def refuse_other_configs_checkpoint(plan: Plan, echo) -> None:
     if plan.multirun:
         echo(f"resume=true: no checkpoint of this sweep point; starting it from scratch ({folder} is another point's).")
         return
+    if keys == ["data"]:
+        raise UserError(
+            f"resume=true, but the checkpoint {folder / 'last.pt'} was trained on other data: in task.data_dir "
+            f"{describe_change(plan.data, theirs.get('data'))}; it was kept: point task.data_dir at the data it "
+            f"was trained on to continue it, or drop resume=true to start on this data from scratch.")
     raise UserError(
         f"resume=true, but the checkpoint {folder / 'last.pt'} was written with other training settings "
-        f"({identity.describe_differences(plan.settings, theirs, keys)}); it was kept: rerun with its settings to "
-        f"continue it, or drop resume=true to start this config from scratch.")
+        f"({identity.describe_differences(plan.settings, theirs['settings'], keys)}); it was kept: rerun with its "
+        f"settings to continue it, or drop resume=true to start this config from scratch.")
 
 
 def check_resume(plan: Plan, echo) -> bool:
@@ -344,7 +363,7 @@ def write_identity(plan: Plan) -> None:
     from .record import atomic_write_json
 
     folder = plan.checkpoint_path.parent
-    atomic_write_json(folder / IDENTITY_FILE, {"run_id": plan.run_id, "settings": plan.settings})
+    atomic_write_json(folder / IDENTITY_FILE, {"run_id": plan.run_id, "settings": plan.settings, "data": plan.data})
 
 
 # --------------------------------------------------------------------------------------- the run
@@ -401,7 +420,7 @@ def start_tracking(plan: Plan, job, trainable: Trainable, device, autocast, wand
                            "steps_per_epoch": steps_per_epoch}
     record = RunRecord(cfg.results_dir, plan.run_id, resolved)
     record.set_identity(hash=plan.run_id.rsplit("-", 1)[1], settings=plan.settings,
-                        config_hash=identity.config_hash(plan.resolved))
+                        config_hash=identity.config_hash(plan.resolved), data=plan.data)
     if job.baseline:
         record.set_baseline(job.baseline)
     origin = _hydra_origin()

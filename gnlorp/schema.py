@@ -64,8 +64,9 @@ class TrainSettings:
     group_by_length: bool = setting(
         False, "GLUE: batches of similar lengths (transformers' get_length_grouped_indices, as Trainer's "
                "group_by_length): the same examples each epoch with about half the padding", identity=UNLESS_DEFAULT)
-    eval_every: Optional[int] = setting(None, "steps between evaluations; null: every epoch (GLUE) / at the end (C4)",
-                                        identity=False, ge=1)
+    eval_every: Optional[int] = setting(None, "steps between evaluations; null: every epoch (GLUE) / at the end (C4). "
+                                              "GLUE reports the best evaluation, so the cadence is in its identity",
+                                        identity=UNLESS_DEFAULT, ge=1)
     log_every: int = setting(10, "steps between W&B loss points", identity=False, ge=1)
     checkpoint_every: Optional[int] = setting(None, "steps between checkpoints; null: on interruption and at the end",
                                               identity=False, ge=1)
@@ -199,7 +200,8 @@ class RunSettings:
     keep_checkpoint: bool = setting(False, "keep the checkpoint after a complete run", identity=False)
     skip_complete: bool = setting(False, "do nothing if this config's result is already complete", identity=False)
     keep_going: bool = setting(False, "multirun: report a failed job and go on", identity=False)
-    device: str = setting("auto", "auto (cuda if available), cpu or cuda", identity=False,
+    device: str = setting("auto", "auto (cuda if available), cpu or cuda; the kind it resolves to is in the identity",
+                          identity=False,
                           choices=("auto", "cpu", "cuda"))
     save_model: bool = setting(False, "write the merged Hugging Face model to <results_dir>/models/<run>/",
                                identity=False)

@@ -25,6 +25,7 @@ import math
 import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gnlorp.errors import UserError
@@ -258,9 +259,14 @@ def check_glue_files(name: str, data_dir: str | None, train: bool = True) -> Non
     if root is None:
         _check_hub_copy_offline(spec)
         return
+    glue_task_files(name, root, train)
+
+
+def glue_task_files(name: str, root: str, train: bool = True) -> list[Path]:
+    """The TSVs a run of task `name` reads from the local folder `root` (UserError if one is missing)."""
+    spec = _spec(name)
     _check_data_dir(root)
-    for split in (*spec.eval_files, *(("train",) if train else ())):
-        _task_file(spec, split, root)
+    return [Path(_task_file(spec, split, root)) for split in (*(("train",) if train else ()), *spec.eval_files)]
 
 
 # ----------------------------------------------------------------------------------------------------

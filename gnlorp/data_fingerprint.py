@@ -1,0 +1,143 @@
+"""What data a run reads, as a digest that joins its identity (gnlorp/identity.py).
+
+Local data: every file the task reads (GLUE: the task's train and evaluation TSVs; C4: the train and validation
+shards), by its name relative to the data folder, its size and a SHA-256 of its content (the whole file up to
+WHOLE_FILE_BYTES, else of SLICES fixed slices and the size). The hub: the data set's id, config and revision.
+So another corpus, a shard removed, or one training label changed gives another digest, whatever folder the
+data sits in, while the same files moved to another folder or machine keep theirs.
+
+The results committed before the data was part of the identity were trained on the shared data
+(../shared/data): its digests are listed in REFERENCE, and data with one of them stays out of the hash, so
+those results keep their identity (the data is recorded in every result all the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+WHOLE_FILE_BYTES = 64 << 20
+SLICE_BYTES = 64 << 10
+SLICES = 3  # start, middle, end
+HUB_REVISION = "main"  # the revision the hub loaders ask for (their default)
+
+# digest -> the data it stands for: the shared data the committed results were trained on (see the docstring);
+# tests/unit/test_data_fingerprint.py recomputes each from ../shared/data.
+REFERENCE = {
+    "db6ff0e788d14482": "glue_data cola",
+    "f5b71e4b57dcd186": "glue_data cola (evaluation only)",
+    "c9f463593b3a692c": "glue_data sst2",
+    "8939bf240e3f4404": "glue_data sst2 (evaluation only)",
+    "2bbbbbc1157ec090": "glue_data mrpc",
+    "bd63e4638a203bc2": "glue_data mrpc (evaluation only)",
+    "5d36c20fe1fd3023": "glue_data stsb",
+    "b0fc79e26a63e376": "glue_data stsb (evaluation only)",
+    "7dab7f5d2b0fa7dd": "glue_data qnli (evaluation only)",
+    "c1047330dfe5ec50": "glue_data rte",
+    "55f582992639cc72": "glue_data rte (evaluation only)",
+    "6717167bd3c45e51": "glue_data wnli",
+    "a0d72a2d28f80634": "glue_data wnli (evaluation only)",
+    "4854ae926986789c": "c4/en",
+}
+
+
+def file_digest(path: Path) -> str:
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= WHOLE_FILE_BYTES:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(str(size).encode())
+            for k in range(SLICES):
+                f.seek((size - SLICE_BYTES) * k // (SLICES - 1))
+                h.update(f.read(SLICE_BYTES))
+    return h.hexdigest()[:16]
+
+
+def local_fingerprint(root: str | Path, files: list[Path]) -> dict:
+    root = Path(root)
+    out = []
+    for path in files:
+        try:
+            out.append([path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name,
+                        path.stat().st_size, file_digest(path)])
+        except OSError as exc:
+            raise UserError(f"cannot read {path} ({exc.strerror or exc}); make the data under task.data_dir "
+                            f"readable, or point task.data_dir at a readable copy.") from None
+    return {"files": out}
+
+
+def hub_fingerprint(dataset: str, config: str) -> dict:
+    return {"hub": dataset, "config": config, "revision": HUB_REVISION}
+
+
+def task_fingerprint(task) -> dict:
+    """The fingerprint of the data a run of `task` (the config's task node) reads; the folders are checked."""
+    if task.family == "glue":
+        from .tasks.glue import HUB_DATASET, glue_task_files, resolve_glue_dir
+
+        root = resolve_glue_dir(task.data_dir)
+        if root is None:
+            return hub_fingerprint(HUB_DATASET, str(task.name))
+        return local_fingerprint(root, glue_task_files(task.name, root, train=task.max_train_samples != 0))
+    from .tasks.c4 import HUB_ID, c4_files, resolve_c4_dir
+
+    root = resolve_c4_dir(task.data_dir)
+    if root is None:
+        return hub_fingerprint(HUB_ID[0], HUB_ID[1])
+    return local_fingerprint(root, [*c4_files(root, "train"), *c4_files(root, "validation")])
+
+
+def digest(fingerprint: dict) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def describe_change(mine: dict, theirs: dict | None) -> str:
+    """What differs between two fingerprints, in a few words (for a refused resume)."""
+    if not theirs:
+        return "the data differs from the data it was trained on"
+    if "files" not in mine or "files" not in theirs:
+        return f"the data source changed ({_source(theirs)} -> {_source(mine)})"
+    a = {name: (size, h) for name, size, h in theirs["files"]}
+    b = {name: (size, h) for name, size, h in mine["files"]}
+    parts = [f"{n} missing" for n in sorted(set(a) - set(b))] + [f"{n} added" for n in sorted(set(b) - set(a))]
+    parts += [f"{n} changed" for n in sorted(set(a) & set(b)) if a[n] != b[n]]
+    shown = ", ".join(parts[:4]) + (f" and {len(parts) - 4} more" if len(parts) > 4 else "")
+    return f"the data files differ ({shown or 'same files, other order'})"
+
+
+def _source(fp: dict) -> str:
+    return f"{fp['hub']} on the hub" if "hub" in fp else f"{len(fp.get('files', []))} local files"
+
+
+def reference_digests(shared_data: str | os.PathLike) -> dict[str, str]:
+    """{digest: what} of every task of the shared data folder (how REFERENCE was made)."""
+    from types import SimpleNamespace
+
+    from .tasks.glue import GLUE_TASKS
+
+    out = {}
+    for name in GLUE_TASKS:
+        for train in (True, False):
+            task = SimpleNamespace(family="glue", name=name, data_dir=str(Path(shared_data) / "glue_data"),
+                                   max_train_samples=None if train else 0)
+            try:
+                out[digest(task_fingerprint(task))] = f"glue_data {name}" + ("" if train else " (evaluation only)")
+            except UserError:
+                pass  # a task (or its train split) the shared data does not hold
+    task = SimpleNamespace(family="c4", name="c4", data_dir=str(Path(shared_data) / "c4" / "en"))
+    out[digest(task_fingerprint(task))] = "c4/en"
+    return out
+
+
+if __name__ == "__main__":  # python -m gnlorp.data_fingerprint ../shared/data: the REFERENCE entries
+    import sys
+
+    for d, what in reference_digests(sys.argv[1]).items():
+        print(f'    "{d}": "{what}",')
