@@ -246,6 +246,7 @@ class RunRecord:
         self.started_at = _iso(self._clock())
         self.finished_at: str | None = None
         self.status: str | None = None
+        self.written_to = self.path
         from gnlorp import sysinfo  # imports torch; keep `load_results` readers light
 
         self.git = sysinfo.git_info()
@@ -364,17 +365,31 @@ class RunRecord:
         return record
 
     def write(self, status: str) -> Path:
-        """Atomically (re)write the record with ``status``; returns the path.
+        """Atomically (re)write the record with ``status``; returns the path written.
 
         "incomplete" is for periodic saves while training; "complete" and "failed" stamp
-        ``finished_at``. Callable any number of times.
+        ``finished_at``. Callable any number of times. A complete result already at ``path`` is never
+        replaced by one that is not: that one goes to ``<path>.<status>`` (a later complete write removes it).
         """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         self.status = status
         self.finished_at = None if status == "incomplete" else _iso(self._clock())
-        atomic_write_json(self.path, self.to_dict())
-        return self.path
+        self.written_to = self.path
+        if status != "complete" and _status_on_disk(self.path) == "complete":
+            self.written_to = self.path.with_name(f"{self.path.name}.{status}")  # not *.json: no table reads it
+        atomic_write_json(self.written_to, self.to_dict())
+        if status == "complete":
+            for other in STATUSES:
+                self.path.with_name(f"{self.path.name}.{other}").unlink(missing_ok=True)
+        return self.written_to
+
+
+def _status_on_disk(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

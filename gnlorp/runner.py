@@ -33,6 +33,7 @@ from .methods import LOW_RANK, PROJECTED  # light: method modules (peft, bitsand
 # run stopped by a bad value answers at once, not after a long startup.
 
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
+EXIT_FAILED = 1  # an error during or after training (a non-finite loss: 3, a user error before it: 2)
 IDENTITY_FILE = "identity.json"  # beside each checkpoint: which training settings wrote it
 
 
@@ -515,6 +516,8 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
             loop.run()
         if cfg.keep_checkpoint:
             loop.save_checkpoint()
+        if cfg.save_model:  # before the result says complete: a merge that fails makes the run fail
+            _save_merged_model(plan, trainable, echo)
     except Interrupted as stop:
         status = "incomplete"
         exit_code = EXIT_INTERRUPTED.get(stop.reason.removeprefix("received "), 0)
@@ -525,9 +528,16 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
         message = str(exc) if isinstance(exc, NonFiniteError) else f"Training stopped at step {loop.pos.step + 1}: {exc}"
         record.add_note(message)
         echo(f"error: {message}")
+    except Exception as exc:  # anything else, during training or after it (evaluation, merge): the run failed
+        status, exit_code = "failed", EXIT_FAILED
+        message = f"the run failed at step {loop.pos.step} of {total_steps}: {_error_line(exc)}"
+        record.add_note(message)
+        if isinstance(exc, UserError) or plan.world > 1 or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # the command line prints a UserError's line; several processes: torchrun stops the others
+        echo(f"error: {message}")
     finally:
         if status == "complete" and loop.pos.step < total_steps:
-            status = "failed"  # an unexpected exception is propagating
+            status = "failed"  # an exception that is not an Exception (SystemExit, ...) is propagating
         pos = loop.pos
         record.set_train(
             steps=pos.step, total_steps=total_steps, epochs=pos.epoch + pos.batch / steps_per_epoch,
@@ -543,24 +553,35 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
         try:
             if plan.rank == 0:
                 record.write(status)
+                echo(f"Result ({status}): {record.written_to}")
+                if record.written_to != record.path:
+                    echo(f"The complete result of this config at {record.path} was kept.")
         finally:
             tracker.finish(exit_code)
 
     if status == "complete" and not cfg.keep_checkpoint and plan.rank == 0:
         _remove_checkpoint(plan)  # only once the result is safely written; sweeps would pile up GBs of them
-    if status == "complete" and cfg.save_model:
-        model = trainable.model
-        if plan.sharded:  # gather the shards (every rank), rank 0 writes a vanilla model
-            from .fsdp import full_state_dict, unsharded_model
+    return Outcome(status, exit_code, record.written_to, record.to_dict())
 
-            full = full_state_dict(model)
-            model = unsharded_model(trainable.skeleton, full) if plan.rank == 0 else None
-        if plan.rank == 0:
-            out = Path(cfg.results_dir) / "models" / plan.run_id
-            trainable.method.merge(model).save_pretrained(out)
-            echo(f"Merged model saved to {out}")
-    echo(f"Result ({status}): {record.path}")
-    return Outcome(status, exit_code, record.path, record.to_dict())
+
+def _save_merged_model(plan: Plan, trainable: Trainable, echo) -> None:
+    model = trainable.model
+    if plan.sharded:  # gather the shards (every rank), rank 0 writes a vanilla model
+        from .fsdp import full_state_dict, unsharded_model
+
+        full = full_state_dict(model)
+        model = unsharded_model(trainable.skeleton, full) if plan.rank == 0 else None
+    if plan.rank == 0:
+        out = Path(plan.cfg.results_dir) / "models" / plan.run_id
+        trainable.method.merge(model).save_pretrained(out)
+        echo(f"Merged model saved to {out}")
+
+
+def _error_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, UserError):
+        return lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]} (HYDRA_FULL_ERROR=1 shows the traceback)" if lines else type(exc).__name__
 
 
 def _log_above_the_progress_bar(progress: bool):

@@ -146,3 +146,18 @@ def straight_and_resumed_c4(tmp_path, *extra: str):
     name = straight.path.stem
     a, b = (torch.load(tmp_path / d / "checkpoints" / name / "last.pt", weights_only=True)["model"] for d in "ab")
     return straight, part, resumed, a, b
+
+
+def c4_corpus(root: Path, shards: int = 4) -> Path:
+    """The shared train shard's documents split over `shards` files, with the shared validation file."""
+    import gzip
+    import shutil
+
+    root.mkdir(parents=True)
+    with gzip.open(C4_DIR / "c4-train.00000-of-01024.first1000.json.gz", "rt") as f:
+        docs = f.readlines()
+    for k in range(shards):
+        with gzip.open(root / f"c4-train.{k:05d}-of-{shards:05d}.json.gz", "wt") as f:
+            f.writelines(docs[k::shards])
+    shutil.copy(C4_DIR / "c4-validation.sample2000.json.gz", root)
+    return root

@@ -211,34 +211,54 @@ def load_c4_blocks(tokenizer, data_dir: str | None, split: str, seq_len: int,
 def _source_id(data_dir: str | None, split: str) -> list:
     if data_dir is None:
         return ["hub", *HUB_ID, split]
-    return [[p.name, p.stat().st_size] for p in c4_files(data_dir, split)]
+    from gnlorp.data_fingerprint import local_fingerprint
+
+    return local_fingerprint(data_dir, c4_files(data_dir, split))["files"]
+
+
+def _blocks_checksum(blocks: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(blocks.to(torch.int32).contiguous().numpy().tobytes()).hexdigest()
 
 
 def cached_eval_blocks(tokenizer, data_dir: str | None, seq_len: int, n_blocks: int, cache_dir: str | None = None,
                        split: str = "validation") -> torch.LongTensor:
     """The first n_blocks packed blocks of C4 `split` (load_c4_blocks), tokenized once and kept in
-    <cache_dir>/c4-eval/ (default: the gnlorp cache, ~/.cache/gnlorp) under a name hashed from the tokenizer,
-    source files (names and sizes) or hub id, seq_len and n_blocks; written atomically (concurrent runs race
-    harmlessly) and shared by every method, seed and process."""
+    <cache_dir>/c4-eval/ (default: the gnlorp cache, ~/.cache/gnlorp) under a name hashed from the tokenizer and
+    the EOS id packing puts between documents, the source files (names, sizes, content hashes) or hub id, seq_len
+    and n_blocks; written atomically with a checksum of the blocks (concurrent runs race harmlessly) and shared
+    by every method, seed and process. A cached file that fails its checksum is refused (UserError naming it)."""
     import hashlib
 
     from gnlorp.tokenizers import _cache_root, tokenizer_fingerprint
 
-    key = json.dumps({"format": 1, "tokenizer": tokenizer_fingerprint(tokenizer), "source": _source_id(data_dir, split),
+    key = json.dumps({"format": 2, "tokenizer": tokenizer_fingerprint(tokenizer),
+                      "eos": getattr(tokenizer, "eos_token_id", None), "source": _source_id(data_dir, split),
                       "seq_len": seq_len, "blocks": n_blocks})
     folder = Path(os.path.expanduser(cache_dir)) if cache_dir else _cache_root()
     path = folder / "c4-eval" / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
     if path.is_file():
-        try:
-            return torch.load(path, weights_only=True)["blocks"].long()
-        except Exception:  # a damaged file: rebuild it
-            pass
+        return _load_cached_blocks(path, key)
     blocks = load_c4_blocks(tokenizer, data_dir, split, seq_len, n_blocks)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{id(blocks)}")
-        torch.save({"key": key, "blocks": blocks.to(torch.int32)}, tmp)
+        torch.save({"key": key, "blocks": blocks.to(torch.int32), "sha256": _blocks_checksum(blocks)}, tmp)
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache: the blocks are still right, just not kept
     return blocks
+
+
+def _load_cached_blocks(path: Path, key: str) -> torch.LongTensor:
+    damaged = (f"the cached C4 validation blocks {path} are damaged ({{}}); delete that file (it is rebuilt from "
+               f"the data) and rerun.")
+    try:
+        saved = torch.load(path, weights_only=True)
+        blocks = saved["blocks"]
+    except Exception as exc:  # unreadable, truncated, not a torch file
+        raise UserError(damaged.format(_first_line(exc))) from None
+    if saved.get("key") != key or saved.get("sha256") != _blocks_checksum(blocks):
+        raise UserError(damaged.format("their checksum does not match their content"))
+    return blocks.long()

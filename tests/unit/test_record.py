@@ -267,10 +267,27 @@ def test_write_many_times_incomplete_then_complete(tmp_path):
     assert second["loss_curve"] == [[1, 2.0], [2, 1.5]]
     assert second["eval"] == {"validation": {"accuracy": None}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
-    r.write("failed")
-    assert json.loads(r.path.read_text())["status"] == "failed"
     with pytest.raises(ValueError):
         r.write("done")
+
+
+def test_a_complete_result_is_never_replaced_by_one_that_is_not(tmp_path):
+    """A rerun of a complete config that fails (or stops) writes beside it, where no table reads; a rerun that
+    completes replaces it and clears what failed runs left."""
+    done = RunRecord(tmp_path, "run", {"a": 1}, clock=FakeClock())
+    done.set_eval({"validation": {"accuracy": 0.9}})
+    assert done.write("complete") == tmp_path / "run.json"
+    kept = (tmp_path / "run.json").read_bytes()
+    for status in ("failed", "incomplete"):
+        rerun = RunRecord(tmp_path, "run", {"a": 1}, clock=FakeClock())
+        assert rerun.write(status) == tmp_path / f"run.json.{status}" == rerun.written_to
+        assert json.loads((tmp_path / f"run.json.{status}").read_text())["status"] == status
+        assert (tmp_path / "run.json").read_bytes() == kept
+    assert load_results(tmp_path) == ([json.loads(kept)], [])
+    again = RunRecord(tmp_path, "run", {"a": 2}, clock=FakeClock())
+    assert again.write("complete") == tmp_path / "run.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+    assert json.loads((tmp_path / "run.json").read_text())["config"] == {"a": 2}
 
 
 def test_flat_eval_metrics_go_to_validation(tmp_path):
