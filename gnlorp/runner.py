@@ -148,14 +148,14 @@ def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     derived = check_config(cfg, world)
+    check_name_length(f"{run_name(cfg)}-{'0' * identity.HASH_CHARS}")
+    check_writable_folder("results_dir", cfg.results_dir)
+    check_writable_folder("checkpoint_dir", cfg.checkpoint_dir)
     _check_data_dirs(cfg)
     data = task_fingerprint(cfg.task)
     context = identity.RunContext(fingerprint_digest(data), _device_kind(cfg), world > 1 and cfg.train.parallel == "fsdp")
     derived = {**derived, **learning_rate_choice(cfg, derived, context)}
     name, run_id, settings, resolved = run_identity(cfg, derived, context)
-    check_name_length(run_id)
-    check_writable_folder("results_dir", cfg.results_dir)
-    check_writable_folder("checkpoint_dir", cfg.checkpoint_dir)
     return Plan(cfg, derived, world, rank, name, run_id, settings, resolved, multirun, data)
 
 
