@@ -121,7 +121,7 @@ def distributed_env_from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def learning_rate_choice(cfg: DictConfig, derived: dict, context: identity.RunContext) -> dict:
+def learning_rate_choice(cfg: DictConfig, derived: dict, context: identity.RunContext = identity.RunContext()) -> dict:
     """{"lr", "lr_choice"}: the learning rate and how it was chosen (kept in the result's config.derived)."""
     if cfg.train.lr_choice == "selection":
         from .lr_selection import rate_from_grid
@@ -134,8 +134,10 @@ def learning_rate_choice(cfg: DictConfig, derived: dict, context: identity.RunCo
     return {"lr": derived["lr"], "lr_choice": {"by": source, "factor": float(cfg.train.lr_factor)}}
 
 
-def run_identity(cfg: DictConfig, derived: dict, context: identity.RunContext) -> tuple[str, str, dict, dict]:
-    """(readable name, run id = name-hash, the training settings hashed, the resolved config)."""
+def run_identity(cfg: DictConfig, derived: dict, context: identity.RunContext = identity.RunContext()
+                 ) -> tuple[str, str, dict, dict]:
+    """(readable name, run id = name-hash, the training settings hashed, the resolved config); the context's
+    default: the shared data on a CPU."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     settings = identity.training_settings(resolved, derived, uses_rank=cfg.method.name in LOW_RANK,
                                           uses_scale=cfg.method.name in PROJECTED, context=context)
