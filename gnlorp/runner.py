@@ -121,7 +121,8 @@ def distributed_env_from_slurm() -> None:
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def learning_rate_choice(cfg: DictConfig, derived: dict, context: identity.RunContext = identity.RunContext()) -> dict:
+def learning_rate_choice(cfg: DictConfig, derived: dict,
+                         context: identity.RunContext = identity.RunContext()) -> dict:
     """{"lr", "lr_choice"}: the learning rate and how it was chosen (kept in the result's config.derived)."""
     if cfg.train.lr_choice == "selection":
         from .lr_selection import rate_from_grid
@@ -155,7 +156,8 @@ def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
     check_writable_folder("checkpoint_dir", cfg.checkpoint_dir)
     _check_data_dirs(cfg)
     data = task_fingerprint(cfg.task)
-    context = identity.RunContext(fingerprint_digest(data), _device_kind(cfg), world > 1 and cfg.train.parallel == "fsdp")
+    sharded = world > 1 and cfg.train.parallel == "fsdp"
+    context = identity.RunContext(fingerprint_digest(data), _device_kind(cfg), sharded)
     derived = {**derived, **learning_rate_choice(cfg, derived, context)}
     name, run_id, settings, resolved = run_identity(cfg, derived, context)
     return Plan(cfg, derived, world, rank, name, run_id, settings, resolved, multirun, data)
