@@ -7,7 +7,7 @@ What comes out (one file per table, each with its notes; index.md lists them and
 module of this package that makes it:
   glue_<model>.md/.tex         glue.py: GaLore Table 4 layout: rows = method (+rank), columns = the GLUE tasks run,
                                avg; the trivial baseline and the published RoBERTa-base rows beside ours
-  glue_<model>_differences     glue.py: paired differences between methods over seeds, with bootstrap intervals
+  glue_<model>_differences     glue.py: paired differences between methods over seeds: per seed, t-intervals, verdicts
   c4_paper-sizes.md/.tex       c4.py: GaLore Table 2 layout: rows = method, columns = LLaMA 60M..1B
   c4_llama_7b.md/.tex          c4.py: GaLore Table 3 layout: perplexity at 40K / 80K / 120K / 150K steps
   c4_other-sizes.md/.tex       c4.py: the same for sizes the papers do not have (the CPU-scale 20M LLaMA)

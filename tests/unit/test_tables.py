@@ -424,18 +424,6 @@ def test_glue_table_shows_the_trivial_baseline_and_flags_cells_that_do_not_beat_
     assert "‡: the cell's median does not beat it" in md
 
 
-def test_paired_difference_by_hand():
-    """Differences 1, 2, 6: mean 3; the 27 equally likely resampled means, sorted, have the 2.5% point at
-    position 0.65 between 1 (1,1,1) and 4/3 (1,1,2), and the 97.5% point between 14/3 (6,6,2) and 6."""
-    from gnlorp.paired import paired_difference
-
-    d = paired_difference({0: 11.0, 1: 12.0, 2: 16.0, 3: 99.0}, {0: 10.0, 1: 10.0, 2: 10.0})
-    assert (d.mean, d.seeds) == (3.0, 3)
-    assert d.low == pytest.approx(1 + 0.65 * (4 / 3 - 1))
-    assert d.high == pytest.approx(14 / 3 + 0.35 * (6 - 14 / 3))
-    assert paired_difference({0: 1.0}, {0: 0.0}) is None  # one seed in common: no interval
-
-
 def test_glue_differences_table_pairs_runs_by_seed(tmp_path):
     for seed, (gnl, lora, full) in enumerate(((0.61, 0.60, 0.50), (0.72, 0.70, 0.52), (0.63, 0.60, 0.51))):
         write_glue(tmp_path / "r", "rte", "gradnormlorp", 8, seed, acc(gnl))
@@ -446,6 +434,11 @@ def test_glue_differences_table_pairs_runs_by_seed(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in md.splitlines() if " − " in line}
     assert rows["GradNormLoRP (rank 8) − LoRA (rank 8)"][0].startswith("+2.00 [")  # (1 + 2 + 3) / 3
     assert rows["LoRA (rank 8) − Full fine-tuning"][0].startswith("+12.33 [")     # (10 + 18 + 9) / 3, seed by seed
+    # the headline columns: the per-seed differences, the sign test, the verdict from the interval
+    assert [c.strip(" |") for c in rows["LoRA (rank 8) − Full fine-tuning"][-3:]] == [
+        "+10.00, +18.00, +9.00", "0.25", "ahead"]             # 12.33 ± 4.303 * 4.93 / √3: [+0.08, +24.59]
+    assert [c.strip(" |") for c in rows["GradNormLoRP (rank 8) − LoRA (rank 8)"][-3:]] == [
+        "+1.00, +2.00, +3.00", "0.25", "no difference shown"]  # 2 ± 4.303 * 1 / √3: [-0.48, +4.48]
 
 
 def test_glue_differences_average_the_tasks_above_baseline_apart(tmp_path):
@@ -459,7 +452,8 @@ def test_glue_differences_average_the_tasks_above_baseline_apart(tmp_path):
             write_glue(tmp_path / "r", task, "lora", 8, seed, acc(l), baseline=base)
     tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
     md = (tmp_path / "t" / "glue_minilm_differences.md").read_text()
-    assert "| Difference | RTE | SST-2 | avg | avg above baseline |" in md
+    assert ("| Difference | RTE | SST-2 | avg | avg above baseline | avg above baseline: per seed | sign test p | "
+            "verdict |") in md
     row = next(line for line in md.splitlines() if line.startswith("| GradNormLoRP (rank 8) − LoRA"))
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
     assert cells[0].startswith("+2.00 [") and cells[1].startswith("+21.33 [")  # (1+2+3)/3, (21+22+21)/3
