@@ -209,18 +209,14 @@ def check_method_name(cfg) -> None:
 
 
 def _method_relations(cfg) -> None:
-    """Relations between a method's own keys (and the steps), checked again where the method runs
+    """Relations between a method's own keys, checked again where the method runs
     (gnlorp/methods/<name>.py); here they answer before any data or model is loaded."""
-    m, t = cfg.method, cfg.train
+    m = cfg.method
     if m.name == "relora":
         every, rewarm = int(m.relora_reset_every), int(m.relora_restart_warmup)
         if rewarm > every:
             raise UserError(f"method.relora_restart_warmup={rewarm} must be between 0 and relora_reset_every={every} "
                             f"(the re-warm-up happens inside each cycle); lower it or raise relora_reset_every.")
-        warmup = int(t.warmup_ratio * t.max_steps) if t.max_steps is not None else 0
-        if warmup > every:
-            raise UserError(f"method.relora_reset_every={every} is shorter than the first warm-up ({warmup} steps = "
-                            f"train.warmup_ratio x steps); raise relora_reset_every or lower train.warmup_ratio.")
     if m.name == "switchlora":
         if m.layerwise:
             raise UserError("method.layerwise=true is not supported by switchlora (its swaps need the whole step); "

@@ -43,9 +43,6 @@ EARLY = {
     "relora_rewarm_longer_than_the_cycle": (
         lambda t: _glue(t, "method=relora", "method.relora_restart_warmup=200", "method.relora_reset_every=100"),
         ["method.relora_restart_warmup=200", "relora_reset_every=100"]),
-    "relora_cycle_shorter_than_the_warmup": (
-        lambda t: _c4(t, "method=relora", "method.relora_reset_every=2", "method.relora_restart_warmup=0",
-                      "train.warmup_ratio=0.5"), ["method.relora_reset_every=2", "first warm-up (6 steps"]),
     "switchlora_interval_under_twice_the_warm_step": (
         lambda t: _glue(t, "method=switchlora", "method.switch_lora_interval=8", "method.adam_warm_step=5"),
         ["method.switch_lora_interval=8", "2 x adam_warm_step (10)"]),
