@@ -222,8 +222,9 @@ def _method_relations(cfg) -> None:
             raise UserError("method.layerwise=true is not supported by switchlora (its swaps need the whole step); "
                             "set method.layerwise=false.")
         if m.switch_lora_interval < 2 * max(int(m.adam_warm_step), 1):
-            raise UserError(f"method.switch_lora_interval={m.switch_lora_interval} must be at least 2 x adam_warm_step "
-                            f"({2 * int(m.adam_warm_step)}): a vector's counterpart must thaw before it is swapped again.")
+            raise UserError(f"method.switch_lora_interval={m.switch_lora_interval} must be at least 2 x "
+                            f"adam_warm_step ({2 * int(m.adam_warm_step)}): a vector's counterpart must thaw before "
+                            "it is swapped again.")
 
 
 def _task_model_relations(cfg) -> None:

@@ -151,9 +151,9 @@ def sweep_summary(points: list[dict]) -> str:
     """One line: how many points ended how, naming each failed one by the overrides that set it apart."""
     values = [dict(o.split("=", 1) if "=" in o else (o, "") for o in p["overrides"]) for p in points]
     varying = sorted({k for v in values for k in v if any(w.get(k) != v[k] for w in values)})
-    order = ("complete", "skipped", "incomplete", "failed")
-    counts = {st: sum(p["status"] == st for p in points) for st in sorted({p["status"] for p in points},
-                                                                          key=lambda st: (st not in order, order.index(st) if st in order else 0, st))}
+    order = ["complete", "skipped", "incomplete", "failed"]
+    statuses = order + sorted({p["status"] for p in points} - set(order))
+    counts = {st: n for st in statuses if (n := sum(p["status"] == st for p in points))}
     text = ", ".join(f"{n} {status}" for status, n in counts.items())
     failed = [(p, v) for p, v in zip(points, values) if p["status"] == "failed"]
     line = f"keep_going=true: the sweep's {len(points)} point(s) ended: {text}"

@@ -103,7 +103,8 @@ def _check_arguments(**values) -> None:
             continue
         integer = name in ("rank", "update_proj_gap")
         bounds = [(k, sym) for k, sym in (("ge", ">="), ("gt", ">")) if k in accepts]
-        wanted = f"{'an integer' if integer else 'a finite number'} {' and '.join(f'{s} {accepts[k]}' for k, s in bounds)}"
+        limits = " and ".join(f"{sym} {accepts[k]}" for k, sym in bounds)
+        wanted = f"{'an integer' if integer else 'a finite number'} {limits}"
         if isinstance(value, bool) or not isinstance(value, Integral if integer else Real) \
                 or not math.isfinite(value) or not all(value >= accepts[k] if k == "ge" else value > accepts[k]
                                                        for k, _ in bounds):

@@ -20,9 +20,9 @@ Shared: common.py (the runs read from results/, cells, labels, Table), published
 
 Rules: a cell is the median over seeds ± half the range; a run that is not complete, or that ran from a git tree with
 uncommitted changes (git.dirty), is left out and named, as is a record of the older schema (no identity.settings) in a
-table whose other runs have one (common._leave_out_older_records); a file load_results cannot read is named; a published cell the
-paper does not give stays "—". Same results in, same bytes out: sorted rows, fixed number formats, no timestamps,
-PNGs without software/date metadata.
+table whose other runs have one (common._leave_out_older_records); a file load_results cannot read is named; a
+published cell the paper does not give stays "—". Same results in, same bytes out: sorted rows, fixed number formats,
+no timestamps, PNGs without software/date metadata.
 """
 
 from __future__ import annotations

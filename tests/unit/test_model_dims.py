@@ -29,8 +29,8 @@ def test_encoder_classifier_linears_match_transformers(model_type, num_labels):
     cfg = {"name": "t", "kind": "encoder_config", "model_type": model_type, "hidden_size": 16,
            "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 2, "vocab_size": 50,
            "max_position_embeddings": 40}
-    config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k not in ("name", "kind", "model_type")},
-                                  num_labels=num_labels)
+    dims = {k: v for k, v in cfg.items() if k not in ("name", "kind", "model_type")}
+    config = AutoConfig.for_model(model_type, **dims, num_labels=num_labels)
     model = AutoModelForSequenceClassification.from_config(config)
     assert _real_linears(model) == linear_shapes(model_dims(cfg), num_labels)
     assert longest_sequence(model_dims(cfg)) == (40 if model_type == "bert" else 38)  # RoBERTa: after the pad index
