@@ -241,9 +241,16 @@ def _table_main(argv) -> None:
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     _check_table_args(args.sizes, args.ranks or [])
-    rows = llama_memory_table(args.sizes, RANKS if args.ranks is None else args.ranks)
-    if args.json:  # first: a path that cannot be written is the only thing said
+    if args.json:  # before the table is computed: a path that cannot be written is the only thing said
+        import errno
+        import os
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        if args.json.is_dir() or not os.access(args.json.parent, os.W_OK):
+            code = errno.EISDIR if args.json.is_dir() else errno.EACCES
+            raise OSError(code, os.strerror(code), str(args.json if args.json.is_dir() else args.json.parent))
+    rows = llama_memory_table(args.sizes, RANKS if args.ranks is None else args.ranks)
+    if args.json:
         args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     print("Optimizer-state memory (analytic, checked against real optimizer tensors in tests/unit/test_memory.py);")
     print("embeddings, norms and the LM head on dense AdamW for every method; LoRA's frozen W not counted.\n")
