@@ -208,11 +208,77 @@ def check_method_name(cfg) -> None:
                         f"method={name}, not method.name=.")
 
 
+def _method_relations(cfg) -> None:
+    """Relations between a method's own keys, checked again where the method runs
+    (gnlorp/methods/<name>.py); here they answer before any data or model is loaded."""
+    m = cfg.method
+    if m.name == "relora":
+        every, rewarm = int(m.relora_reset_every), int(m.relora_restart_warmup)
+        if rewarm > every:
+            raise UserError(f"method.relora_restart_warmup={rewarm} must be between 0 and relora_reset_every={every} "
+                            f"(the re-warm-up happens inside each cycle); lower it or raise relora_reset_every.")
+    if m.name == "switchlora":
+        if m.layerwise:
+            raise UserError("method.layerwise=true is not supported by switchlora (its swaps need the whole step); "
+                            "set method.layerwise=false.")
+        if m.switch_lora_interval < 2 * max(int(m.adam_warm_step), 1):
+            raise UserError(f"method.switch_lora_interval={m.switch_lora_interval} must be at least 2 x "
+                            f"adam_warm_step ({2 * int(m.adam_warm_step)}): a vector's counterpart must thaw before "
+                            "it is swapped again.")
+
+
+def _task_model_relations(cfg) -> None:
+    """What the model's dimensions allow (gnlorp/model_dims.py: the model config or its config.json, never the
+    weights): the sequence length, the rank of a low-rank method, a target_modules that selects nothing."""
+    from .methods import LOW_RANK
+    from .model_dims import linear_shapes, longest_sequence, model_dims, target_shapes
+
+    t = cfg.task
+    if t.family == "c4":
+        if t.eval_tokens < t.seq_len:
+            raise UserError(f"task.eval_tokens={t.eval_tokens} is less than one block of task.seq_len={t.seq_len} "
+                            f"tokens (validation is read in whole blocks); pass task.eval_tokens >= {t.seq_len}.")
+        if 0 < t.selection_tokens < t.seq_len:
+            raise UserError(f"task.selection_tokens={t.selection_tokens} is less than one block of task.seq_len="
+                            f"{t.seq_len} tokens, so no block would be scored; pass 0 or >= {t.seq_len}.")
+    dims = model_dims(cfg.model)
+    if dims is None:
+        return
+    most = longest_sequence(dims)
+    key, length = ("task.seq_len", t.seq_len) if t.family == "c4" else ("task.max_length", t.max_length)
+    if most is not None and length > most:
+        raise UserError(f"{key}={length} is longer than model={cfg.model.name} can take (max_position_embeddings: "
+                        f"{most} tokens); pass {key}={most} or less, or a model with more positions.")
+    if cfg.method.name not in LOW_RANK:
+        return
+    num_labels = 2
+    if t.family == "glue":
+        from .tasks.glue import GLUE_TASKS, _spec
+
+        num_labels = _spec(t.name).num_labels if t.name in GLUE_TASKS else 2
+    shapes = linear_shapes(dims, num_labels)
+    if shapes is None:
+        return
+    pattern = cfg.method.target_modules
+    targets = target_shapes(shapes, pattern)
+    if not targets:
+        from .model_dims import BLOCK_PATTERN
+
+        raise UserError(f"No nn.Linear layer of the model matches target_modules={pattern or BLOCK_PATTERN!r}; "
+                        "set method.target_modules to a regex that matches the layers to adapt.")
+    name, shape = min(targets.items(), key=lambda kv: min(kv[1]))
+    if cfg.rank > min(shape):
+        raise UserError(f"rank={cfg.rank} is larger than the smallest target matrix dimension ({min(shape)}: "
+                        f"{name} of model={cfg.model.name} is {shape[0]} x {shape[1]}); choose rank <= {min(shape)}.")
+
+
 def check_config(cfg, world_size: int = 1) -> dict:
     """Everything that can be checked from the config alone; returns the derived settings."""
     check_method_name(cfg)
     check_schema_values(cfg)
     derived = _relations(cfg, world_size)
+    _method_relations(cfg)
+    _task_model_relations(cfg)
     _check_bitsandbytes(cfg)
     return {"lr": learning_rate(cfg), "scale": galore_scale(cfg), **derived}
 

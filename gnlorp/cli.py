@@ -97,15 +97,83 @@ def main_with_one_line_errors(hydra_main, usage: str = "") -> None:
     os.environ.setdefault("GNLORP_USER_HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "0"))
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        _check_launcher(sys.argv[1:])
         hydra_main()
     except (HydraException, OmegaConfBaseException) as exc:
         if _JOB_STARTED or _user_wants_tracebacks():
             raise
         print(f"error: {composition_error_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except RuntimeError as exc:  # the submitit launcher, started from a machine without SLURM (a sweep file's launcher)
+        if _JOB_STARTED or _user_wants_tracebacks() or 'Could not detect "srun"' not in str(exc):
+            raise
+        print(f"error: {NO_SLURM}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except _LauncherRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    end_of_sweep()
+
+
+NO_SLURM = ("hydra/launcher=slurm submits each point of the sweep as a SLURM job, but this machine has no `srun` "
+            "(not a SLURM cluster node); start the sweep from the cluster's login node, or drop hydra/launcher=slurm "
+            "to run the points here one after another.")
+
+
+class _LauncherRefused(Exception):
+    pass
+
+
+def _check_launcher(argv: list[str]) -> None:
+    """hydra/launcher=slurm in a multirun needs SLURM's srun on this machine (submitit looks for it only after
+    Hydra has composed and set up the sweep, and then raises with a long traceback)."""
+    import shutil
+
+    launcher = next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("hydra/launcher=")), None)
+    if launcher in ("slurm", "submitit_slurm") and any(a in ("-m", "--multirun") for a in argv) \
+            and shutil.which("srun") is None:
+        raise _LauncherRefused(NO_SLURM)
 
 
 _JOB_STARTED = False
+EXIT_SWEEP_FAILED = 1
+_POINTS: list[dict] = []  # this process's multirun points with keep_going=true: num, overrides, status, exit
+
+
+def _record_point(status: str, code: int) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    _POINTS.append({"num": hc.job.num, "overrides": list(hc.overrides.task), "status": status, "exit": code})
+
+
+def sweep_summary(points: list[dict]) -> str:
+    """One line: how many points ended how, naming each failed one by the overrides that set it apart."""
+    values = [dict(o.split("=", 1) if "=" in o else (o, "") for o in p["overrides"]) for p in points]
+    varying = sorted({k for v in values for k in v if any(w.get(k) != v[k] for w in values)})
+    order = ["complete", "skipped", "incomplete", "failed"]
+    statuses = order + sorted({p["status"] for p in points} - set(order))
+    counts = {st: n for st in statuses if (n := sum(p["status"] == st for p in points))}
+    text = ", ".join(f"{n} {status}" for status, n in counts.items())
+    failed = [(p, v) for p, v in zip(points, values) if p["status"] == "failed"]
+    line = f"keep_going=true: the sweep's {len(points)} point(s) ended: {text}"
+    if failed:
+        names = "; ".join(f"#{p['num']}" + (f" {' '.join(f'{k}={v[k]}' for k in varying if k in v)}" if varying else "")
+                          + f" (exit {p['exit']})" for p, v in failed)
+        line += (f". Failed: {names}; their errors are above. Rerun the same command with skip_complete=true to "
+                 "retry only the points that have no complete result")
+    return line + "."
+
+
+def end_of_sweep() -> None:
+    """After a multirun with keep_going=true: the summary line, and a non-zero exit when a point failed."""
+    if not _POINTS:
+        return
+    points = list(_POINTS)
+    _POINTS.clear()
+    print(sweep_summary(points), file=sys.stderr)
+    if any(p["status"] == "failed" for p in points):
+        sys.exit(EXIT_SWEEP_FAILED)
 
 
 def _in_multirun() -> bool:
@@ -127,15 +195,19 @@ def _check_choices() -> None:
 def run_and_exit(cfg) -> None:
     """One job: a user error or a Ctrl-C outside the training loop (which saves and stops on its own) ends
     in one sentence and a non-zero exit. In a multirun with keep_going=true a failed job is reported and the
-    sweep goes on to the next one (a rerun with skip_complete=true retries only the failures)."""
+    sweep goes on to the next one; the sweep ends with a summary line and exit 1 if a point failed
+    (end_of_sweep; a rerun with skip_complete=true retries only the failures)."""
     global _JOB_STARTED
     _JOB_STARTED = True
     from gnlorp.errors import UserError
     from gnlorp.runner import run
 
+    keep_going = bool(cfg.get("keep_going")) and _in_multirun()
+    status = "failed"
     try:
         _check_choices()
-        code = run(cfg, echo=logging.getLogger("gnlorp").info, multirun=_in_multirun()).exit_code
+        outcome = run(cfg, echo=logging.getLogger("gnlorp").info, multirun=_in_multirun())
+        code, status = outcome.exit_code, outcome.status
     except UserError as exc:
         if _user_wants_tracebacks():
             import traceback
@@ -147,7 +219,16 @@ def run_and_exit(cfg) -> None:
         print("error: interrupted (Ctrl-C) outside training; nothing of this step was saved: rerun the same "
               "command (with resume=true to continue from a checkpoint).", file=sys.stderr)
         code = 130
-    if code and code != 130 and cfg.get("keep_going") and _in_multirun():
+    except Exception:  # a bug, not the user's input: its traceback, and the sweep goes on with keep_going
+        if not keep_going:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        code = EXIT_SWEEP_FAILED
+    if keep_going and code != 130:
+        _record_point("failed" if code else status, code)
+    if code and code != 130 and keep_going:
         print(f"keep_going=true: this job failed (exit {code}); going on with the sweep.", file=sys.stderr)
         return
     if code:

@@ -23,3 +23,45 @@ def os_error_cause(exc: OSError, setting: str) -> tuple[str, str]:
     if code is not None:
         return os.strerror(code).lower(), f"check the folder or set {setting} to another one"
     return str(exc) or type(exc).__name__, f"check the folder or set {setting} to another one"
+
+
+class ArgumentError(UserError, ValueError):
+    """A bad argument of a Python API (e.g. gnlorp.integrations.transformers): a ValueError for the caller, and a
+    UserError for the commands."""
+
+
+EXIT_USER_ERROR = 2
+
+
+def one_line_argument_parser(**kwargs):
+    """An argparse.ArgumentParser whose usage errors are one `error:` line (exit 2), like every other input error
+    of the package's commands."""
+    import argparse
+    import sys
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # argparse prints the usage and the message on two lines
+            print(f"error: {message}; `{self.prog} --help` lists the options.", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return Parser(**kwargs)
+
+
+def run_command(main, argv=None, what: str = "") -> None:
+    """Run a command's main(argv): a UserError, or an OSError writing or reading the user's files, ends in one
+    `error:` line and exit 2 (HYDRA_FULL_ERROR=1 shows the traceback, as for run.py)."""
+    import os
+    import sys
+
+    try:
+        main(argv)
+    except (UserError, OSError) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if isinstance(exc, UserError):
+            text = str(exc)
+        else:
+            cause, fix = os_error_cause(exc, what or "the path")
+            text = f"{exc.filename or what} cannot be used ({cause}); {fix}."
+        print(f"error: {text}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

@@ -17,7 +17,6 @@ float32 quantization maps. torch.optim.AdamW also keeps a float32 `step` scalar 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -199,23 +198,63 @@ def main(argv=None) -> None:
     the whole training peak, broken down (gnlorp/memory_model.py; `peak --help` lists its options)."""
     import sys
 
+    from .errors import run_command
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["peak"]:
         from .memory_model import main as peak_main
 
-        return peak_main(argv[1:])
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="`peak --help`: the whole training peak")
+        return run_command(peak_main, argv[1:])
+    return run_command(_table_main, argv, what="--json")
+
+
+def _check_table_args(sizes: list[str], ranks: list[int]) -> None:
+    """Every size a LLaMA config, every rank asked for positive and below the hidden size of one of them."""
+    from .errors import UserError
+    from .models import llama_model_cfg
+
+    if not sizes:
+        raise UserError(f"--sizes needs at least one model, e.g. --sizes {' '.join(SIZES[:2])}.")
+    hidden = []
+    for name in sizes:
+        cfg = llama_model_cfg(name)  # an unknown name: a UserError listing the known ones
+        if cfg.get("kind", "llama") != "llama":
+            raise UserError(f"--sizes {name}: the table is for LLaMA models, and {name} is an encoder "
+                            f"(kind: {cfg.get('kind')}); choose llama_* models, e.g. --sizes {' '.join(SIZES[:2])}.")
+        hidden.append(int(cfg["hidden_size"]))
+    for r in ranks:
+        if r <= 0:
+            raise UserError(f"--ranks {r}: a rank must be a positive integer, e.g. --ranks {' '.join(map(str, RANKS))}.")
+        if r >= max(hidden):
+            raise UserError(f"--ranks {r} is not below the hidden size of any model asked for (largest: {max(hidden)}), "
+                            f"so no low-rank row could use it; choose ranks below {max(hidden)}.")
+
+
+def _table_main(argv) -> None:
+    from .errors import one_line_argument_parser
+
+    ap = one_line_argument_parser(prog="python -m gnlorp.memory", description=__doc__.split("\n\n")[0],
+                                  epilog="`peak --help`: the whole training peak")
     ap.add_argument("--sizes", nargs="*", default=list(SIZES))
-    ap.add_argument("--ranks", nargs="*", type=int, default=list(RANKS))
+    ap.add_argument("--ranks", nargs="*", type=int, default=None,
+                    help=f"default {' '.join(map(str, RANKS))}; a model takes those below its hidden size")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
-    rows = llama_memory_table(args.sizes, args.ranks)
+    _check_table_args(args.sizes, args.ranks or [])
+    if args.json:  # before the table is computed: a path that cannot be written is the only thing said
+        import errno
+        import os
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        if args.json.is_dir() or not os.access(args.json.parent, os.W_OK):
+            code = errno.EISDIR if args.json.is_dir() else errno.EACCES
+            raise OSError(code, os.strerror(code), str(args.json if args.json.is_dir() else args.json.parent))
+    rows = llama_memory_table(args.sizes, RANKS if args.ranks is None else args.ranks)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     print("Optimizer-state memory (analytic, checked against real optimizer tensors in tests/unit/test_memory.py);")
     print("embeddings, norms and the LM head on dense AdamW for every method; LoRA's frozen W not counted.\n")
     print(format_table(rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ thread buffers, Python and autograd-graph objects; the benchmark (gnlorp/bench/p
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -62,11 +61,19 @@ class Dims:
 
     @classmethod
     def of(cls, model: str | dict) -> "Dims":
+        """The dims of a LLaMA: a gnlorp/conf/model name or a dict of its fields; UserError for anything else."""
         from .models import llama_model_cfg
 
         c = llama_model_cfg(model) if isinstance(model, str) else dict(model)
-        return cls(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                   c["vocab_size"])
+        name = c.get("name", model if isinstance(model, str) else "the model")
+        if c.get("kind", "llama") != "llama":
+            raise UserError(f"model {name} is an encoder (kind: {c.get('kind')}); the peak model is for LLaMA "
+                            f"pre-training: choose a llama_* model, e.g. --model llama_60m.")
+        keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        bad = [k for k in keys if not isinstance(c.get(k), int) or isinstance(c.get(k), bool) or c.get(k) <= 0]
+        if bad:
+            raise UserError(f"model {name} lacks a positive integer {bad[0]}; fix gnlorp/conf/model/{name}.yaml.")
+        return cls(*(c[k] for k in keys))
 
     def targets(self) -> list[tuple[int, int]]:
         """(out m, in n) of every Linear in one decoder layer: q, k, v, o, gate, up, down."""
@@ -95,11 +102,20 @@ class Setup:
     proj_type: str = "std"
     refresh: bool = True             # a projector refresh happens in the peak step (always in a run's first step)
 
-    def check(self) -> None:
+    def check(self) -> Dims:
+        """The model's dims, once every setting is known to be usable (the model first: a bad model is named
+        as such, whatever else is missing)."""
+        d = Dims.of(self.model)
         if self.method not in METHODS:
             raise UserError(f"method={self.method!r} is not one of {', '.join(METHODS)}; pick one of them.")
         if self.method != "full" and (self.rank is None or self.rank <= 0):
-            raise UserError(f"method={self.method} needs a positive rank (e.g. rank=128), got rank={self.rank}.")
+            raise UserError(f"method={self.method} needs a positive rank (--rank, e.g. 128), got "
+                            f"{'none' if self.rank is None else self.rank}.")
+        smallest = min(min(t) for t in d.targets())
+        if self.method != "full" and self.rank > smallest:
+            raise UserError(f"rank={self.rank} is larger than the smallest target matrix dimension of "
+                            f"{self.model if isinstance(self.model, str) else 'the model'} ({smallest}); "
+                            f"choose rank <= {smallest}.")
         if self.dtype not in DTYPE_BYTES:
             raise UserError(f"dtype={self.dtype!r} is not fp32 or bf16; pass one of them.")
         if self.optim_bits not in (8, 32):
@@ -108,6 +124,7 @@ class Setup:
             raise UserError(f"attention={self.attention!r} must be sdpa or eager.")
         if self.batch <= 0 or self.seq_len <= 0:
             raise UserError(f"batch={self.batch} and seq_len={self.seq_len} must be positive integers.")
+        return d
 
 
 @dataclass
@@ -319,8 +336,7 @@ def _forward_transient(d: Dims, s: Setup) -> int:
 # ----------------------------------------------------------------------------------------- the peak
 def peak(s: Setup) -> Breakdown:
     """The breakdown of the training peak (module docstring); `peak` = weights + states + the largest phase."""
-    s.check()
-    d = Dims.of(s.model)
+    d = s.check()
     b, T, V = _b(s), s.batch * s.seq_len, d.vocab
     W, O, A = weight_bytes(d, s), state_bytes(s), activation_bytes(d, s)
     sizes = trainable_sizes(d, s)
@@ -367,7 +383,9 @@ def format_breakdown(s: Setup, br: Breakdown) -> str:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from .errors import one_line_argument_parser
+
+    ap = one_line_argument_parser(prog="python -m gnlorp.memory peak", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="llama_60m")
     ap.add_argument("--method", default="gradnormlorp", choices=METHODS)
     ap.add_argument("--rank", type=int, default=None)
@@ -389,4 +407,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .errors import run_command
+
+    run_command(main)

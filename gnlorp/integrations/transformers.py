@@ -27,6 +27,7 @@ scheduler, gradient clipping, accumulation and checkpoints to act on.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -82,7 +83,36 @@ class TrainerGaLoreAdamW(GaLoreAdamW):
                 params[int(index)].copy_(value)
 
 
-def _check(optim_bits: int, layerwise: bool) -> None:
+def _check_arguments(**values) -> None:
+    """rank, update_proj_gap, scale, proj_type and svd against the values the runner's schema accepts for them
+    (gnlorp/schema.py), when the optimizer is built rather than inside trainer.train(): an ArgumentError (a
+    ValueError) naming the argument and what it accepts."""
+    import dataclasses
+    from numbers import Integral, Real
+
+    from ..errors import ArgumentError
+    from ..schema import GaLoreFamily, RunSettings  # light (dataclasses only): no omegaconf, no hydra
+
+    fields = {f.name: f for f in (*dataclasses.fields(GaLoreFamily), *dataclasses.fields(RunSettings))}
+    for name, value in values.items():
+        accepts = fields[name].metadata.get("accepts", {})
+        if "choices" in accepts:
+            if value not in accepts["choices"]:
+                raise ArgumentError(f"{name}={value!r} is not accepted; {name} accepts "
+                                    f"{', '.join(map(repr, accepts['choices']))}.")
+            continue
+        integer = name in ("rank", "update_proj_gap")
+        bounds = [(k, sym) for k, sym in (("ge", ">="), ("gt", ">")) if k in accepts]
+        limits = " and ".join(f"{sym} {accepts[k]}" for k, sym in bounds)
+        wanted = f"{'an integer' if integer else 'a finite number'} {limits}"
+        if isinstance(value, bool) or not isinstance(value, Integral if integer else Real) \
+                or not math.isfinite(value) or not all(value >= accepts[k] if k == "ge" else value > accepts[k]
+                                                       for k, _ in bounds):
+            raise ArgumentError(f"{name}={value!r} is not accepted; {name} must be {wanted}.")
+
+
+def _check(optim_bits: int, layerwise: bool, **arguments) -> None:
+    _check_arguments(**arguments)
     if layerwise:
         raise UserError(
             "layerwise=True cannot run under transformers.Trainer, which needs an optimizer step for its scheduler, "
@@ -113,7 +143,8 @@ def galore(
     layerwise: bool = False,
 ) -> tuple[type, dict[str, Any]]:
     """`optimizer_cls_and_kwargs` for GaLore AdamW with `optim_bits` 32 or 8 (bitsandbytes blockwise moments)."""
-    _check(optim_bits, layerwise)
+    _check(optim_bits, layerwise, rank=rank, update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
+           svd=svd)
     groups = galore_param_groups(
         model, rank, target_modules=target_modules, weight_decay=args.weight_decay,
         update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type, svd=svd,
@@ -148,7 +179,8 @@ def gradnormlorp(
 ) -> tuple[type, dict[str, Any]]:
     """Reparameterize `model`'s targets in place (merge on save, module docstring) and return
     `optimizer_cls_and_kwargs`: GaLore's projected Adam on each direction V, dense Adam on its magnitude g."""
-    _check(optim_bits, layerwise)
+    _check(optim_bits, layerwise, rank=rank, update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
+           svd=svd)  # before the model is reparameterized
     if any(isinstance(m, WeightNormLinear) for m in model.modules()):
         raise UserError(
             "gradnormlorp(model, ...) got a model that already holds WeightNormLinear layers; pass the model as "

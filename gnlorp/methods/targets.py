@@ -9,8 +9,7 @@ import re
 from torch import nn
 
 from ..errors import UserError
-
-BLOCK_PATTERN = r"(^|\.)layers?\.\d+\."
+from ..model_dims import BLOCK_PATTERN  # one definition, also read by the checks before the model loads
 
 
 def target_linear_names(model: nn.Module, pattern: str | None = None) -> list[str]:

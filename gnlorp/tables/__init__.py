@@ -19,21 +19,21 @@ module of this package that makes it:
 Shared: common.py (the runs read from results/, cells, labels, Table), published.py (the papers' numbers).
 
 Rules: a cell is the median over seeds ± half the range; a run that is not complete, or that ran from a git tree with
-uncommitted changes (git.dirty), is left out and named; a file load_results cannot read is named; a published cell the
-paper does not give stays "—". Same results in, same bytes out: sorted rows, fixed number formats, no timestamps,
-PNGs without software/date metadata.
+uncommitted changes (git.dirty), is left out and named, as is a record of the older schema (no identity.settings) in a
+table whose other runs have one (common._leave_out_older_records); a file load_results cannot read is named; a
+published cell the paper does not give stays "—". Same results in, same bytes out: sorted rows, fixed number formats,
+no timestamps, PNGs without software/date metadata.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections import defaultdict
 from pathlib import Path
 
 from .c4 import _c4_keys, c4_table, lr_grid_table
 from .common import (  # METHOD_ORDER, method_label: re-exported, the package's public names
-    METHOD_ORDER, Excluded, Run, Table, _excluded_lines, _group, _labels, _row_order, _safe, _size_order, collect,
+    METHOD_ORDER, OLDER_RECORD, Excluded, Run, Table, _excluded_lines, _group, _labels, _row_order, _safe, _size_order, collect,
     method_label,
 )
 from .glue import glue_differences_table, glue_table
@@ -148,15 +148,35 @@ def _index(tables: list[Table], pngs: list[str], excluded: list[Excluded], unrea
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """`make tables`: input errors (a --results that is not a folder, an --out that cannot be written) end in one
+    `error:` line and exit 2; a record of an older schema or an unreadable file is named on one `note:` line."""
+    from ..errors import run_command
+
+    run_command(_main, argv, what="--out")
+
+
+def _main(argv) -> None:
+    import sys
+
+    from ..errors import UserError, one_line_argument_parser
+
+    ap = one_line_argument_parser(prog="python -m gnlorp.tables", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"), help="folder of result files (default: results)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/tables)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="include runs from a git tree with uncommitted changes (marked † in the tables)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory table (it builds LLaMA-7B on the meta device)")
     args = ap.parse_args(argv)
+    if not args.results.is_dir():
+        raise UserError(f"--results {str(args.results)!r} is not a folder of result files; pass the folder the runs "
+                        f"wrote (results_dir, default results).")
     paths = build_tables(args.results, args.out, allow_dirty=args.allow_dirty, memory=not args.no_memory)
     runs, excluded, unreadable, _ = collect(args.results, allow_dirty=args.allow_dirty)
+    for e in excluded:
+        if e.reason.startswith(OLDER_RECORD):
+            print(f"note: {args.results / e.file}: {e.reason}; left out of {e.group}.", file=sys.stderr)
+    for name, reason in unreadable:
+        print(f"note: {args.results / name}: not a usable result ({reason}); left out.", file=sys.stderr)
     print(f"{len(runs)} run(s) tabulated, {len(excluded)} left out, {len(unreadable)} unreadable file(s); "
           f"see {(args.out or args.results / 'tables') / 'index.md'}")
     for p in paths:

@@ -162,6 +162,31 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+OLDER_RECORD = "an older record (written before run identities: no identity.settings)"
+
+
+def _has_identity(run: Run) -> bool:
+    return "settings" in (run.record.get("identity") or {})
+
+
+def _leave_out_older_records(runs: list[Run], incomplete: list[tuple[Run, str]], excluded: list[Excluded],
+                             folder: str) -> tuple[list[Run], list[tuple[Run, str]]]:
+    """A record without identity.settings (schema 1 before run identities) is compared with others by its
+    flattened config, which only records of its own kind share: in a table whose other runs carry an identity it
+    would become rows of spurious variants. There it is left out and named (`excluded`), with what to do."""
+    modern = {_group(r) for r in [*runs, *(r for r, _ in incomplete)] if _has_identity(r)}
+
+    def older(r: Run) -> bool:
+        return _group(r) in modern and not _has_identity(r)
+
+    for r in [*runs, *(r for r, _ in incomplete)]:
+        if older(r):
+            excluded.append(Excluded(r.name, r.file, _group(r), f"{OLDER_RECORD}, whose settings cannot be compared "
+                                     f"with the other runs of this table: rerun its config, or move the file out of "
+                                     f"{folder}/"))
+    return [r for r in runs if not older(r)], [(r, st) for r, st in incomplete if not older(r)]
+
+
 def collect(results_dir: str | Path, allow_dirty: bool = False):
     """(usable runs, excluded runs, unreadable files, learning-rate grids) from a results folder, each sorted by
     file name; of a learning-rate grid (gnlorp/lr_selection.py) only the chosen rate's runs are usable."""
@@ -191,6 +216,7 @@ def collect(results_dir: str | Path, allow_dirty: bool = False):
             excluded.append(Excluded(run.name, file, group, f"no {want} in the result"))
         else:
             runs.append(run)
+    runs, incomplete = _leave_out_older_records(runs, incomplete, excluded, Path(results_dir).name)
     chosen, grids = lr_selection.choose(runs, incomplete, metric_of=_selection_metric)
     chosen_ids = {id(r) for r in chosen}
     for grid in grids:

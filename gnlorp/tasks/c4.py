@@ -47,6 +47,10 @@ def c4_files(data_dir: str, split: str) -> list[Path]:
     if not root.is_dir():
         raise UserError(f"C4 data folder {str(root)!r} does not exist (from task.data_dir or ${ENV_DIR}); point it at "
                         f"a folder of {pattern} files, or unset both to stream allenai/c4 from the hub.")
+    for folder in (root, root / "en"):  # glob and stat raise PermissionError in a folder that cannot be read
+        if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+            raise UserError(f"C4 data folder {str(folder)!r} cannot be read (permission denied); fix its permissions "
+                            f"(chmod a+rx) or point task.data_dir (or ${ENV_DIR}) at a readable copy.")
     files = sorted(p for p in root.glob(pattern) if p.is_file())
     if not files and (root / "en").is_dir():
         files = sorted(p for p in (root / "en").glob(pattern) if p.is_file())

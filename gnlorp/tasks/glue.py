@@ -217,6 +217,9 @@ def _task_file(spec: _TaskSpec, split: str, data_dir: str) -> str:
             f"layout there, or leave task.data_dir and GNLORP_GLUE_DIR unset to load {spec.name} from the hub."
         )
     path = os.path.join(folder, spec.splits[split])
+    if not os.access(folder, os.X_OK):  # its files cannot even be looked at: not "missing"
+        raise UserError(f"GLUE task folder {folder} is not readable (permission denied); fix its permissions "
+                        f"(chmod a+rx) or point task.data_dir at a readable glue_data folder.")
     if not os.path.isfile(path):
         raise UserError(
             f"GLUE file {path} ({spec.name} {split} split) is missing; use a complete glue_data folder, "

@@ -194,9 +194,11 @@ def test_keep_going_reports_a_failed_job_and_finishes_the_sweep(tmp_path):
     stop = _cli(args, tmp_path)
     assert stop.returncode == 2 and not (tmp_path / "results").exists(), stop.stderr[-2000:]
     going = _cli([*args, "keep_going=true"], tmp_path)
-    assert going.returncode == 0, going.stderr[-2000:]
+    assert going.returncode == 1, going.stderr[-2000:]  # the sweep went on, and says a point failed
     assert "error: train.lr=0.0 is out of range" in going.stderr
     assert "keep_going=true: this job failed (exit 2); going on with the sweep." in going.stderr
+    assert going.stderr.rstrip().splitlines()[-1].startswith(
+        "keep_going=true: the sweep's 2 point(s) ended: 1 complete, 1 failed. Failed: #0 train.lr=0 (exit 2);")
     assert [r["status"] for r in _records(tmp_path / "results")] == ["complete"]
 
 
