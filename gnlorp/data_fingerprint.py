@@ -8,14 +8,14 @@ data sits in, while the same files moved to another folder or machine keep their
 
 The results committed before the data was part of the identity were trained on the shared data
 (../shared/data): its digests are listed in REFERENCE, and data with one of them stays out of the hash, so
-those results keep their identity (the data is recorded in every result all the same).
+those results keep their identity (the data is recorded in every result all the same). Which files a task reads
+is the tasks' business: gnlorp/tasks/fingerprint.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from .errors import UserError
@@ -26,7 +26,7 @@ SLICES = 3  # start, middle, end
 HUB_REVISION = "main"  # the revision the hub loaders ask for (their default)
 
 # digest -> the data it stands for: the shared data the committed results were trained on (see the docstring);
-# tests/unit/test_data_fingerprint.py recomputes each from ../shared/data.
+# `python -m gnlorp.tasks.fingerprint ../shared/data` prints them; tests/unit/test_data_fingerprint.py checks them.
 REFERENCE = {
     "db6ff0e788d14482": "glue_data cola",
     "f5b71e4b57dcd186": "glue_data cola (evaluation only)",
@@ -77,23 +77,6 @@ def hub_fingerprint(dataset: str, config: str) -> dict:
     return {"hub": dataset, "config": config, "revision": HUB_REVISION}
 
 
-def task_fingerprint(task) -> dict:
-    """The fingerprint of the data a run of `task` (the config's task node) reads; the folders are checked."""
-    if task.family == "glue":
-        from .tasks.glue import HUB_DATASET, glue_task_files, resolve_glue_dir
-
-        root = resolve_glue_dir(task.data_dir)
-        if root is None:
-            return hub_fingerprint(HUB_DATASET, str(task.name))
-        return local_fingerprint(root, glue_task_files(task.name, root, train=task.max_train_samples != 0))
-    from .tasks.c4 import HUB_ID, c4_files, resolve_c4_dir
-
-    root = resolve_c4_dir(task.data_dir)
-    if root is None:
-        return hub_fingerprint(HUB_ID[0], HUB_ID[1])
-    return local_fingerprint(root, [*c4_files(root, "train"), *c4_files(root, "validation")])
-
-
 def digest(fingerprint: dict) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -114,30 +97,3 @@ def describe_change(mine: dict, theirs: dict | None) -> str:
 
 def _source(fp: dict) -> str:
     return f"{fp['hub']} on the hub" if "hub" in fp else f"{len(fp.get('files', []))} local files"
-
-
-def reference_digests(shared_data: str | os.PathLike) -> dict[str, str]:
-    """{digest: what} of every task of the shared data folder (how REFERENCE was made)."""
-    from types import SimpleNamespace
-
-    from .tasks.glue import GLUE_TASKS
-
-    out = {}
-    for name in GLUE_TASKS:
-        for train in (True, False):
-            task = SimpleNamespace(family="glue", name=name, data_dir=str(Path(shared_data) / "glue_data"),
-                                   max_train_samples=None if train else 0)
-            try:
-                out[digest(task_fingerprint(task))] = f"glue_data {name}" + ("" if train else " (evaluation only)")
-            except UserError:
-                pass  # a task (or its train split) the shared data does not hold
-    task = SimpleNamespace(family="c4", name="c4", data_dir=str(Path(shared_data) / "c4" / "en"))
-    out[digest(task_fingerprint(task))] = "c4/en"
-    return out
-
-
-if __name__ == "__main__":  # python -m gnlorp.data_fingerprint ../shared/data: the REFERENCE entries
-    import sys
-
-    for d, what in reference_digests(sys.argv[1]).items():
-        print(f'    "{d}": "{what}",')

@@ -24,8 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import identity
 from .checks import check_config, check_name_length, check_writable_folder
-from .data_fingerprint import describe_change, task_fingerprint
+from .data_fingerprint import describe_change
 from .data_fingerprint import digest as fingerprint_digest
+from .tasks.fingerprint import task_fingerprint
 from .errors import UserError
 from .methods import LOW_RANK, PROJECTED  # light: method modules (peft, bitsandbytes) load only when a method is used
 

@@ -49,7 +49,9 @@ def test_every_committed_result_keeps_its_identity():
 
 
 def test_the_reference_digests_are_the_shared_datas():
-    assert fp.reference_digests(SHARED) == fp.REFERENCE
+    from gnlorp.tasks.fingerprint import reference_digests
+
+    assert reference_digests(SHARED) == fp.REFERENCE
 
 
 def test_a_small_files_digest_is_its_sha256(tmp_path):
