@@ -177,11 +177,18 @@ class TrainLoop:
         return order[index * self.cfg.batch_size:(index + 1) * self.cfg.batch_size]
 
     def _micro_batches(self, batch: list[int]) -> list[list[int]]:
-        """This process's share of a global batch, cut into micro-batches."""
-        share = math.ceil(len(batch) / self.world_size)
-        mine = batch[self.rank * share:(self.rank + 1) * share]
+        """This process's share of a global batch (shares differ by one row at most), cut into micro-batches.
+        Every process runs as many micro-batches as the largest share needs, since each forward and backward
+        holds collectives (FSDP's all-gathers, DDP's last all-reduce) that all processes must join: one short
+        of rows (5 rows over 2 processes in micro-batches of 2: [2, 1] and [2]; or no row at all) gets empty
+        ones, which _step runs on a row at weight 0."""
+        base, extra = divmod(len(batch), self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        mine = batch[start:start + base + (self.rank < extra)]
         mb = self.cfg.micro_batch_size
-        return [mine[i:i + mb] for i in range(0, len(mine), mb)]
+        count = math.ceil(math.ceil(len(batch) / self.world_size) / mb)
+        micro = [mine[i:i + mb] for i in range(0, len(mine), mb)]
+        return micro + [[] for _ in range(count - len(micro))]
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -288,9 +295,11 @@ class TrainLoop:
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
         self.forward_model.train()
+        pad = micro[0][:1] or batch[:1]  # the row an empty micro-batch runs at weight 0 (_micro_batches)
         for i, idx in enumerate(micro):
-            inputs = {k: v.to(self.device) for k, v in self.data.collate(idx).items()}
-            tokens += self.data.count_tokens(inputs)
+            inputs = {k: v.to(self.device) for k, v in self.data.collate(idx or pad).items()}
+            if idx:
+                tokens += self.data.count_tokens(inputs)
             # weight so that the summed gradient is the mean over the whole global batch (exact for a
             # partial last batch, and after DDP averages over processes)
             weight = len(idx) * self.world_size / len(batch)
@@ -301,7 +310,8 @@ class TrainLoop:
             with sync, autocast:
                 loss = self.forward_model(**inputs).loss
             (loss * weight).backward()
-            total_loss += loss.detach().float() * (len(idx) / len(batch))
+            if idx:
+                total_loss += loss.detach().float() * (len(idx) / len(batch))
         if self.world_size > 1:
             torch.distributed.all_reduce(total_loss)
             t = torch.tensor([tokens], device=self.device)
