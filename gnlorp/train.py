@@ -137,6 +137,7 @@ class TrainLoop:
         ddp_model: nn.Module | None = None,
         after_step: Callable[[int], None] | None = None,
         lr_lambda: Callable[[int], float] | None = None,
+        after_skipped_step: Callable[[int], None] | None = None,
     ):
         self.model, self.optimizer, self.data, self.cfg = model, optimizer, data, cfg
         self.forward_model = ddp_model or model
@@ -146,8 +147,9 @@ class TrainLoop:
         self.checkpoint_path, self.device, self.extra_state = checkpoint_path, device, extra_state
         self.world_size, self.rank = world_size, rank
         # a method's hooks (methods/spec.py): after_step(step) after each applied optimizer step (its state lives
-        # in the model or the optimizer, so checkpoints hold it), lr_lambda in place of warmup_cosine
-        self.after_step = after_step
+        # in the model or the optimizer, so checkpoints hold it), after_skipped_step(step) after a step skipped
+        # for a non-finite loss or gradient, lr_lambda in place of warmup_cosine
+        self.after_step, self.after_skipped_step = after_step, after_skipped_step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             base_optimizer(optimizer), lr_lambda or warmup_cosine(cfg.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
         )
@@ -379,8 +381,9 @@ class TrainLoop:
                 self.pos.batch += 1
                 self.pos.tokens += tokens
                 self.pos.skipped += not applied
-                if applied and self.after_step is not None:
-                    self.after_step(self.pos.step)
+                hook = self.after_step if applied else self.after_skipped_step
+                if hook is not None:
+                    hook(self.pos.step)
                 tps = self.pos.tokens / max(self.pos.train_seconds, 1e-9)
                 if bar is not None:
                     bar.update(1)
