@@ -9,6 +9,7 @@ without rows at one step) and its candidate pools stay out of DDP's buffer broad
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,16 +34,16 @@ def runs(tmp_path_factory):
     cases = ",".join(ddp_worker.CASES)
     procs = [
         subprocess.Popen([sys.executable, str(WORKER), str(one), cases], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True),
+                         stderr=subprocess.STDOUT, text=True, start_new_session=True),
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(WORKER), str(two), cases], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True),
+                         text=True, start_new_session=True),
     ]
     for p in procs:
         try:
             out, _ = p.communicate(timeout=300)
-        except subprocess.TimeoutExpired:  # a desync hangs until killed
-            p.kill()
+        except subprocess.TimeoutExpired:  # a desync hangs until killed: torchrun and its workers
+            os.killpg(p.pid, signal.SIGKILL)
             out, _ = p.communicate()
         assert p.returncode == 0, out[-3000:]
     return one, two
@@ -88,3 +89,41 @@ def test_switchlora_on_uneven_shapes_and_batches_equals_one_process_bit_for_bit(
     broadcast = log2["broadcast_buffers"]
     assert any(k.endswith(".selected_A") for k in broadcast)
     assert not any(k.endswith((".candidates_A", ".candidates_B")) for k in broadcast)
+
+
+DESYNC = """
+import sys, time, types
+import torch
+import torch.distributed as dist
+from gnlorp.runner import _init_distributed
+
+cfg = types.SimpleNamespace(device="cpu", train=types.SimpleNamespace(collective_timeout=3))
+_init_distributed(types.SimpleNamespace(world=2, cfg=cfg))
+if dist.get_rank() == 0:  # rank 1 never joins this all-reduce
+    t0 = time.perf_counter()
+    try:
+        dist.all_reduce(torch.ones(1))
+    except RuntimeError as exc:
+        print(f"failed after {time.perf_counter() - t0:.1f} s: {str(exc).splitlines()[0]}", flush=True)
+        sys.exit(3)
+time.sleep(60)
+"""
+
+
+def test_a_collective_that_a_process_never_joins_fails_after_train_collective_timeout(tmp_path):
+    script = tmp_path / "desync.py"
+    script.write_text(DESYNC)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("WORLD_SIZE", None)
+    p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        out, _ = p.communicate(timeout=50)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        pytest.fail("the desynchronized all-reduce hung: " + out[-2000:])
+    assert p.returncode != 0
+    line = next(line for line in out.splitlines() if "failed after" in line)
+    assert 2.5 <= float(line.split("failed after ")[1].split(" s")[0]) <= 20, line
