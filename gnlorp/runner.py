@@ -214,8 +214,11 @@ def _init_distributed(plan: Plan):
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        from datetime import timedelta
+
         backend = "nccl" if (torch.cuda.is_available() and plan.cfg.device != "cpu") else "gloo"
-        dist.init_process_group(backend)
+        # a collective that some process never joins (a desync) fails after this instead of hanging
+        dist.init_process_group(backend, timeout=timedelta(seconds=plan.cfg.train.collective_timeout))
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 

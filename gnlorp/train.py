@@ -137,6 +137,7 @@ class TrainLoop:
         ddp_model: nn.Module | None = None,
         after_step: Callable[[int], None] | None = None,
         lr_lambda: Callable[[int], float] | None = None,
+        after_skipped_step: Callable[[int], None] | None = None,
     ):
         self.model, self.optimizer, self.data, self.cfg = model, optimizer, data, cfg
         self.forward_model = ddp_model or model
@@ -146,8 +147,9 @@ class TrainLoop:
         self.checkpoint_path, self.device, self.extra_state = checkpoint_path, device, extra_state
         self.world_size, self.rank = world_size, rank
         # a method's hooks (methods/spec.py): after_step(step) after each applied optimizer step (its state lives
-        # in the model or the optimizer, so checkpoints hold it), lr_lambda in place of warmup_cosine
-        self.after_step = after_step
+        # in the model or the optimizer, so checkpoints hold it), after_skipped_step(step) after a step skipped
+        # for a non-finite loss or gradient, lr_lambda in place of warmup_cosine
+        self.after_step, self.after_skipped_step = after_step, after_skipped_step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             base_optimizer(optimizer), lr_lambda or warmup_cosine(cfg.total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
         )
@@ -177,11 +179,18 @@ class TrainLoop:
         return order[index * self.cfg.batch_size:(index + 1) * self.cfg.batch_size]
 
     def _micro_batches(self, batch: list[int]) -> list[list[int]]:
-        """This process's share of a global batch, cut into micro-batches."""
-        share = math.ceil(len(batch) / self.world_size)
-        mine = batch[self.rank * share:(self.rank + 1) * share]
+        """This process's share of a global batch (shares differ by one row at most), cut into micro-batches.
+        Every process runs as many micro-batches as the largest share needs, since each forward and backward
+        holds collectives (FSDP's all-gathers, DDP's last all-reduce) that all processes must join: one short
+        of rows (5 rows over 2 processes in micro-batches of 2: [2, 1] and [2]; or no row at all) gets empty
+        ones, which _step runs on a row at weight 0."""
+        base, extra = divmod(len(batch), self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        mine = batch[start:start + base + (self.rank < extra)]
         mb = self.cfg.micro_batch_size
-        return [mine[i:i + mb] for i in range(0, len(mine), mb)]
+        count = math.ceil(math.ceil(len(batch) / self.world_size) / mb)
+        micro = [mine[i:i + mb] for i in range(0, len(mine), mb)]
+        return micro + [[] for _ in range(count - len(micro))]
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -288,9 +297,11 @@ class TrainLoop:
         total_loss = torch.zeros((), device=self.device)
         tokens = 0
         self.forward_model.train()
+        pad = micro[0][:1] or batch[:1]  # the row an empty micro-batch runs at weight 0 (_micro_batches)
         for i, idx in enumerate(micro):
-            inputs = {k: v.to(self.device) for k, v in self.data.collate(idx).items()}
-            tokens += self.data.count_tokens(inputs)
+            inputs = {k: v.to(self.device) for k, v in self.data.collate(idx or pad).items()}
+            if idx:
+                tokens += self.data.count_tokens(inputs)
             # weight so that the summed gradient is the mean over the whole global batch (exact for a
             # partial last batch, and after DDP averages over processes)
             weight = len(idx) * self.world_size / len(batch)
@@ -301,7 +312,8 @@ class TrainLoop:
             with sync, autocast:
                 loss = self.forward_model(**inputs).loss
             (loss * weight).backward()
-            total_loss += loss.detach().float() * (len(idx) / len(batch))
+            if idx:
+                total_loss += loss.detach().float() * (len(idx) / len(batch))
         if self.world_size > 1:
             torch.distributed.all_reduce(total_loss)
             t = torch.tensor([tokens], device=self.device)
@@ -369,8 +381,9 @@ class TrainLoop:
                 self.pos.batch += 1
                 self.pos.tokens += tokens
                 self.pos.skipped += not applied
-                if applied and self.after_step is not None:
-                    self.after_step(self.pos.step)
+                hook = self.after_step if applied else self.after_skipped_step
+                if hook is not None:
+                    hook(self.pos.step)
                 tps = self.pos.tokens / max(self.pos.train_seconds, 1e-9)
                 if bar is not None:
                     bar.update(1)

@@ -74,7 +74,8 @@ def merge(model):
 
 
 def loop_hooks(model, optimizer, cfg, total_steps: int, warmup_ratio: float, min_lr_ratio: float, **_) -> dict:
-    """after_step: the merge-and-reset after every K-th optimizer step; lr_lambda: the jagged cosine."""
+    """after_step (and after_skipped_step): the merge-and-reset after every K-th optimizer step; lr_lambda: the
+    jagged cosine."""
     from ..errors import UserError
     from ..optim.relora import jagged_cosine, prune_optimizer_state, relora_layers
     from .optimizers import base_optimizer
@@ -94,7 +95,9 @@ def loop_hooks(model, optimizer, cfg, total_steps: int, warmup_ratio: float, min
                 m.merge_and_reinit()
             prune_optimizer_state(base_optimizer(optimizer), factors, cfg.relora_prune)
 
-    return {"after_step": after_step,
+    # a step skipped for a NaN/Inf (train.on_nonfinite=skip) still counts in the schedule, which restarts after
+    # every K-th step: the merge comes with the restart (B A then holds the updates up to the step before)
+    return {"after_step": after_step, "after_skipped_step": after_step,
             "lr_lambda": jagged_cosine(total_steps, warmup_ratio, min_lr_ratio, every, rewarm)}
 
 

@@ -6,8 +6,9 @@ schema.MethodSettings, the schema of gnlorp/conf/method/<name>.yaml) and its fun
     prepare(model, cfg) -> model; build_optimizer(model, cfg) -> optimizer; merge(model) -> plain model;
     state_bytes(model, cfg, element_bytes=None) -> analytic optimizer-state bytes (on the unprepared model);
     optional loop_hooks(model, optimizer, cfg, total_steps, warmup_ratio, min_lr_ratio) -> {"after_step": f(step),
-        "lr_lambda": f(step) -> lr factor}  (after_step runs after each applied optimizer step; lr_lambda
-        replaces the warmup-cosine schedule);
+        "lr_lambda": f(step) -> lr factor, optionally "after_skipped_step": f(step)}  (after_step runs after each
+        applied optimizer step, after_skipped_step after a step skipped for a NaN/Inf; lr_lambda replaces the
+        warmup-cosine schedule);
     optional other_bytes(model, cfg, element_bytes=None) -> {"device": bytes, "cpu": bytes} the method keeps
         outside the optimizer (e.g. candidate pools).
 

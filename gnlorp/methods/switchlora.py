@@ -52,8 +52,9 @@ def _check(model, cfg) -> list[str]:
 
 def prepare(model, cfg):
     import torch
+    from torch.nn.parallel import DistributedDataParallel
 
-    from ..optim.switchlora import SwitchLoRALinear
+    from ..optim.switchlora import POOLS, SwitchLoRALinear
     from .adapters import wrap_linears
 
     names = _check(model, cfg)
@@ -63,7 +64,13 @@ def prepare(model, cfg):
         return SwitchLoRALinear(linear, int(cfg.rank), cfg.lora_alpha, cfg.lora_dropout,
                                 offload=cfg.offload_candidates, seed=seed + i)
 
-    return wrap_linears(model, names, make)
+    model = wrap_linears(model, names, make)
+    # DDP would broadcast the candidate pools (about twice the target weights, on the CPU: NCCL cannot send
+    # them) from rank 0 before every forward. They need no sync: every rank draws the same ones (the same
+    # seed) and swaps them with the same factors. They stay buffers, so checkpoints hold them.
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [n for n, _ in model.named_buffers() if n.rpartition(".")[2] in POOLS])
+    return model
 
 
 def build_optimizer(model, cfg):

@@ -127,6 +127,22 @@ def projection_bytes_per_step(shape, rank: int, proj_type: str, world: int, eigh
             "refresh_all_gather": refresh}
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it where it does not start on a 64-byte boundary. FSDP2 packs the shards of a block's
+    tensors into one buffer, so a shard can start at any 4-byte offset (75 rows of V over 2 ranks: up_proj's
+    shard after gate_proj's 38 magnitudes), and MKL's GEMM rounds some entries of a product 1 ulp apart when
+    an operand starts off a 16-byte boundary; one process's parameters and gradients are allocated aligned."""
+    return t if t.data_ptr() % 64 == 0 else t.clone()
+
+
+def _addmm_into(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float) -> None:
+    """weight <- beta weight + alpha a b, computed in aligned memory (_aligned) as one process computes it."""
+    target = _aligned(weight)
+    target.addmm_(a, b, beta=beta, alpha=alpha)
+    if target is not weight:
+        weight.copy_(target)
+
+
 def _gather_rows(shard: torch.Tensor, m: int, group, world: int) -> torch.Tensor:
     """The full m x n matrix from every rank's rows (shards padded to c rows for the collective)."""
     c = math.ceil(m / world)
@@ -137,25 +153,65 @@ def _gather_rows(shard: torch.Tensor, m: int, group, world: int) -> torch.Tensor
     return out[:m]
 
 
+def dense_layout(shape, world: int, eight_bit: bool) -> str:
+    """An unprojected tensor's Adam: `local` on this rank's rows, or `flat` where 8-bit blocks counted from
+    a shard's first element would not be one process's (a shard of c rows not starting on a 256-element
+    block: a vocabulary of 129 x 48 over 2 ranks, 65 x 48 = 3120 elements)."""
+    rows_per_rank = math.ceil(shape[0] / world)
+    if eight_bit and rows_per_rank * math.prod(shape[1:]) % BLOCKSIZE:
+        return "flat"
+    return "local"
+
+
+def _dense_flat(opt, p, state: dict, group: dict) -> None:
+    """Adam on the `flat` layout: the moments cover this rank's slice of k = flat_chunk elements of the
+    flattened tensor (whole 8-bit blocks, as one process's); the gradient and the weight are all-gathered,
+    each rank steps its slice, and the stepped slices are all-gathered back into every rank's rows. Three
+    all-gathers of the tensor a step: only for shapes whose row shards miss the blocks (toy sizes)."""
+    pg, world, rank = _mesh(p)
+    weight, grad = local(p), local(p.grad)
+    m, numel = p.shape[0], p.numel()
+    row = numel // m
+    k = flat_chunk(numel, world, eight_bit=True)
+
+    def my_slice(t):
+        whole = t.new_zeros(world * k)
+        whole[:numel] = _gather_rows(t.reshape(t.shape[0], row), m, pg, world).reshape(-1)
+        return whole[rank * k:(rank + 1) * k].clone()
+
+    g, w = my_slice(grad), my_slice(weight)
+    if "exp_avg" not in state:
+        opt._init_moments(state, g, numel=numel)
+    opt._dense_adam(w, g, state, group)
+    stepped = w.new_empty(world * k)
+    dist.all_gather_into_tensor(stepped, w, group=pg)
+    start = row_start(m, world, rank) * row
+    weight.copy_(stepped[start:start + weight.numel()].view_as(weight))
+
+
 def sharded_update(opt, p, group: dict) -> None:
     """One GaLoreAdamW step of the DTensor parameter `p` on this rank's shard (module docstring)."""
     state = opt.state[p]
     state.setdefault("step", 0)
     weight, grad = local(p), local(p.grad)  # in-place updates of `weight` update the DTensor's shard
     if "rank" not in group:
+        eight_bit = opt.optim_bits == 8 and p.numel() >= opt.min_8bit_size  # as one process decides
+        if dense_layout(p.shape, p.device_mesh.size(), eight_bit) == "flat":
+            return _dense_flat(opt, p, state, group)
         if "exp_avg" not in state:
-            opt._init_moments(state, grad, numel=p.numel())  # 8-bit or not as one process decides
+            opt._init_moments(state, grad, numel=p.numel())
         opt._dense_adam(weight, grad, state, group)
         return
 
     pg, world, rank = _mesh(p)
     m = p.shape[0]
     start, rows = row_start(m, world, rank), weight.shape[0]
+    grad = _aligned(grad)
     side = projection_side(p.shape, group["proj_type"])
     if opt._refresh_due(state, group):
         opt._set_projection(state, p, _gather_rows(grad, m, pg, world), group, side)
     P, Q = state.get("proj_left"), state.get("proj_right")
-    P_i = None if P is None else P[start:start + rows]
+    P_i = None if P is None else _aligned(P[start:start + rows])
     low_shape = low_rank_shape(p.shape, int(group["rank"]), side)
     numel = low_shape[0] * low_shape[1]
     eight_bit = opt.optim_bits == 8 and numel >= opt.min_8bit_size
@@ -165,7 +221,7 @@ def sharded_update(opt, p, group: dict) -> None:
         if "exp_avg" not in state:
             opt._init_moments(state, low, numel=numel)
         direction, coef, decay = opt._low_rank_direction(state, low, group)
-        weight.addmm_(direction.to(weight.dtype), Q, beta=decay, alpha=coef)
+        _addmm_into(weight, direction.to(weight.dtype), Q, beta=decay, alpha=coef)
         return
 
     exact = bool(group["exact_projection"])
@@ -197,8 +253,8 @@ def sharded_update(opt, p, group: dict) -> None:
     dist.all_gather_into_tensor(gathered, direction.contiguous(), group=pg)
     D = gathered[:numel].view(low_shape).to(weight.dtype)
     if side == "left":
-        weight.addmm_(P_i, D, beta=decay, alpha=coef)
+        _addmm_into(weight, P_i, D, beta=decay, alpha=coef)
     elif side == "both":
-        weight.addmm_(P_i @ D, Q, beta=decay, alpha=coef)
+        _addmm_into(weight, P_i @ D, Q, beta=decay, alpha=coef)
     else:
-        weight.addmm_(D[start:start + rows], Q, beta=decay, alpha=coef)
+        _addmm_into(weight, _aligned(D[start:start + rows]), Q, beta=decay, alpha=coef)

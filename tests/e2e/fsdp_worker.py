@@ -46,6 +46,17 @@ CASES = {
     "gnl32": ("gradnormlorp", dict(lr=3e-3, rank=8, svd="randomized", weight_decay=0.1), None, 8),
     "gnl8": ("gradnormlorp", dict(lr=3e-3, rank=8, svd="exact", optim_bits=8, proj_type="right"), 256, 4),
 }
+# Uneven shapes and batches: a vocabulary of 129 and 75 MLP rows (split 65/64 and 38/37 over 2 processes,
+# 43/43/43 and 25/25/25 over 3): 8-bit shards that do not start on a 256-element block, shards packed at odd
+# offsets in FSDP's buffers; 61 examples: a last batch of 5 rows (batch 8: [2, 1] and [2] micro-batches over 2
+# processes) or of 1 row (batch 4: one process has none). Steps 16 (batch 4) and 8, 16 (batch 8) are partial.
+UNEVEN_DIMS, UNEVEN_EXAMPLES = dict(DIMS, vocab_size=129, hidden_size=48, intermediate_size=75), 61
+UNEVEN_CASES = {
+    "galore8_odd": ("galore", dict(lr=3e-3, rank=8, svd="exact", optim_bits=8, proj_type="right"), 256, 4),
+    "gnl8_odd": ("gradnormlorp", dict(lr=3e-3, rank=8, svd="exact", optim_bits=8, proj_type="right"), 256, 4),
+    "galore32_odd": ("galore", dict(lr=3e-3, rank=8, svd="exact", weight_decay=0.1), None, 8),
+}
+FIXED = "@fixed"  # a case name with this suffix: fixed_gradients
 MOMENTS = ("exp_avg", "exp_avg_sq", "absmax1", "absmax2")
 PROJECTORS = ("proj_left", "proj_right")
 COLLECTIVES = ("all_gather_into_tensor", "reduce_scatter_tensor", "all_gather_single", "reduce_scatter_single",
@@ -102,6 +113,31 @@ def state_bytes(optimizer) -> dict:
     return out
 
 
+def fixed_gradients(optimizer, model, loop) -> None:
+    """Before each optimizer step, every gradient is replaced by one drawn from (its name, the step): the
+    optimizer then steps one process's and N processes' shards on the same gradient, so that an 8-bit run
+    on 3 processes (whose averaged gradient differs from one process's in the last bits) can be compared
+    bit for bit. The shards are written in place, where FSDP put them."""
+    import zlib
+
+    from gnlorp.optim.sharded import local, row_start
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    step = optimizer.step
+
+    def replaced(*args, **kwargs):
+        for p in (p for g in optimizer.param_groups for p in g["params"] if p.grad is not None):
+            seed = zlib.crc32(names[id(p)].encode()) + 1000 * loop.pos.step
+            whole = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 1e-2
+            shard = local(p.grad)
+            if shard is not p.grad:
+                start = row_start(p.shape[0], p.device_mesh.size(), p.device_mesh.get_local_rank())
+                whole = whole[start:start + shard.shape[0]]
+            shard.copy_(whole)
+        return step(*args, **kwargs)
+    optimizer.step = replaced
+
+
 def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt: Path | None, resume: bool,
              counter) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -112,9 +148,10 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
     from gnlorp.optim import galore_adamw
     from gnlorp.train import Interrupted, LoopConfig, TrainData, TrainLoop
 
-    method_name, overrides, min8, batch = CASES[case]
+    name, fixed = case.removesuffix(FIXED), case.endswith(FIXED)
+    method_name, overrides, min8, batch = {**CASES, **UNEVEN_CASES}[name]
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**DIMS))
+    model = LlamaForCausalLM(LlamaConfig(**(UNEVEN_DIMS if name in UNEVEN_CASES else DIMS)))
     cfg = MethodConfig(name=method_name, update_proj_gap=GAP, **overrides)
     method = get_method(method_name)
     model = method.prepare(model, cfg)
@@ -139,8 +176,9 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
         return real(grad, rank_, side, svd, name, seed)
 
     galore_adamw.compute_projection = counting
-    tokens = torch.randint(0, 128, (EXAMPLES, SEQ), generator=torch.Generator().manual_seed(1))
-    data = TrainData(EXAMPLES, lambda idx: {"input_ids": tokens[idx], "labels": tokens[idx]},
+    examples = UNEVEN_EXAMPLES if name in UNEVEN_CASES else EXAMPLES
+    tokens = torch.randint(0, 128, (examples, SEQ), generator=torch.Generator().manual_seed(1))
+    data = TrainData(examples, lambda idx: {"input_ids": tokens[idx], "labels": tokens[idx]},
                      lambda batch: batch["input_ids"].numel())
     losses = []
     loop_cfg = LoopConfig(total_steps=STEPS, batch_size=batch, micro_batch_size=MICRO, progress=False,
@@ -155,6 +193,8 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
         checkpoint_path=None if ckpt is None else ckpt / case, device=torch.device("cpu"), world_size=world,
         rank=rank,
     )
+    if fixed:
+        fixed_gradients(base_optimizer(optimizer), model, loop)
     if counter is not None:  # after TrainLoop: its LR scheduler wraps the bound method first
         counter.steps.clear()
         counter.wrap_step(optimizer)

@@ -88,6 +88,33 @@ def test_merge_and_reset_leave_the_function_unchanged_and_reset_only_the_factors
     assert int(layer.resets) == 1, "only every K-th step"
 
 
+def test_a_skipped_step_k_still_merges_with_the_restart_of_the_schedule():
+    """train.on_nonfinite=skip and a NaN loss at step K = 4: the schedule restarts after step 4 all the same
+    (lr_lambda counts steps), and so does the merge: B is zero after it and step 5 trains fresh factors."""
+    from gnlorp.train import LoopConfig, TrainData, TrainLoop
+
+    c = cfg()
+    model = METHOD.prepare(tiny_llama(), c)
+    opt = METHOD.build_optimizer(model, c)
+    hooks = METHOD.loop_hooks(model, opt, c, total_steps=6, warmup_ratio=0.1, min_lr_ratio=0.1)
+    ids = torch.randint(0, 100, (4, 12), generator=torch.Generator().manual_seed(1))
+    seen = {}
+
+    def collate(idx):  # step 4's labels are all ignored: the loss is NaN
+        return {"input_ids": ids[idx], "labels": torch.full_like(ids[idx], -100) if loop.pos.step == 3 else ids[idx]}
+
+    def on_log(step, values):
+        seen[step] = (values["lr"], int(relora_layers(model)[0].resets), bool((relora_layers(model)[0].lora_B == 0).all()))
+
+    loop_cfg = LoopConfig(total_steps=6, batch_size=4, micro_batch_size=4, progress=False, eval_at_epoch_end=False,
+                          on_nonfinite="skip", warmup_ratio=0.1, min_lr_ratio=0.1)
+    loop = TrainLoop(model, opt, TrainData(4, collate, lambda b: b["input_ids"].numel()), loop_cfg, lambda m: {},
+                     on_log, lambda *a: None, None, torch.device("cpu"), **hooks)
+    assert loop.run().skipped == 1
+    assert [seen[s][1:] for s in (3, 4, 5)] == [(0, False), (1, True), (1, False)]
+    assert seen[5][0] == pytest.approx(c.lr * hooks["lr_lambda"](4)) and hooks["lr_lambda"](4) < hooks["lr_lambda"](3)
+
+
 def test_magnitude_pruning_zeroes_the_smallest_fraction():
     p = nn.Parameter(torch.zeros(10))
     opt = torch.optim.AdamW([p])
