@@ -72,6 +72,9 @@ def shard_from_rank0(model: nn.Module, device: torch.device, mixed_precision: bo
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    from .distributed import wait_for_rank0
+
+    wait_for_rank0()  # rank 0 may still be building the weights the others wait for
     rank0 = dist.get_rank() == 0
     whole = dict(model.state_dict()) if rank0 else {}  # references, kept alive past sharding on rank 0 only
     shard_model(model, device, mixed_precision)

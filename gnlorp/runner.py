@@ -214,11 +214,10 @@ def _init_distributed(plan: Plan):
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        from datetime import timedelta
+        from .distributed import init
 
         backend = "nccl" if (torch.cuda.is_available() and plan.cfg.device != "cpu") else "gloo"
-        # a collective that some process never joins (a desync) fails after this instead of hanging
-        dist.init_process_group(backend, timeout=timedelta(seconds=plan.cfg.train.collective_timeout))
+        init(backend, plan.cfg.train.collective_timeout)  # a desync fails after the timeout instead of hanging
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
@@ -407,7 +406,9 @@ def _end_distributed(plan: Plan) -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
+        from .distributed import wait_for_rank0
+
+        wait_for_rank0()  # rank 0 may still be writing the result or the merged model
         dist.destroy_process_group()
 
 
@@ -540,9 +541,11 @@ def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, to
         status, exit_code = "failed", EXIT_FAILED
         message = f"the run failed at step {loop.pos.step} of {total_steps}: {_error_line(exc)}"
         record.add_note(message)
-        if isinstance(exc, UserError) or plan.world > 1 or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise  # the command line prints a UserError's line; several processes: torchrun stops the others
+        if isinstance(exc, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # the command line prints a UserError's line
         echo(f"error: {message}")
+        if plan.world > 1:
+            raise SystemExit(exit_code) from None  # this process ends (after the finally below); torchrun stops the rest
     finally:
         if status == "complete" and loop.pos.step < total_steps:
             status = "failed"  # an exception that is not an Exception (SystemExit, ...) is propagating

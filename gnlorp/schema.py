@@ -60,9 +60,9 @@ class TrainSettings:
         "optimizer states over them (FSDP2, checkpoints in DCP folders); one process: neither",
         identity=False, choices=("ddp", "fsdp"))
     collective_timeout: int = setting(
-        60, "several processes: seconds a collective waits for every process before the run fails (a desync fails "
-            "instead of hanging); raise it where rank 0 alone evaluates or writes checkpoints for longer (DDP: the "
-            "others wait)", identity=False, ge=1)
+        60, "several processes: seconds a training collective waits for every process before the run fails (a "
+            "desync fails instead of hanging); waits for rank 0 alone (its evaluation, checkpoint, result, the weights "
+            "it builds) allow 3 hours (gnlorp/distributed.py)", identity=False, ge=1)
     fsdp_mixed_precision: bool = setting(
         False, "parallel=fsdp on GPUs: bf16 parameters and compute, float32 gradient reduction and master weights")
     group_by_length: bool = setting(

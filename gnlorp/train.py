@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .checkpoint import save_checkpoint
+from .distributed import wait_for_rank0
 from .methods.optimizers import base_optimizer
 
 
@@ -244,8 +245,10 @@ class TrainLoop:
             from .sharded_checkpoint import save_sharded
 
             save_sharded(self.checkpoint_path, self.model, self.state_dict())
-        elif self.rank == 0:
-            save_checkpoint(self.state_dict(), self.checkpoint_path)
+        else:
+            if self.rank == 0:
+                save_checkpoint(self.state_dict(), self.checkpoint_path)
+            wait_for_rank0()
 
     def load_state_dict(self, state: dict) -> None:
         """A checkpoint's state; sharded, the model was already loaded by sharded_checkpoint.load_sharded."""
@@ -425,4 +428,4 @@ class TrainLoop:
             epochs_done = self.pos.epoch + (self.pos.batch >= self.steps_per_epoch)
             self.on_eval(self.pos.step, epochs_done, metrics)
         if self.world_size > 1:
-            torch.distributed.barrier()
+            wait_for_rank0()  # DDP: rank 0 evaluated alone
