@@ -127,3 +127,33 @@ def test_a_collective_that_a_process_never_joins_fails_after_train_collective_ti
     assert p.returncode != 0
     line = next(line for line in out.splitlines() if "failed after" in line)
     assert 2.5 <= float(line.split("failed after ")[1].split(" s")[0]) <= 20, line
+
+
+RANK0_ALONE = """
+import time, types
+import torch
+import torch.distributed as dist
+from gnlorp.distributed import wait_for_rank0
+from gnlorp.runner import _init_distributed
+
+cfg = types.SimpleNamespace(device="cpu", train=types.SimpleNamespace(collective_timeout=2))
+_init_distributed(types.SimpleNamespace(world=2, cfg=cfg))
+if dist.get_rank() == 0:
+    time.sleep(6)  # rank 0 alone (an evaluation, a checkpoint) for longer than the collective timeout
+wait_for_rank0()
+t = torch.ones(1)
+dist.all_reduce(t)
+print(f"rank {dist.get_rank()} reduced {t.item():.0f}", flush=True)
+"""
+
+
+def test_a_wait_for_rank0_working_alone_outlasts_the_collective_timeout(tmp_path):
+    script = tmp_path / "alone.py"
+    script.write_text(RANK0_ALONE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("WORLD_SIZE", None)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-2000:]
+    assert sorted(line for line in p.stdout.splitlines() if "reduced" in line) == ["rank 0 reduced 2", "rank 1 reduced 2"]
+
