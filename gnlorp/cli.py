@@ -17,7 +17,7 @@ Copy one of these (offline, on a CPU, with the shared data beside the checkout):
   # GLUE MRPC, MiniLM, GradNormLoRP rank 8, 3 epochs (~7 min on 2 cores)
   python run.py task=glue/mrpc model=minilm method=gradnormlorp rank=8 task.data_dir=../shared/data/glue_data
 
-  # C4 pre-training of a 20M LLaMA, 300 steps of 8 x 256 tokens, rank 64, fp32 (~10 min on 2 cores)
+  # C4 pre-training of a 20M LLaMA, 200 steps of 8 x 256 tokens, rank 64, fp32 (7-13 min on 2 cores)
   python run.py experiment=c4_llama_20m_cpu method=gradnormlorp
 
   # every method on one task, as a multirun sweep
