@@ -262,7 +262,7 @@ def _task_model_relations(cfg) -> None:
     pattern = cfg.method.target_modules
     targets = target_shapes(shapes, pattern)
     if not targets:
-        from .model_dims import BLOCK_PATTERN
+        from . import BLOCK_PATTERN
 
         raise UserError(f"No nn.Linear layer of the model matches target_modules={pattern or BLOCK_PATTERN!r}; "
                         "set method.target_modules to a regex that matches the layers to adapt.")

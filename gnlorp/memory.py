@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .methods.base import MethodConfig
-from .methods.targets import classifier_head_names, is_causal_lm, target_linear_names
+from .optim.targets import classifier_head_names, is_causal_lm, target_linear_names
 from .methods.optimizers import base_optimizer
 from .optim.projector import low_rank_shape, projection_side
 
@@ -94,7 +94,7 @@ def dense_besides(model: nn.Module, skip: list[torch.Tensor], element_bytes: int
 def lora_dense(model: nn.Module, targets: dict[str, torch.Tensor], r: int, element_bytes: int | None = None,
                magnitude: bool = False) -> list[tuple[int, int]]:
     """LoRA's trainable tensors: the factors A (r x n) and B (m x r) of every target (and a magnitude per row
-    with `magnitude`), plus the dense parameters LoRA trains beside them (methods/targets.py: a causal LM
+    with `magnitude`), plus the dense parameters LoRA trains beside them (optim/targets.py: a causal LM
     everything but the target layers, a classifier its head)."""
     causal = is_causal_lm(model)
     prefixes = tuple(f"{n}." for n in targets)

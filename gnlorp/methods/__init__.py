@@ -37,8 +37,8 @@ LOW_RANK = tuple(n for n, s in SPECS.items() if s.low_rank)
 PROJECTED = tuple(n for n, s in SPECS.items() if s.uses_scale)  # GaLore's projection: the methods using its scale
 
 _LAZY = {
-    "MethodConfig": ".base", "base_optimizer": ".optimizers", "check_rank": ".targets",
-    "target_linear_names": ".targets",
+    "MethodConfig": ".base", "base_optimizer": ".optimizers", "check_rank": "..optim.targets",
+    "target_linear_names": "..optim.targets",
 }
 
 

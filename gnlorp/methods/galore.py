@@ -18,7 +18,7 @@ METHOD = MethodSpec("galore", GaLoreSettings, Labels(glue="GaLore", c4="GaLore",
 
 
 def prepare(model, cfg):
-    from .targets import check_rank, target_linear_names
+    from ..optim.targets import check_rank, target_linear_names
 
     check_rank(model, target_linear_names(model, cfg.target_modules), cfg.rank)
     return model
@@ -26,7 +26,7 @@ def prepare(model, cfg):
 
 def build_optimizer(model, cfg):
     from .optimizers import build_adamw
-    from .targets import target_linear_names
+    from ..optim.targets import target_linear_names
 
     names = target_linear_names(model, cfg.target_modules)
     return build_adamw(model, cfg, low_rank=[model.get_submodule(n).weight for n in names])

@@ -26,7 +26,7 @@ METHOD = MethodSpec("lora", LoRASettings, Labels(glue="LoRA", c4="LoRA", memory=
 def prepare(model, cfg, use_dora: bool = False):
     from peft import LoraConfig, get_peft_model
 
-    from .targets import check_rank, classifier_head_names, is_causal_lm, target_linear_names
+    from ..optim.targets import check_rank, classifier_head_names, is_causal_lm, target_linear_names
 
     names = target_linear_names(model, cfg.target_modules)
     check_rank(model, names, cfg.rank)

@@ -47,7 +47,7 @@ def prepare(model, cfg):
 
     from ..optim.relora import ReLoRALinear
     from .adapters import wrap_linears
-    from .targets import check_rank, target_linear_names
+    from ..optim.targets import check_rank, target_linear_names
 
     _check(cfg)
     names = target_linear_names(model, cfg.target_modules)

@@ -33,7 +33,7 @@ METHOD = MethodSpec("switchlora", SwitchLoRASettings, Labels(glue="SwitchLoRA", 
 
 def _check(model, cfg) -> list[str]:
     from ..errors import UserError
-    from .targets import check_rank, target_linear_names
+    from ..optim.targets import check_rank, target_linear_names
 
     names = target_linear_names(model, cfg.target_modules)
     check_rank(model, names, cfg.rank)
@@ -75,7 +75,7 @@ def prepare(model, cfg):
 
 def build_optimizer(model, cfg):
     from ..optim.switchlora import SwitchAdamW, switchlora_layers
-    from .base import no_decay
+    from ..optim.param_groups import no_decay
 
     if cfg.layerwise:
         _check(model, cfg)
