@@ -311,7 +311,7 @@ def check_name_length(run_file_stem: str) -> None:
 
 def check_group_choices(choices: dict) -> None:
     """Hydra skips an `optional` group whose option does not exist (experiment=typo would run the defaults)."""
-    from .cli import group_options
+    from .config_groups import group_options
 
     for group, choice in choices.items():
         if group == "experiment" and choice not in (None, "null") and choice not in group_options(group):
