@@ -511,7 +511,7 @@ def _wandb_tags(plan: Plan) -> list[str]:
 
 def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, total_steps: int,
                      steps_per_epoch: int, echo) -> Outcome:
-    from .memory import optimizer_state_bytes
+    from .state_bytes import optimizer_state_bytes
     from .optim.projector import NonFiniteGradientError, SVDFailedError
     from .sysinfo import PeakMemory
     from .train import Interrupted, NonFiniteError

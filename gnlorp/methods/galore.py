@@ -40,7 +40,7 @@ def state_bytes(model, cfg, element_bytes: int | None = None, magnitudes: bool =
     """Per target W (m x n): the projector and the projected moments (METHOD.md); dense AdamW moments for the
     other parameters (our GaLoreAdamW: no step tensors); with `magnitudes` (GradNormLoRP) also Adam on one
     float32 magnitude per row."""
-    from ..memory import adam_bytes, added_size, dense_besides, projected_bytes, target_weights
+    from ..state_bytes import adam_bytes, added_size, dense_besides, projected_bytes, target_weights
 
     targets = target_weights(model, cfg)
     dense = dense_besides(model, list(targets.values()), element_bytes)

@@ -58,7 +58,7 @@ def merge(model):
 def state_bytes(model, cfg, element_bytes: int | None = None, magnitude: bool = False) -> int:
     """torch.optim.AdamW (a float32 step per tensor in 32-bit) over the factors A and B of every target (float32
     beside 16-bit weights) and the dense parameters LoRA trains (DoRA: `magnitude`, one per row)."""
-    from ..memory import adam_bytes, lora_dense, target_weights
+    from ..state_bytes import adam_bytes, lora_dense, target_weights
 
     dense = lora_dense(model, target_weights(model, cfg), int(cfg.rank), element_bytes, magnitude)
     return adam_bytes(dense, cfg.optim_bits, step_scalars=True)

@@ -78,7 +78,7 @@ def loop_hooks(model, optimizer, cfg, total_steps: int, warmup_ratio: float, min
     jagged cosine."""
     from ..errors import UserError
     from ..optim.relora import jagged_cosine, prune_optimizer_state, relora_layers
-    from .optimizers import base_optimizer
+    from ..optim.layerwise import base_optimizer
 
     _check(cfg)
     every, rewarm = int(cfg.relora_reset_every), int(cfg.relora_restart_warmup)
@@ -104,7 +104,7 @@ def loop_hooks(model, optimizer, cfg, total_steps: int, warmup_ratio: float, min
 def state_bytes(model, cfg, element_bytes: int | None = None) -> int:
     """AdamW moments over the dense trainable tensors and both factors of every target (in the weight's dtype),
     torch.optim.AdamW's float32 step per tensor in 32-bit."""
-    from ..memory import adam_bytes, size, target_weights
+    from ..state_bytes import adam_bytes, size, target_weights
     from .adapters import trainable_dense
 
     targets = target_weights(model, cfg)
