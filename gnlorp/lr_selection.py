@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 from collections import defaultdict
 from dataclasses import dataclass, field
 
