@@ -1,6 +1,20 @@
-"""gnlorp: GradNormLoRP, GaLore, LoRA and full training compared on equal terms."""
+"""gnlorp: GradNormLoRP, GaLore, LoRA and full training compared on equal terms.
+
+The package root holds what every layer shares and that needs nothing: the optimizer package (gnlorp/optim/,
+which imports nothing else of gnlorp) raises the same UserError and selects the same default targets as the
+rest. Keep it light: no import beyond the standard library."""
 
 from pathlib import Path
 
 __version__ = "0.1.0"
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # the Hydra configs ship in the package (pkg://gnlorp.conf)
+
+# the default low-rank targets: every nn.Linear inside the transformer blocks (gnlorp/optim/targets.py selects them
+# on a model, gnlorp/model_dims.py on its config before it loads)
+BLOCK_PATTERN = r"(^|\.)layers?\.\d+\."
+
+
+class UserError(Exception):
+    """A problem with the user's input. The message is one sentence naming the problem and the fix;
+    run.py prints it without a traceback and exits with status 2. (gnlorp.errors, where the rest of the
+    error handling lives, re-exports it.)"""

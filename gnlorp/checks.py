@@ -262,7 +262,7 @@ def _task_model_relations(cfg) -> None:
     pattern = cfg.method.target_modules
     targets = target_shapes(shapes, pattern)
     if not targets:
-        from .model_dims import BLOCK_PATTERN
+        from . import BLOCK_PATTERN
 
         raise UserError(f"No nn.Linear layer of the model matches target_modules={pattern or BLOCK_PATTERN!r}; "
                         "set method.target_modules to a regex that matches the layers to adapt.")
@@ -311,7 +311,7 @@ def check_name_length(run_file_stem: str) -> None:
 
 def check_group_choices(choices: dict) -> None:
     """Hydra skips an `optional` group whose option does not exist (experiment=typo would run the defaults)."""
-    from .cli import group_options
+    from .config_groups import group_options
 
     for group, choice in choices.items():
         if group == "experiment" and choice not in (None, "null") and choice not in group_options(group):

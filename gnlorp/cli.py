@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from gnlorp import CONF_DIR
+from gnlorp.config_groups import group_options
 
 EXIT_USER_ERROR = 2
 USAGE = """gnlorp (or python run.py): run one experiment (or a sweep) of full training, LoRA, GaLore or GradNormLoRP.
@@ -38,13 +38,6 @@ def _user_wants_tracebacks() -> bool:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
-
-
-def group_options(group: str) -> list[str]:
-    """The public options of a config group (files starting with _ are shared parts, not choices)."""
-    root = CONF_DIR / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
-                  if not any(part.startswith("_") for part in p.relative_to(root).parts))
 
 
 def composition_error_line(exc: BaseException) -> str:

@@ -1,9 +1,9 @@
-"""One exception type for everything the user can fix: bad config, missing data, bad input files."""
+"""One exception type for everything the user can fix: bad config, missing data, bad input files.
 
+UserError is defined at the package root (gnlorp/__init__.py) so that the optimizer package, which imports
+nothing else of gnlorp, raises the same class; it is imported here, beside the rest of the error handling."""
 
-class UserError(Exception):
-    """A problem with the user's input. The message is one sentence naming the problem and the fix;
-    run.py prints it without a traceback and exits with status 2."""
+from . import UserError
 
 
 def os_error_cause(exc: OSError, setting: str) -> tuple[str, str]:

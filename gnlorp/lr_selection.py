@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -49,7 +48,7 @@ def selection_loss(record: dict, metric: str | None = None) -> float | None:
 @dataclass
 class GridPoint:
     lr: float
-    runs: list = field(default_factory=list)        # complete runs (tables.Run)
+    runs: list = field(default_factory=list)        # complete runs (results.Run)
     failed: list = field(default_factory=list)      # runs that did not complete: (Run, status)
 
     metric: str | None = None                       # GLUE: the headline metric (selection_loss)
@@ -134,27 +133,3 @@ def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[li
         if chosen is not None:
             kept += best.runs
     return kept, grids
-
-
-def rate_from_grid(results_dir: str | Path, key: tuple, settings: dict) -> dict:
-    """For train.lr_choice=selection: {"lr": the rate the complete grid of this config (key = family, task, model,
-    method, rank, precision; the same training settings but the rate and the seed) in results_dir chose, "lr_choice":
-    how}. A UserError if there is no such grid or none of its rates completed."""
-    from .errors import UserError
-    from .tables.common import collect
-
-    _, _, _, grids = collect(results_dir, allow_dirty=True)
-    wanted = other_settings(settings)
-    for g in grids:
-        if g.key == key and g.settings == wanted:
-            if g.chosen is None:
-                raise UserError(f"train.lr_choice=selection: {g.describe()} in {results_dir}; run the grid again "
-                                f"with other rates, or set train.lr_choice=given.")
-            point = next(p for p in g.points if p.lr == g.chosen)
-            return {"lr": g.chosen, "lr_choice": {
-                "by": "selection", "grid": [p.lr for p in g.points], "seeds": sorted(point.seeds),
-                "chosen_on": sorted(r.file for r in point.scored_runs)}}
-    raise UserError(f"train.lr_choice=selection: {results_dir} holds no learning-rate grid of this config (the same "
-                    f"settings at two or more rates, each scored on a selection split); run the grid first "
-                    f"(e.g. -m train.lr_factor=0.3,1,3 with task.selection_tokens or task.selection_samples), or set "
-                    f"train.lr_choice=given.")

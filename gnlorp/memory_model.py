@@ -7,7 +7,7 @@ Where each term comes from (T = batch x seq_len tokens, h hidden, f intermediate
 b the weights' element size, which is also the activations'; HF transformers' LlamaForCausalLM, CPU):
 - weights: every parameter after the method's preparation (LoRA's A and B beside the frozen W, the DoRA and
   GradNormLoRP magnitudes).
-- optimizer states: `gnlorp.memory.estimate_state_bytes` (measured = analytic in tests/unit/test_memory.py).
+- optimizer states: `gnlorp.methods.estimate_state_bytes` (measured = analytic in tests/unit/test_memory.py).
 - saved activations (what autograd keeps from the forward for the backward), per decoder layer:
   each RMSNorm keeps its input in float32 (4 T h; in fp32 that is the residual stream itself), the normalized
   input and the output (2 b T h), and its row rsqrt (4 T); q and k after RoPE and v (3 b T h); the attention
@@ -208,7 +208,7 @@ def trainable_sizes(d: Dims, s: Setup) -> list[tuple[int, int]]:
 
 @lru_cache(maxsize=64)
 def _state_bytes(model_key: str, method: str, rank, optim_bits: int, b: int, proj_type: str, layerwise: bool) -> int:
-    from .memory import estimate_state_bytes
+    from .methods import estimate_state_bytes
     from .methods.base import MethodConfig
     from .models import build_llama
 

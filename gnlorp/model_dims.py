@@ -7,7 +7,7 @@ transformers), so that a rank or a sequence length the model cannot take is refu
 
 `linear_shapes` names every nn.Linear the way transformers names it in LlamaForCausalLM and in
 Bert/RobertaForSequenceClassification (tests/unit/test_model_dims.py compares with the real modules); for any
-other architecture it returns None and the checks are left to the loaded model (gnlorp/methods/targets.py).
+other architecture it returns None and the checks are left to the loaded model (gnlorp/optim/targets.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import os
 import re
 from typing import Mapping
 
-BLOCK_PATTERN = r"(^|\.)layers?\.\d+\."  # the default targets: every Linear inside the transformer blocks
+from . import BLOCK_PATTERN  # the default targets, one definition (light: the package root)
+
 PIP_PREFIX = "pip:"
 _BERT_LIKE = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "camembert": "roberta"}
 
@@ -124,7 +125,7 @@ def linear_shapes(dims: dict, num_labels: int = 2) -> dict[str, tuple[int, int]]
 
 
 def target_shapes(shapes: dict[str, tuple[int, int]], pattern: str | None) -> dict[str, tuple[int, int]]:
-    """The targets a low-rank method picks among `shapes` (as methods/targets.py does on the model)."""
+    """The targets a low-rank method picks among `shapes` (as gnlorp/optim/targets.py does on the model)."""
     regex = re.compile(pattern or BLOCK_PATTERN)
     return {name: shape for name, shape in shapes.items() if regex.search(name)}
 

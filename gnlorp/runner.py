@@ -126,7 +126,7 @@ def learning_rate_choice(cfg: DictConfig, derived: dict,
                          context: identity.RunContext = identity.RunContext()) -> dict:
     """{"lr", "lr_choice"}: the learning rate and how it was chosen (kept in the result's config.derived)."""
     if cfg.train.lr_choice == "selection":
-        from .lr_selection import rate_from_grid
+        from .results import rate_from_grid
 
         low_rank = cfg.method.name in LOW_RANK
         key = (cfg.task.family, cfg.task.name, cfg.model.name, cfg.method.name, int(cfg.rank) if low_rank else None,
@@ -511,7 +511,7 @@ def _wandb_tags(plan: Plan) -> list[str]:
 
 def train_and_record(plan: Plan, loop, tracker, trainable: Trainable, device, total_steps: int,
                      steps_per_epoch: int, echo) -> Outcome:
-    from .memory import optimizer_state_bytes
+    from .state_bytes import optimizer_state_bytes
     from .optim.projector import NonFiniteGradientError, SVDFailedError
     from .sysinfo import PeakMemory
     from .train import Interrupted, NonFiniteError

@@ -23,7 +23,7 @@ from torch import nn
 
 from .checkpoint import save_checkpoint
 from .distributed import wait_for_rank0
-from .methods.optimizers import base_optimizer
+from .optim.layerwise import base_optimizer
 
 
 def _is_fsdp(model: nn.Module) -> bool:

@@ -10,7 +10,7 @@ the next multiple of T) and the amortized throughput at T is tokens / ((refresh 
 
 Memory, per method:
   tensor bytes  exact: parameters (all, frozen included) + gradients (after backward) + optimizer state
-                (gnlorp.memory.optimizer_state_bytes)
+                (gnlorp.state_bytes.optimizer_state_bytes)
   peak          measured in a fresh subprocess per method (so methods do not see each other's memory):
                 CPU: peak RSS of that process (sysinfo.PeakMemory; includes Python and torch themselves,
                 reported with the RSS before the model was built); CUDA: torch's max allocated bytes.
@@ -105,7 +105,7 @@ class Stepper:
         return timing.time_once(self.step, self.sync)
 
     def timed_refresh(self) -> tuple[float, float]:
-        from ..methods import base_optimizer
+        from ..optim.layerwise import base_optimizer
 
         opt = base_optimizer(self.optimizer)
         for state in opt.state.values():
@@ -114,14 +114,14 @@ class Stepper:
         return timing.time_once(self.step, self.sync)
 
     def projects(self) -> bool:
-        from ..methods import base_optimizer
+        from ..optim.layerwise import base_optimizer
 
         return any("rank" in g for g in base_optimizer(self.optimizer).param_groups)
 
     def tensor_bytes(self) -> dict:
         """Exact bytes of parameters (frozen included), gradients and optimizer state. Gradients: one per
         trainable parameter, of its shape and dtype (the memory probe counts the real ones after backward)."""
-        from ..memory import optimizer_state_bytes
+        from ..state_bytes import optimizer_state_bytes
 
         params = _unique_bytes(self.model.parameters())
         grads = sum(p.numel() * p.element_size() for p in self.params)

@@ -34,7 +34,7 @@ def child(mode: str, method_name: str, steps: int, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from ..memory import optimizer_state_bytes
+    from ..state_bytes import optimizer_state_bytes
     from ..methods import MethodConfig, get_method
     from ..models import build_llama
 

@@ -129,7 +129,7 @@ def force_refresh(opt, T: int) -> None:
 
 def state_bytes(opt) -> int:
     """Optimizer-state tensor bytes; for galore-torch also its projector matrices (held in an object)."""
-    from ..memory import optimizer_state_bytes
+    from ..state_bytes import optimizer_state_bytes
 
     total = optimizer_state_bytes(opt)
     for state in opt.state.values():

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..methods.targets import check_rank, target_linear_names
 from ..optim.galore_adamw import GaLoreAdamW
 from ..optim.param_groups import adamw_param_groups, galore_param_groups
+from ..optim.targets import check_rank, target_linear_names
 from ..optim.weightnorm import WeightNormLinear, apply_weight_norm, row_norm
 
 EXACT_PARAMS_KEY = "gnlorp_exact_params"

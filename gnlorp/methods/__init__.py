@@ -37,8 +37,8 @@ LOW_RANK = tuple(n for n, s in SPECS.items() if s.low_rank)
 PROJECTED = tuple(n for n, s in SPECS.items() if s.uses_scale)  # GaLore's projection: the methods using its scale
 
 _LAZY = {
-    "MethodConfig": ".base", "base_optimizer": ".optimizers", "check_rank": ".targets",
-    "target_linear_names": ".targets",
+    "MethodConfig": ".base", "base_optimizer": "..optim.layerwise", "check_rank": "..optim.targets",
+    "target_linear_names": "..optim.targets",
 }
 
 
@@ -63,6 +63,15 @@ def is_low_rank(name: str) -> bool:
     return name in SPECS and SPECS[name].low_rank
 
 
+def estimate_state_bytes(model, cfg, element_bytes: int | None = None) -> int:
+    """Analytic optimizer-state bytes of `cfg.name` (a MethodConfig) on `model` *before* the method prepares it
+    (each method's state_bytes, from the building blocks in gnlorp/state_bytes.py).
+
+    element_bytes: the size of one moment / projector element (default: the parameters' own dtype),
+    e.g. 2 for BF16 states in the memory table."""
+    return get_method(cfg.name).state_bytes(model, cfg, element_bytes)
+
+
 def __getattr__(attr: str):
     if attr in _LAZY:
         return getattr(import_module(_LAZY[attr], __name__), attr)
@@ -70,4 +79,4 @@ def __getattr__(attr: str):
 
 
 __all__ = ["BASELINE", "METHODS", "LOW_RANK", "PROJECTED", "SPECS", "MethodSpec", "get_method", "spec", "label", "is_low_rank",
-           *_LAZY]
+           "estimate_state_bytes", *_LAZY]

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .targets import classifier_head_names, is_causal_lm
+from ..optim.targets import classifier_head_names, is_causal_lm
 
 
 def trainable_dense(model: nn.Module, names: list[str]) -> list[tuple[str, nn.Parameter]]:

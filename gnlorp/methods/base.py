@@ -45,8 +45,3 @@ class MethodConfig:
 
     def __repr__(self) -> str:
         return f"MethodConfig({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
-
-
-def no_decay(name: str, p) -> bool:
-    """Biases and norm weights (1-D tensors) get no weight decay (GradNormLoRP's magnitudes do: gradnormlorp.py)."""
-    return p.dim() < 2

@@ -36,6 +36,6 @@ def merge(model):
 def state_bytes(model, cfg, element_bytes: int | None = None) -> int:
     """AdamW: two moments per parameter (torch.optim.AdamW adds a float32 step each; layer-wise mode is our
     GaLoreAdamW, which keeps none)."""
-    from ..memory import adam_bytes, dense_besides
+    from ..state_bytes import adam_bytes, dense_besides
 
     return adam_bytes(dense_besides(model, [], element_bytes), cfg.optim_bits, step_scalars=not cfg.layerwise)

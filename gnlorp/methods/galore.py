@@ -18,7 +18,7 @@ METHOD = MethodSpec("galore", GaLoreSettings, Labels(glue="GaLore", c4="GaLore",
 
 
 def prepare(model, cfg):
-    from .targets import check_rank, target_linear_names
+    from ..optim.targets import check_rank, target_linear_names
 
     check_rank(model, target_linear_names(model, cfg.target_modules), cfg.rank)
     return model
@@ -26,7 +26,7 @@ def prepare(model, cfg):
 
 def build_optimizer(model, cfg):
     from .optimizers import build_adamw
-    from .targets import target_linear_names
+    from ..optim.targets import target_linear_names
 
     names = target_linear_names(model, cfg.target_modules)
     return build_adamw(model, cfg, low_rank=[model.get_submodule(n).weight for n in names])
@@ -40,7 +40,7 @@ def state_bytes(model, cfg, element_bytes: int | None = None, magnitudes: bool =
     """Per target W (m x n): the projector and the projected moments (METHOD.md); dense AdamW moments for the
     other parameters (our GaLoreAdamW: no step tensors); with `magnitudes` (GradNormLoRP) also Adam on one
     float32 magnitude per row."""
-    from ..memory import adam_bytes, added_size, dense_besides, projected_bytes, target_weights
+    from ..state_bytes import adam_bytes, added_size, dense_besides, projected_bytes, target_weights
 
     targets = target_weights(model, cfg)
     dense = dense_besides(model, list(targets.values()), element_bytes)

@@ -28,7 +28,7 @@ METHOD = MethodSpec("gradnormlorp", GradNormLoRPSettings,
 
 def prepare(model, cfg):
     from ..optim import apply_weight_norm
-    from .targets import check_rank, target_linear_names
+    from ..optim.targets import check_rank, target_linear_names
 
     names = target_linear_names(model, cfg.target_modules)
     check_rank(model, names, cfg.rank)

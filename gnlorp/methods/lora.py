@@ -26,7 +26,7 @@ METHOD = MethodSpec("lora", LoRASettings, Labels(glue="LoRA", c4="LoRA", memory=
 def prepare(model, cfg, use_dora: bool = False):
     from peft import LoraConfig, get_peft_model
 
-    from .targets import check_rank, classifier_head_names, is_causal_lm, target_linear_names
+    from ..optim.targets import check_rank, classifier_head_names, is_causal_lm, target_linear_names
 
     names = target_linear_names(model, cfg.target_modules)
     check_rank(model, names, cfg.rank)
@@ -58,7 +58,7 @@ def merge(model):
 def state_bytes(model, cfg, element_bytes: int | None = None, magnitude: bool = False) -> int:
     """torch.optim.AdamW (a float32 step per tensor in 32-bit) over the factors A and B of every target (float32
     beside 16-bit weights) and the dense parameters LoRA trains (DoRA: `magnitude`, one per row)."""
-    from ..memory import adam_bytes, lora_dense, target_weights
+    from ..state_bytes import adam_bytes, lora_dense, target_weights
 
     dense = lora_dense(model, target_weights(model, cfg), int(cfg.rank), element_bytes, magnitude)
     return adam_bytes(dense, cfg.optim_bits, step_scalars=True)

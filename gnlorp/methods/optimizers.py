@@ -41,8 +41,3 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
     if cfg.layerwise:
         return LayerwiseOptimizer(opt, accumulation_steps=cfg.accumulation_steps)
     return opt
-
-
-def base_optimizer(optimizer):
-    """The torch Optimizer under a layer-wise wrapper (what an LR scheduler and a checkpoint need)."""
-    return getattr(optimizer, "optimizer", optimizer)

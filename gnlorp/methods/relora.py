@@ -47,7 +47,7 @@ def prepare(model, cfg):
 
     from ..optim.relora import ReLoRALinear
     from .adapters import wrap_linears
-    from .targets import check_rank, target_linear_names
+    from ..optim.targets import check_rank, target_linear_names
 
     _check(cfg)
     names = target_linear_names(model, cfg.target_modules)
@@ -78,7 +78,7 @@ def loop_hooks(model, optimizer, cfg, total_steps: int, warmup_ratio: float, min
     jagged cosine."""
     from ..errors import UserError
     from ..optim.relora import jagged_cosine, prune_optimizer_state, relora_layers
-    from .optimizers import base_optimizer
+    from ..optim.layerwise import base_optimizer
 
     _check(cfg)
     every, rewarm = int(cfg.relora_reset_every), int(cfg.relora_restart_warmup)
@@ -104,7 +104,7 @@ def loop_hooks(model, optimizer, cfg, total_steps: int, warmup_ratio: float, min
 def state_bytes(model, cfg, element_bytes: int | None = None) -> int:
     """AdamW moments over the dense trainable tensors and both factors of every target (in the weight's dtype),
     torch.optim.AdamW's float32 step per tensor in 32-bit."""
-    from ..memory import adam_bytes, size, target_weights
+    from ..state_bytes import adam_bytes, size, target_weights
     from .adapters import trainable_dense
 
     targets = target_weights(model, cfg)

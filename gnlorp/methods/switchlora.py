@@ -33,7 +33,7 @@ METHOD = MethodSpec("switchlora", SwitchLoRASettings, Labels(glue="SwitchLoRA", 
 
 def _check(model, cfg) -> list[str]:
     from ..errors import UserError
-    from .targets import check_rank, target_linear_names
+    from ..optim.targets import check_rank, target_linear_names
 
     names = target_linear_names(model, cfg.target_modules)
     check_rank(model, names, cfg.rank)
@@ -75,7 +75,7 @@ def prepare(model, cfg):
 
 def build_optimizer(model, cfg):
     from ..optim.switchlora import SwitchAdamW, switchlora_layers
-    from .base import no_decay
+    from ..optim.param_groups import no_decay
 
     if cfg.layerwise:
         _check(model, cfg)
@@ -109,7 +109,7 @@ def merge(model):
 def loop_hooks(model, optimizer, cfg, total_steps: int, **_) -> dict:
     """after_step(step), called after optimizer step `step` (1-based): thaw, swap, reset the counterparts."""
     from ..optim.switchlora import switch_count, switchlora_layers
-    from .optimizers import base_optimizer
+    from ..optim.layerwise import base_optimizer
 
     opt = base_optimizer(optimizer)
     layers = switchlora_layers(model)
@@ -130,7 +130,7 @@ def state_bytes(model, cfg, element_bytes: int | None = None) -> int:
     """SwitchAdamW on `model` before prepare: two moments per trainable tensor (8-bit blockwise from 4096
     elements; bitsandbytes-style float32 below), a float32 step per dense tensor and per row of A / column
     of B, and the two 256-entry float32 quantization maps when any moment is 8-bit."""
-    from ..memory import BLOCKSIZE, MIN_8BIT_SIZE, QMAP_BYTES, size, target_weights
+    from ..state_bytes import BLOCKSIZE, MIN_8BIT_SIZE, QMAP_BYTES, size, target_weights
     from .adapters import trainable_dense
 
     targets = target_weights(model, cfg)
@@ -156,7 +156,7 @@ def other_bytes(model, cfg, element_bytes: int | None = None) -> dict[str, int]:
     vectors of length n for A and of length m for B per layer; in CPU memory with offload_candidates) and
     the swap bookkeeping on the device (selected indices int64, frozen counters int32, cursor and switch
     counts int64, seed)."""
-    from ..memory import size, target_weights
+    from ..state_bytes import size, target_weights
 
     r = int(cfg.rank)
     pools = book = 0

@@ -25,7 +25,7 @@ def import_bitsandbytes():
 def adam_qmaps(device, held: dict) -> tuple:
     """bitsandbytes' signed and unsigned dynamic maps (the codes of Adam's first and second moments) on `device`,
     made once per device and kept in `held`: an 8-bit optimizer's `_qmaps`, part of the state it holds (as
-    gnlorp.memory.optimizer_state_bytes counts it)."""
+    gnlorp.state_bytes.optimizer_state_bytes counts it)."""
     if device not in held:
         F = import_bitsandbytes().functional
         held[device] = (F.create_dynamic_map(signed=True).to(device), F.create_dynamic_map(signed=False).to(device))

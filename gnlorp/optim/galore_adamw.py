@@ -176,7 +176,7 @@ class GaLoreAdamW(Optimizer):
             state["absmax2"] = torch.zeros(blocks, dtype=torch.float32, device=low.device)
         else:
             # under min_8bit_size 8-bit mode keeps float32 moments whatever the parameter's dtype, as
-            # bitsandbytes' own optimizers do (and memory.py counts); 32-bit mode keeps the parameter's dtype
+            # bitsandbytes' own optimizers do (and state_bytes.py counts); 32-bit mode keeps the parameter's dtype
             dtype = torch.promote_types(low.dtype, torch.float32) if self.optim_bits == 8 else low.dtype
             state["exp_avg"] = torch.zeros_like(low, dtype=dtype, memory_format=torch.contiguous_format)
             state["exp_avg_sq"] = torch.zeros_like(low, dtype=dtype, memory_format=torch.contiguous_format)

@@ -73,3 +73,8 @@ class LayerwiseOptimizer:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def base_optimizer(optimizer):
+    """The torch Optimizer under a layer-wise wrapper (what an LR scheduler and a checkpoint need)."""
+    return getattr(optimizer, "optimizer", optimizer)

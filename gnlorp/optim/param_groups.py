@@ -7,8 +7,12 @@ from typing import Iterable
 
 from torch import nn
 
-from ..methods.base import no_decay
-from ..methods.targets import check_rank, target_linear_names
+from .targets import check_rank, target_linear_names
+
+
+def no_decay(name: str, p) -> bool:
+    """Biases and norm weights (1-D tensors) get no weight decay (GradNormLoRP's magnitudes do: gradnormlorp.py)."""
+    return p.dim() < 2
 
 
 def adamw_param_groups(

@@ -16,11 +16,12 @@ module of this package that makes it:
                                paper's ranks, against the published claims (analytic: needs no results)
   loss_<...>.png, dev_glue_<...>.png
                                plots.py: training loss per C4 size, GLUE dev score per epoch per task
-Shared: common.py (the runs read from results/, cells, labels, Table), published.py (the papers' numbers).
+Shared: gnlorp/results.py (the runs read from results/: the results model below the tables and the runner),
+common.py (values, cells, labels, Table), published.py (the papers' numbers).
 
 Rules: a cell is the median over seeds ± half the range; a run that is not complete, or that ran from a git tree with
 uncommitted changes (git.dirty), is left out and named, as is a record of the older schema (no identity.settings) in a
-table whose other runs have one (common._leave_out_older_records); a file load_results cannot read is named; a
+table whose other runs have one (results._leave_out_older_records); a file load_results cannot read is named; a
 published cell the paper does not give stays "—". Same results in, same bytes out: sorted rows, fixed number formats,
 no timestamps, PNGs without software/date metadata.
 """
@@ -31,15 +32,17 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from ..results import (  # HEADLINE, Run, collect: re-exported, the package's public names
+    HEADLINE, OLDER_RECORD, Excluded, Run, _group, _safe, collect,
+)
 from .c4 import _c4_keys, c4_table, lr_grid_table
 from .common import (  # METHOD_ORDER, method_label: re-exported, the package's public names
-    METHOD_ORDER, OLDER_RECORD, Excluded, Run, Table, _excluded_lines, _group, _labels, _row_order, _safe, _size_order, collect,
-    method_label,
+    METHOD_ORDER, Table, _excluded_lines, _labels, _row_order, _size_order, method_label,
 )
 from .glue import glue_differences_table, glue_table
 from .memory import memory_tables
 from .plots import _RC, dev_metric_plot, loss_plot, memory_plot
-from .published import GLUE_TASKS, HEADLINE, PAPER_AVG_TASKS, TASK_LABEL
+from .published import GLUE_TASKS, PAPER_AVG_TASKS, TASK_LABEL
 
 __all__ = ["build_tables", "collect", "main", "Run", "Table", "HEADLINE", "METHOD_ORDER", "PAPER_AVG_TASKS",
            "method_label", "memory_tables", "memory_plot", "glue_table", "c4_table"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .. import lr_selection
+from ..results import Excluded, Run, _c4_value, _glue_value
 from .common import (
-    DASH, Excluded, Run, SPREAD_NOTE, Table, _c4_at_step, _c4_value, _cell, _dirty_mark, _distinct, _glue_value,
-    _labels, _left_out_section, _paper_cell, _row_order, _seeds_text, _size_order, _tokens,
+    DASH, SPREAD_NOTE, Table, _c4_at_step, _cell, _dirty_mark, _distinct, _labels, _left_out_section, _paper_cell,
+    _row_order, _seeds_text, _size_order, _tokens,
 )
 from .published import (
     PAPER_7B, PAPER_C4, PAPER_C4_RANK_ROW, PAPER_C4_TOKENS_ROW, SIZE_LABEL, STEPS_7B, TASK_LABEL, TOKENS_7B,

@@ -7,11 +7,12 @@ from collections import defaultdict
 
 from .. import lr_selection
 from ..paired import AHEAD, BEHIND, NO_DIFFERENCE, paired_difference, verdict
+from ..results import HEADLINE, Excluded, Run, _glue_value, _safe
 from .common import (
-    DASH, Excluded, Run, SPREAD_NOTE, Table, _cell, _dirty_mark, _distinct, _fmt, _glue_baseline, _glue_value,
-    _labels, _left_out_section, _md_table, _paper_cell, _row_order, _safe, _seeds_text,
+    DASH, SPREAD_NOTE, Table, _cell, _dirty_mark, _distinct, _fmt, _glue_baseline, _labels, _left_out_section,
+    _md_table, _paper_cell, _row_order, _seeds_text,
 )
-from .published import AVG_EXCLUDED, GLUE_TASKS, HEADLINE, METRIC_LABEL, PAPER_AVG_TASKS, PAPER_GLUE, TASK_LABEL
+from .published import AVG_EXCLUDED, GLUE_TASKS, METRIC_LABEL, PAPER_AVG_TASKS, PAPER_GLUE, TASK_LABEL
 
 
 def _below_baseline(median: float, baseline: float | None) -> bool:

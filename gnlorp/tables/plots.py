@@ -10,8 +10,9 @@ from pathlib import Path
 from ..methods import SPECS
 from ..methods import is_low_rank
 from ..methods import label as method_label
-from .common import METHOD_ORDER, Run, _glue_baseline, _row_order
-from .published import HEADLINE, MEMORY_CLAIMS, METRIC_LABEL, PAPER_RANK, SIZE_LABEL
+from ..results import HEADLINE, Run
+from .common import METHOD_ORDER, _glue_baseline, _row_order
+from .published import MEMORY_CLAIMS, METRIC_LABEL, PAPER_RANK, SIZE_LABEL
 
 _RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
        "svg.hashsalt": "gnlorp", "path.simplify": False}

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..results import C4_PAPER_SIZES  # Table 2's sizes (and GLUE's HEADLINE metrics) group the runs: results.py
+
 
 GLUE_TASKS = ("cola", "stsb", "mrpc", "rte", "sst2", "mnli", "qnli", "qqp", "wnli")  # GaLore Table 4's order, + WNLI
 TASK_LABEL = {"cola": "CoLA", "stsb": "STS-B", "mrpc": "MRPC", "rte": "RTE", "sst2": "SST-2", "mnli": "MNLI",
               "qnli": "QNLI", "qqp": "QQP", "wnli": "WNLI"}
-# (split, metric) of the official GLUE headline score of each task
-HEADLINE = {"cola": ("validation", "matthews_correlation"), "stsb": ("validation", "pearson"),
-            "mrpc": ("validation", "f1"), "qqp": ("validation", "f1"), "mnli": ("validation_matched", "accuracy"),
-            "rte": ("validation", "accuracy"), "sst2": ("validation", "accuracy"), "qnli": ("validation", "accuracy"),
-            "wnli": ("validation", "accuracy")}
 METRIC_LABEL = {"matthews_correlation": "Matthews corr.", "pearson": "Pearson", "f1": "F1", "accuracy": "accuracy"}
 # GaLore Table 4 averages these eight (no WNLI); our avg column follows it
 AVG_EXCLUDED = ("wnli",)
@@ -42,7 +39,6 @@ PAPER_GLUE = (
     PaperRow("lora", 8, None, "GradNormLoRP abstract", {}, 79.23),
 )
 
-C4_PAPER_SIZES = ("llama_60m", "llama_130m", "llama_350m", "llama_1b")
 SIZE_LABEL = {"llama_60m": "60M", "llama_130m": "130M", "llama_350m": "350M", "llama_1b": "1B", "llama_7b": "7B"}
 PAPER_RANK = {"llama_60m": 128, "llama_130m": 256, "llama_350m": 256, "llama_1b": 512, "llama_7b": 1024}
 _T2 = C4_PAPER_SIZES

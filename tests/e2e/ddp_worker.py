@@ -54,7 +54,7 @@ def run_case(case: str, out: Path, world: int, rank: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from gnlorp.methods import MethodConfig, get_method
-    from gnlorp.methods.optimizers import base_optimizer
+    from gnlorp.optim.layerwise import base_optimizer
     from gnlorp.optim import galore_adamw
     from gnlorp.train import LoopConfig, TrainData, TrainLoop
 

@@ -144,7 +144,7 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
 
     from gnlorp.fsdp import full_state_dict, shard_model
     from gnlorp.methods import MethodConfig, get_method
-    from gnlorp.methods.optimizers import base_optimizer
+    from gnlorp.optim.layerwise import base_optimizer
     from gnlorp.optim import galore_adamw
     from gnlorp.train import Interrupted, LoopConfig, TrainData, TrainLoop
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from gnlorp.memory import estimate_state_bytes, optimizer_state_bytes
+from gnlorp.methods import estimate_state_bytes
+from gnlorp.state_bytes import optimizer_state_bytes
 from gnlorp.methods import METHODS, MethodConfig, get_method
 
 

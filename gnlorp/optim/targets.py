@@ -8,8 +8,7 @@ import re
 
 from torch import nn
 
-from ..errors import UserError
-from ..model_dims import BLOCK_PATTERN  # one definition, also read by the checks before the model loads
+from .. import BLOCK_PATTERN, UserError  # the package root: light, and shared with the checks before the model loads
 
 
 def target_linear_names(model: nn.Module, pattern: str | None = None) -> list[str]:
