@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from .errors import UserError
@@ -23,6 +24,7 @@ from .errors import UserError
 WHOLE_FILE_BYTES = 64 << 20
 SLICE_BYTES = 64 << 10
 SLICES = 3  # start, middle, end
+DIGEST_FORMAT = 1  # of the cached digests (file_digest)
 HUB_REVISION = "main"  # the revision the hub loaders ask for (their default)
 
 # digest -> the data it stands for: the shared data the committed results were trained on (see the docstring);
@@ -45,8 +47,38 @@ REFERENCE = {
 }
 
 
+def cache_root() -> Path:
+    """gnlorp's cache folder: $GNLORP_CACHE_DIR, else $XDG_CACHE_HOME/gnlorp, else ~/.cache/gnlorp."""
+    if os.environ.get("GNLORP_CACHE_DIR"):
+        return Path(os.environ["GNLORP_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "gnlorp"
+
+
 def file_digest(path: Path) -> str:
-    size = path.stat().st_size
+    """The file's digest, kept in the cache under its path, size, modification time and inode (as git's index
+    does), so a large corpus is read once: a run's start-up does not grow with the corpus."""
+    st = path.stat()
+    key = f"{DIGEST_FORMAT}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    kept = cache_root() / "file-digests" / hashlib.sha256(key.encode()).hexdigest()[:32]
+    try:
+        text = kept.read_text().strip()
+        if len(text) == 16 and all(c in "0123456789abcdef" for c in text):
+            return text
+    except OSError:
+        pass
+    digest = _content_digest(path, st.st_size)
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f"{kept.name}.tmp-{os.getpid()}")
+        tmp.write_text(digest)
+        os.replace(tmp, kept)
+    except OSError:
+        pass  # a read-only cache: computed again next time
+    return digest
+
+
+def _content_digest(path: Path, size: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         if size <= WHOLE_FILE_BYTES:

@@ -22,6 +22,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from gnlorp.data_fingerprint import cache_root
 from gnlorp.errors import UserError
 
 OFFLINE_LLAMA_TOKENIZER = "mistral-sp"
@@ -29,13 +30,6 @@ OFFLINE_LLAMA_TOKENIZER = "mistral-sp"
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 _MISTRAL_FILE = ("data", "tokenizer.model.v1")
 SPIECE_UNDERLINE = "\u2581"
-
-
-def _cache_root() -> Path:
-    if os.environ.get("GNLORP_CACHE_DIR"):
-        return Path(os.environ["GNLORP_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gnlorp"
 
 
 def mistral_sp_model_file() -> Path:
@@ -109,7 +103,7 @@ def _mistral_sp_folder() -> Path:
     src = mistral_sp_model_file()
     data = src.read_bytes()
     digest = hashlib.sha256(data).hexdigest()[:16]
-    parent = _cache_root() / OFFLINE_LLAMA_TOKENIZER
+    parent = cache_root() / OFFLINE_LLAMA_TOKENIZER
     final = parent / f"{digest}-{_CACHE_FORMAT}"
 
     def complete(folder: Path) -> bool:

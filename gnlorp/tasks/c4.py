@@ -235,12 +235,13 @@ def cached_eval_blocks(tokenizer, data_dir: str | None, seq_len: int, n_blocks: 
     by every method, seed and process. A cached file that fails its checksum is refused (UserError naming it)."""
     import hashlib
 
-    from gnlorp.tokenizers import _cache_root, tokenizer_fingerprint
+    from gnlorp.data_fingerprint import cache_root
+    from gnlorp.tokenizers import tokenizer_fingerprint
 
     key = json.dumps({"format": 2, "tokenizer": tokenizer_fingerprint(tokenizer),
                       "eos": getattr(tokenizer, "eos_token_id", None), "source": _source_id(data_dir, split),
                       "seq_len": seq_len, "blocks": n_blocks})
-    folder = Path(os.path.expanduser(cache_dir)) if cache_dir else _cache_root()
+    folder = Path(os.path.expanduser(cache_dir)) if cache_dir else cache_root()
     path = folder / "c4-eval" / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
     if path.is_file():
         return _load_cached_blocks(path, key)

@@ -54,13 +54,20 @@ def test_the_reference_digests_are_the_shared_datas():
     assert reference_digests(SHARED) == fp.REFERENCE
 
 
-def test_a_small_files_digest_is_its_sha256(tmp_path):
+def test_a_small_files_digest_is_its_sha256_kept_until_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("GNLORP_CACHE_DIR", str(tmp_path / "cache"))
     f = tmp_path / "x.tsv"
     f.write_bytes(b"a\tb\n" * 1000)
+    assert fp.file_digest(f) == hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+    (kept,) = (tmp_path / "cache" / "file-digests").iterdir()
+    kept.write_text("0123456789abcdef")  # the cache is read, not the file, while size and mtime stay
+    assert fp.file_digest(f) == "0123456789abcdef"
+    f.write_bytes(b"a\tc\n" * 1000)  # a new mtime: read again
     assert fp.file_digest(f) == hashlib.sha256(f.read_bytes()).hexdigest()[:16]
 
 
 def test_a_large_files_digest_reads_fixed_slices(tmp_path, monkeypatch):
+    monkeypatch.setenv("GNLORP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(fp, "WHOLE_FILE_BYTES", 1000)
     monkeypatch.setattr(fp, "SLICE_BYTES", 100)
     data = bytearray(range(256)) * 40  # 10240 bytes: slices at 0, 5070, 10140
