@@ -377,7 +377,8 @@ def test_start_up_time_and_memory_do_not_grow_with_the_corpus(tmp_path):
     t = {k: min(r["first_step_s"] for r in v) for k, v in runs.items()}
     rss = {k: min(r["peak_rss_kib"] for r in v) for k, v in runs.items()}
     print(f"time to first step: {t}; peak RSS KiB: {rss}")
-    assert t["big"] <= 1.2 * t["small"], t
+    # reading a 100 MiB corpus would take many times the small one's start-up; 1.5x leaves room for a loaded machine
+    assert t["big"] <= 1.5 * t["small"], t
     assert rss["big"] <= 1.2 * rss["small"], rss
 
 

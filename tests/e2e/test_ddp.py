@@ -144,6 +144,7 @@ wait_for_rank0()
 t = torch.ones(1)
 dist.all_reduce(t)
 print(f"rank {dist.get_rank()} reduced {t.item():.0f}", flush=True)
+dist.destroy_process_group()  # every group, the waiting one too (gloo aborts at exit otherwise)
 """
 
 
