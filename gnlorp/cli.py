@@ -230,11 +230,16 @@ def run_and_exit(cfg) -> None:
 
 def main() -> None:
     """The `gnlorp` console script; run.py calls it too."""
-    import hydra
+    try:
+        import hydra
 
-    from gnlorp.schema import register
+        from gnlorp.schema import register
 
-    register()
+        register()
+    except ImportError as exc:  # the base install: one line naming the extra
+        from gnlorp.errors import exit_if_extra_missing
+
+        exit_if_extra_missing(exc)
 
     @hydra.main(version_base="1.3", config_path="pkg://gnlorp.conf", config_name="config")
     def job(cfg) -> None:

@@ -47,6 +47,32 @@ def one_line_argument_parser(**kwargs):
     return Parser(**kwargs)
 
 
+# the import names of gnlorp[runner]'s packages (pyproject.toml): a command that finds one missing says which extra
+RUNNER_MODULES = ("hydra", "omegaconf", "transformers", "datasets", "evaluate", "wandb", "peft", "sklearn", "scipy",
+                  "sentencepiece", "tqdm", "psutil", "matplotlib", "bitsandbytes")
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """The one line for a runner package that is not installed (None for any other import error)."""
+    top = (getattr(exc, "name", None) or "").split(".")[0]
+    if isinstance(exc, ModuleNotFoundError) and top in RUNNER_MODULES:
+        return (f"this command needs the runner's packages, and {top} is not installed (the base install holds the "
+                f"optimizers only); pip install 'gnlorp[runner]'.")
+    return None
+
+
+def exit_if_extra_missing(exc: ImportError) -> None:
+    """Print missing_extra's line and exit 2, or re-raise an import error of any other kind."""
+    import os
+    import sys
+
+    line = missing_extra(exc)
+    if line is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
 def run_command(main, argv=None, what: str = "") -> None:
     """Run a command's main(argv): a UserError, or an OSError writing or reading the user's files, ends in one
     `error:` line and exit 2 (HYDRA_FULL_ERROR=1 shows the traceback, as for run.py)."""
@@ -55,6 +81,8 @@ def run_command(main, argv=None, what: str = "") -> None:
 
     try:
         main(argv)
+    except ImportError as exc:
+        exit_if_extra_missing(exc)
     except (UserError, OSError) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

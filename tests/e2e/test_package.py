@@ -84,3 +84,63 @@ def test_the_console_script_runs_from_outside_the_repo(installed):
     p = subprocess.run([str(python), "-m", "gnlorp.memory"], capture_output=True, text=True, cwd=work, env=_env(),
                        timeout=300)
     assert p.returncode == 0 and "llama_7b" in p.stdout, p.stderr[-2000:]
+
+
+def _closure(name: str) -> list:
+    """The installed distributions `name` needs (its requirements, recursively; extras and markers not taken)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    seen, todo = {}, [name]
+    while todo:
+        n = todo.pop()
+        key = n.lower().replace("_", "-")
+        if key in seen:
+            continue
+        try:
+            dist = distribution(n)
+        except PackageNotFoundError:
+            continue
+        seen[key] = dist
+        for r in dist.requires or []:
+            req = Requirement(r)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return list(seen.values())
+
+
+@pytest.fixture(scope="module")
+def base_install(installed):
+    """The wheel in a fresh venv beside torch and what torch needs, nothing else: `pip install gnlorp`."""
+    _, _, wheel, tmp = installed
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "base")], check=True, timeout=120)
+    python = tmp / "base" / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    only = tmp / "torch-only"
+    only.mkdir()
+    for dist in _closure("torch"):
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}:
+            if (purelib / top).exists() and not (only / top).exists():
+                (only / top).symlink_to(purelib / top)
+    (site / "deps.pth").write_text(f"{only}\n")
+    return python, tmp / "base" / "bin" / "gnlorp", tmp
+
+
+@pytest.mark.parametrize("command", [["gnlorp", "--help"], ["-m", "gnlorp.memory"], ["-m", "gnlorp.memory", "peak"],
+                                     ["-m", "gnlorp.tables", "--results", "."]])
+def test_on_the_base_install_each_command_names_the_extra_it_needs(base_install, command):
+    python, script, tmp = base_install
+    check = subprocess.run([str(python), "-c", "import gnlorp.optim, importlib.util as u; "
+                            "print([m for m in ('hydra', 'omegaconf', 'transformers') if u.find_spec(m)])"],
+                           capture_output=True, text=True, cwd=tmp, env=_env(), timeout=120)
+    assert check.returncode == 0 and check.stdout.strip() == "[]", check.stderr[-2000:]  # torch alone, truly
+    argv = [str(script), *command[1:]] if command[0] == "gnlorp" else [str(python), *command]
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=tmp, env=_env(), timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    (line,) = [line for line in p.stderr.splitlines() if line.startswith("error: ")]  # torch may warn of numpy
+    assert line.startswith("error: this command needs the runner's packages") and "pip install 'gnlorp[runner]'" in line
