@@ -9,6 +9,7 @@ without rows at one step) and its candidate pools stay out of DDP's buffer broad
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,21 +111,28 @@ time.sleep(60)
 """
 
 
-def test_a_collective_that_a_process_never_joins_fails_after_train_collective_timeout(tmp_path):
-    script = tmp_path / "desync.py"
-    script.write_text(DESYNC)
+def _torchrun_script(tmp_path, text: str, timeout: float, what: str) -> tuple[int, str]:
+    """(exit code, stdout and stderr) of `text` run as a script by torchrun on 2 processes; a hang past `timeout`
+    kills the whole group and fails the test, saying `what` hung."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("WORLD_SIZE", None)
     p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
     try:
-        out, _ = p.communicate(timeout=50)
+        out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, _ = p.communicate()
-        pytest.fail("the desynchronized all-reduce hung: " + out[-2000:])
-    assert p.returncode != 0
+        pytest.fail(f"{what} hung: " + out[-2000:])
+    return p.returncode, out
+
+
+def test_a_collective_that_a_process_never_joins_fails_after_train_collective_timeout(tmp_path):
+    code, out = _torchrun_script(tmp_path, DESYNC, 50, "the desynchronized all-reduce")
+    assert code != 0
     line = next(line for line in out.splitlines() if "failed after" in line)
     assert 2.5 <= float(line.split("failed after ")[1].split(" s")[0]) <= 20, line
 
@@ -149,12 +157,6 @@ dist.destroy_process_group()  # every group, the waiting one too (gloo aborts at
 
 
 def test_a_wait_for_rank0_working_alone_outlasts_the_collective_timeout(tmp_path):
-    script = tmp_path / "alone.py"
-    script.write_text(RANK0_ALONE)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("WORLD_SIZE", None)
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script)], env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, (p.stdout + p.stderr)[-2000:]
-    assert sorted(line for line in p.stdout.splitlines() if "reduced" in line) == ["rank 0 reduced 2", "rank 1 reduced 2"]
-
+    code, out = _torchrun_script(tmp_path, RANK0_ALONE, 120, "the wait for rank 0")
+    assert code == 0, out[-2000:]
+    assert sorted(re.findall(r"rank \d reduced \d", out)) == ["rank 0 reduced 2", "rank 1 reduced 2"]
