@@ -51,7 +51,8 @@ peak-memory: setup
 gpu-check: setup
 	$(TESTENV) $(BIN)/python -m gnlorp.gpu_check
 
-# results/*.json -> results/tables/*.md, *.tex and plots (deterministic: same results, same bytes)
+# results/*.json -> results/tables/*.md, *.tex and plots, and results/README.md from gnlorp/tables/results_readme.md
+# (deterministic: same results, same bytes)
 tables: setup
 	$(BIN)/python -m gnlorp.tables
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import textwrap
 
 from gnlorp.config_groups import group_options
+from gnlorp.methods import METHODS, SPECS
 
 EXIT_USER_ERROR = 2
-USAGE = """gnlorp (or python run.py): run one experiment (or a sweep) of full training, LoRA, GaLore or GradNormLoRP.
+# the methods named from the registry (gnlorp/methods/__init__.py), never by hand
+_METHODS = textwrap.fill("gnlorp (or python run.py): run one experiment (or a sweep) with one of the methods "
+                         + ", ".join(f"{SPECS[m].labels.glue} ({m})" for m in METHODS) + ".", width=116)
+USAGE = f"""{_METHODS}
 
 Copy one of these (offline, on a CPU, with the shared data beside the checkout):
 
@@ -20,7 +25,7 @@ Copy one of these (offline, on a CPU, with the shared data beside the checkout):
   # C4 pre-training of a 20M LLaMA, 200 steps of 8 x 256 tokens, rank 64, fp32 (7-13 min on 2 cores)
   python run.py experiment=c4_llama_20m_cpu method=gradnormlorp
 
-  # every method on one task, as a multirun sweep
+  # four of the methods on one task, as a multirun sweep
   python run.py -m method=full,lora,galore,gradnormlorp rank=8 task=glue/rte task.data_dir=../shared/data/glue_data
 
   # the paper's setting on a GPU (hub data and models)

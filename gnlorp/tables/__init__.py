@@ -1,7 +1,10 @@
 """results/*.json -> the papers' tables (Markdown and LaTeX) and plots (PNG) under results/tables/.
 
   python -m gnlorp.tables                       # what `make tables` runs: --results results --out results/tables
-  python -m gnlorp.tables --results DIR --out DIR [--allow-dirty] [--no-memory]
+  python -m gnlorp.tables --results DIR --out DIR [--allow-dirty] [--no-memory] [--no-readme]
+
+With neither --results nor --out given (what `make tables` runs), results/README.md is written too, from the template
+gnlorp/tables/results_readme.md and the tables just written (results_readme.py).
 
 What comes out (one file per table, each with its notes; index.md lists them and every file left out), and the
 module of this package that makes it:
@@ -169,7 +172,11 @@ def _main(argv) -> None:
     ap.add_argument("--allow-dirty", action="store_true",
                     help="include runs from a git tree with uncommitted changes (marked † in the tables)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory table (it builds LLaMA-7B on the meta device)")
+    ap.add_argument("--no-readme", action="store_true",
+                    help="do not write results/README.md (written only when --results and --out are left at their "
+                         "defaults)")
     args = ap.parse_args(argv)
+    default_folders = args.out is None and args.results == Path("results")
     if not args.results.is_dir():
         raise UserError(f"--results {str(args.results)!r} is not a folder of result files; pass the folder the runs "
                         f"wrote (results_dir, default results).")
@@ -182,5 +189,9 @@ def _main(argv) -> None:
         print(f"note: {args.results / name}: not a usable result ({reason}); left out.", file=sys.stderr)
     print(f"{len(runs)} run(s) tabulated, {len(excluded)} left out, {len(unreadable)} unreadable file(s); "
           f"see {(args.out or args.results / 'tables') / 'index.md'}")
+    if default_folders and not args.no_readme and not args.no_memory:
+        from . import results_readme
+
+        paths.append(results_readme.write(args.results, args.results / "tables"))
     for p in paths:
         print(f"  {p}")

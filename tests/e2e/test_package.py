@@ -56,6 +56,8 @@ def test_the_wheel_needs_only_torch_and_names_its_extras(installed):
     assert {line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Provides-Extra:")} >= {
         "8bit", "runner", "offline", "test"}
     assert "gnlorp/conf/config.yaml" in names and "gnlorp/conf/method/gradnormlorp.yaml" in names
+    assert "gnlorp/tables/results_readme.md" in names  # the template make tables writes results/README.md from
+    assert not any(n.startswith("conf/") for n in names)  # the top-level conf/ is a symlink for users, not packaged
     assert any(n.endswith("LICENSE") for n in names) and "License-Expression: MIT" in meta
 
 

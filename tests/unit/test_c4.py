@@ -302,7 +302,7 @@ def test_real_train_shard_blocks(mistral_tok):
 
     blocks = c4.load_c4_blocks(mistral_tok, str(C4_EN), "train", seq_len=256)
     assert blocks.shape[1] == 256
-    assert abs(blocks.shape[0] - 2059) <= 21  # README: ~527K tokens = 2059 blocks of 256
+    assert abs(blocks.shape[0] - 2059) <= 21  # results/README.md: ~527K tokens = 2059 blocks of 256
     assert int(blocks.min()) >= 0 and int(blocks.max()) < 32000
 
     # independent reference: SentencePiece directly on the raw JSON lines

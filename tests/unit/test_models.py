@@ -113,7 +113,7 @@ def test_minilm_sequence_classifier_offline():
     cfg = models.llama_model_cfg("minilm")
     model = models.build_encoder_classifier(cfg, num_labels=2)
     total = models.count_parameters(model)["total"]
-    assert abs(total - 22_713_986) <= 100_000  # README: 22.7M; measured 22,713,986 with a 2-label head
+    assert abs(total - 22_713_986) <= 100_000  # results/README.md: 22.7M; measured 22,713,986 with a 2-label head
     assert total == 22_713_986
     assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
 

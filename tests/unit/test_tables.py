@@ -346,6 +346,29 @@ def test_committed_tables_are_what_make_tables_builds_from_the_committed_results
     for p in written:
         if p.suffix in (".md", ".tex"):
             assert p.read_bytes() == (root / "tables" / p.name).read_bytes(), f"{p.name}: rerun `make tables`"
+    # results/README.md: the template's prose with these tables inserted, byte for byte
+    from gnlorp.tables import results_readme
+
+    assert results_readme.render(tmp_path) == (root / "README.md").read_text(encoding="utf-8"), \
+        "results/README.md: rerun `make tables` (edit gnlorp/tables/results_readme.md, not the generated file)"
+
+
+def test_results_readme_inserts_the_named_tables_and_refuses_a_missing_one(tmp_path):
+    """A `<!-- table: NAME.md -->` line becomes the table part of NAME.md (headings two levels down, its list of
+    left-out runs stays in the file, which is linked); every other template line is copied; a missing table is named."""
+    from gnlorp.errors import UserError
+    from gnlorp.tables import results_readme
+
+    (tmp_path / "t.md").write_text("# Title\n\n| a |\n|---|\n| 1 |\n\n- note\n\n## Left out\n\n- run-x\n")
+    template = tmp_path / "template.md"
+    template.write_text("# Results\n\nprose 1.5\n\n<!-- table: t.md -->\n\nend\n")
+    text = results_readme.render(tmp_path, template)
+    assert text.startswith(results_readme.HEADER + "\n\n# Results\n\nprose 1.5\n\n### Title\n\n| a |\n|---|\n| 1 |\n")
+    assert "- note" in text and "run-x" not in text and "Left out" not in text and "](tables/t.md)" in text
+    assert text.endswith("\nend\n") and results_readme.render(tmp_path, template) == text
+    template.write_text("<!-- table: missing.md -->\n")
+    with pytest.raises(UserError, match="missing.md"):
+        results_readme.render(tmp_path, template)
 
 
 def test_runs_with_other_training_settings_are_never_pooled(tmp_path):
