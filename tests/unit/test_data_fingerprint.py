@@ -5,6 +5,7 @@ the rule that a setting which changes neither training nor the report leaves the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -21,10 +22,16 @@ from gnlorp.runner import plan_run
 from gnlorp.schema import RunSettings
 
 
+@functools.lru_cache(maxsize=None)
+def _defaults(method: str) -> str:
+    base = OmegaConf.to_container(OmegaConf.structured(RunSettings))
+    base["method"] = OmegaConf.to_container(OmegaConf.structured(SPECS[method].settings))
+    return json.dumps(base)
+
+
 def _with_defaults(config: dict) -> dict:
     """A recorded config with the settings added after it was written at their defaults (as a run sees them)."""
-    base = OmegaConf.to_container(OmegaConf.structured(RunSettings))
-    base["method"] = OmegaConf.to_container(OmegaConf.structured(SPECS[config["method"]["name"]].settings))
+    base = json.loads(_defaults(config["method"]["name"]))
 
     def merge(a, b):
         for k, v in b.items():
