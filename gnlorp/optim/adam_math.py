@@ -7,9 +7,10 @@ caller still needs; none reads anything else.
 Two forms, each kept operation for operation as its optimizer had it (the oracle tests and FSDP's
 bit-identity depend on the exact float operations):
   galore form (galore-torch / transformers' AdamW): step size lr sqrt(1 - b2^t) / (1 - b1^t), eps added
-      to sqrt(v) *without* bias correction, decoupled weight decay applied by the caller *after* the update;
-      `adam_float_step` (one tensor), `adam_float_foreach_step` (a list of tensors at one step count, the
-      decay included), `adam_8bit_step` (bitsandbytes' fused blockwise kernel).
+      to sqrt(v) *without* bias correction, decoupled weight decay *after* the update; `adam_float_step`
+      (one tensor), `adam_8bit_step` (bitsandbytes' fused blockwise kernel), then `decay_after_update` or
+      `decay_factor` (folded into the projected-back GEMM); `adam_float_foreach_step` (a list of tensors at
+      one step count, update and decay included).
   torch form (torch.optim.AdamW, SwitchLoRA's StepAdamW): decay p <- (1 - lr wd) p *before* the update,
       eps added to sqrt(v) / sqrt(1 - b2^t), step counts as a tensor (one per row or column allowed);
       `adamw_step` on float moments, with `dequantize_blockwise` / `quantize_blockwise` around it for
@@ -44,6 +45,18 @@ def bias_corrected_step_size(lr: float, betas: tuple[float, float], t: int, corr
     if not correct_bias:
         return lr
     return lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+
+
+def decay_factor(lr: float, weight_decay: float) -> float:
+    """The galore form's decoupled decay after the update, as a factor: p <- (1 - lr wd) (p - update)
+    (1.0 without decay), for callers that fold it into one GEMM (p <- decay p + coef back(direction))."""
+    return 1.0 - lr * weight_decay if weight_decay > 0.0 else 1.0
+
+
+def decay_after_update(p: torch.Tensor, lr: float, weight_decay: float) -> None:
+    """The galore form's decoupled decay of an updated tensor, in place: p <- p - lr wd p."""
+    if weight_decay > 0.0:
+        p.add_(p, alpha=-lr * weight_decay)
 
 
 def adam_float_step(grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, *, t: int, lr: float,

@@ -26,7 +26,15 @@ from typing import Iterable
 import torch
 from torch.optim import Optimizer
 
-from .adam_math import BLOCKSIZE, adam_8bit_step, adam_float_foreach_step, adam_float_step, bnb_functional
+from .adam_math import (
+    BLOCKSIZE,
+    adam_8bit_step,
+    adam_float_foreach_step,
+    adam_float_step,
+    bnb_functional,
+    decay_after_update,
+    decay_factor,
+)
 from .sharded import is_sharded, sharded_update
 from .bnb import adam_qmaps
 from .projector import PROJ_TYPES, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
@@ -201,7 +209,7 @@ class GaLoreAdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
         # Decoupled weight decay after the update, as galore-torch does: p <- (1 - lr wd) (p - update).
-        decay = 1.0 - lr * wd if wd > 0.0 else 1.0
+        decay = decay_factor(lr, wd)
         if state["exp_avg"].dtype == torch.uint8:
             low = low.contiguous()
             # The low-rank Adam direction, negated, into a zero buffer (lr 1, no decay), then projected back.
@@ -222,8 +230,7 @@ class GaLoreAdamW(Optimizer):
         else:
             direction, step_size = self._adam_float(grad, state, group, t)
             p.add_(direction, alpha=-step_size)
-        if wd > 0.0:
-            p.add_(p, alpha=-lr * wd)
+        decay_after_update(p, lr, wd)
 
     def _dense_step(self, params: list[torch.Tensor], group: dict) -> None:
         """Adam on a group without projection. Float moments go through torch's _foreach ops in one call

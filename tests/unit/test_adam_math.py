@@ -64,8 +64,7 @@ def test_galore_form_is_torch_adamw_without_eps_and_decay():
         for t, g in enumerate(grads, start=1):
             direction, step_size = adam_math.adam_float_step(g, m, v, t=t, lr=lr, betas=BETAS, eps=e)
             p.add_(direction, alpha=-step_size)
-            if w > 0.0:
-                p.add_(p, alpha=-lr * w)
+            adam_math.decay_after_update(p, lr, w)
             rm = BETAS[0] * rm + (1 - BETAS[0]) * g.double()
             rv = BETAS[1] * rv + (1 - BETAS[1]) * g.double() ** 2
             size = lr * math.sqrt(1 - BETAS[1] ** t) / (1 - BETAS[0] ** t)
@@ -87,7 +86,7 @@ def test_foreach_form_is_the_one_tensor_form_bit_for_bit(correct_bias):
         for p, gs, (m, v) in zip(one, grads, moments_one):
             direction, step_size = adam_math.adam_float_step(gs[t - 1], m, v, t=t, **kw)
             p.add_(direction, alpha=-step_size)
-            p.add_(p, alpha=-1e-2 * 0.1)
+            adam_math.decay_after_update(p, 1e-2, 0.1)
         adam_math.adam_float_foreach_step(many, [gs[t - 1] for gs in grads], [m for m, _ in moments_many],
                                           [v for _, v in moments_many], t=t, weight_decay=0.1, **kw)
     for a, b in zip(one, many):
