@@ -24,7 +24,7 @@ GIB = 1024**3
 
 def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
     """Optimizer-state bytes per size, method, rank and state precision (BF16 moments = '16-bit')."""
-    from .methods import BASELINE, SPECS, get_method
+    from .methods import BASELINE, SPECS, get_method, optional_hook
     from .models import build_llama, llama_model_cfg
 
     methods = [s for s in SPECS.values() if s.variant_of is None]
@@ -44,7 +44,7 @@ def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
                         "model": size_name, "params": n_params, "method": method, "rank": rank, "state_bits": bits,
                         "state_bytes": b, "saving_vs_bf16_adamw": 1.0 - b / baseline,
                     }
-                    other = getattr(get_method(method), "other_bytes", None)
+                    other = optional_hook(get_method(method), "other_bytes")
                     if other is not None:  # memory the method keeps outside the optimizer, by where it lives
                         row["other_bytes"] = other(model, cfg, element_bytes=2)
                     rows.append(row)

@@ -1,6 +1,6 @@
 """The methods, registered in one place: one module per method in this package, listed below. Each declares
 its facts (`METHOD`, a spec.MethodSpec: labels, row order, low rank or not, its settings dataclass) and its
-functions (spec.py says which). Everything else (config schema, checks, runner, memory table, tables,
+functions (spec.Method: the contract, checked as each module loads). Everything else (config schema, checks, runner, memory table, tables,
 benchmarks) reads them from here.
 
 Importing this package and the declarations is light (no torch, no peft): the heavy parts of a method load
@@ -11,7 +11,7 @@ from importlib import import_module
 from types import ModuleType
 
 from ..errors import UserError
-from .spec import MethodSpec
+from .spec import Method, MethodContractError, MethodSpec, check_method, optional_hook
 
 _MODULES = (  # one line per method; each module is named after its method
     "full",
@@ -26,8 +26,9 @@ _MODULES = (  # one line per method; each module is named after its method
 BASELINE = "full"  # what memory savings and speed ratios are measured against
 
 
-def _load() -> dict[str, MethodSpec]:
-    specs = [import_module(f".{m}", __name__).METHOD for m in _MODULES]
+def _load(names: tuple[str, ...] = _MODULES) -> dict[str, MethodSpec]:
+    """The specs of the method modules `names`, each checked against the contract (spec.check_method)."""
+    specs = [check_method(import_module(f".{m}", __name__), m) for m in names]
     return {s.name: s for s in sorted(specs, key=lambda s: s.order)}
 
 
@@ -78,5 +79,6 @@ def __getattr__(attr: str):
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
-__all__ = ["BASELINE", "METHODS", "LOW_RANK", "PROJECTED", "SPECS", "MethodSpec", "get_method", "spec", "label", "is_low_rank",
+__all__ = ["BASELINE", "METHODS", "LOW_RANK", "PROJECTED", "SPECS", "Method", "MethodContractError", "MethodSpec",
+           "check_method", "optional_hook", "get_method", "spec", "label", "is_low_rank",
            "estimate_state_bytes", *_LAZY]

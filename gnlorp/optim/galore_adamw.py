@@ -26,25 +26,19 @@ from typing import Iterable
 import torch
 from torch.optim import Optimizer
 
+from .adam_math import (
+    BLOCKSIZE,
+    adam_8bit_step,
+    adam_float_foreach_step,
+    adam_float_step,
+    bnb_functional,
+    decay_after_update,
+    decay_factor,
+)
 from .sharded import is_sharded, sharded_update
 from .bnb import adam_qmaps
 from .projector import PROJ_TYPES, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
 from .state_dtypes import keep_saved_state_dtypes
-
-BLOCKSIZE = 256  # bitsandbytes' block size for blockwise 8-bit optimizer states
-
-
-def _bnb_functional():
-    try:
-        from .bnb import import_bitsandbytes
-
-        F = import_bitsandbytes().functional
-    except Exception as exc:  # ImportError, or a broken native library
-        raise RuntimeError(
-            f"8-bit optimizer states need a working bitsandbytes (>= 0.50), but importing it failed: {exc}"
-        ) from exc
-    return F
-
 
 class GaLoreAdamW(Optimizer):
     def __init__(
@@ -74,7 +68,7 @@ class GaLoreAdamW(Optimizer):
         for group in self.param_groups:
             self._check_group(group)
         if optim_bits == 8:
-            _bnb_functional()
+            bnb_functional()
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -139,30 +133,14 @@ class GaLoreAdamW(Optimizer):
 
     def _adam_8bit(self, grad: torch.Tensor, target: torch.Tensor, state: dict, group: dict, t: int, lr: float) -> None:
         """bitsandbytes' blockwise 8-bit Adam: target <- target - lr * direction, moments updated in place."""
-        F = _bnb_functional()
-        qmap1, qmap2 = adam_qmaps(grad.device, self._qmaps)
-        beta1, beta2 = group["betas"]
-        F.optimizer_update_8bit_blockwise(
-            "adam", grad, target, state["exp_avg"], state["exp_avg_sq"],
-            beta1=beta1, beta2=beta2, beta3=0.0, alpha=0.0, eps=group["eps"], step=t,
-            lr=lr, qmap1=qmap1, qmap2=qmap2,
-            absmax1=state["absmax1"], absmax2=state["absmax2"],
-            weight_decay=0.0, gnorm_scale=1.0, skip_zeros=False,
-        )
+        adam_8bit_step(grad, target, state["exp_avg"], state["exp_avg_sq"], state["absmax1"], state["absmax2"],
+                       adam_qmaps(grad.device, self._qmaps), t=t, lr=lr, betas=group["betas"], eps=group["eps"])
 
     @staticmethod
     def _adam_float(grad: torch.Tensor, state: dict, group: dict, t: int) -> tuple[torch.Tensor, float]:
         """Adam with float moments: updates them and returns (direction m / (sqrt(v) + eps), step size)."""
-        lr, eps = group["lr"], group["eps"]
-        beta1, beta2 = group["betas"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-        step_size = lr
-        if group.get("correct_bias", True):
-            step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-        denom = exp_avg_sq.sqrt().add_(eps)
-        return torch.div(exp_avg, denom, out=denom), step_size
+        return adam_float_step(grad, state["exp_avg"], state["exp_avg_sq"], t=t, lr=group["lr"], betas=group["betas"],
+                               eps=group["eps"], correct_bias=group.get("correct_bias", True))
 
     def _init_moments(self, state: dict, low: torch.Tensor, numel: int | None = None) -> None:
         """Moments shaped like `low`; `numel` (default low's) decides 8-bit vs float, so a shard of a
@@ -231,7 +209,7 @@ class GaLoreAdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
         # Decoupled weight decay after the update, as galore-torch does: p <- (1 - lr wd) (p - update).
-        decay = 1.0 - lr * wd if wd > 0.0 else 1.0
+        decay = decay_factor(lr, wd)
         if state["exp_avg"].dtype == torch.uint8:
             low = low.contiguous()
             # The low-rank Adam direction, negated, into a zero buffer (lr 1, no decay), then projected back.
@@ -252,15 +230,13 @@ class GaLoreAdamW(Optimizer):
         else:
             direction, step_size = self._adam_float(grad, state, group, t)
             p.add_(direction, alpha=-step_size)
-        if wd > 0.0:
-            p.add_(p, alpha=-lr * wd)
+        decay_after_update(p, lr, wd)
 
     def _dense_step(self, params: list[torch.Tensor], group: dict) -> None:
         """Adam on a group without projection. Float moments go through torch's _foreach ops in one call
         per operation for all parameters at the same step count (the same element-wise arithmetic as
         `_update`, without a Python loop over the parameters); 8-bit moments go through `_update`."""
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-        beta1, beta2 = group["betas"]
         by_step: dict[int, tuple[list, list, list, list]] = {}
         for p in params:
             if is_sharded(p):
@@ -278,19 +254,8 @@ class GaLoreAdamW(Optimizer):
             for dst, src in zip(lists, (p, p.grad, state["exp_avg"], state["exp_avg_sq"])):
                 dst.append(src)
         for t, (ps, grads, exp_avgs, exp_avg_sqs) in by_step.items():
-            torch._foreach_mul_(exp_avgs, beta1)
-            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-            step_size = lr
-            if group.get("correct_bias", True):
-                step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-            denoms = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_add_(denoms, eps)
-            directions = torch._foreach_div(exp_avgs, denoms)
-            torch._foreach_add_(ps, directions, alpha=-step_size)
-            if wd > 0.0:
-                torch._foreach_add_(ps, ps, alpha=-lr * wd)
+            adam_float_foreach_step(ps, grads, exp_avgs, exp_avg_sqs, t=t, lr=lr, betas=group["betas"], eps=eps,
+                                    weight_decay=wd, correct_bias=group.get("correct_bias", True))
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

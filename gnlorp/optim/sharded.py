@@ -45,9 +45,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from .adam_math import BLOCKSIZE
 from .projector import left_sum_float64, low_rank_shape, projection_side
-
-BLOCKSIZE = 256  # bitsandbytes' block size (galore_adamw.BLOCKSIZE)
 
 
 def is_sharded(t) -> bool:

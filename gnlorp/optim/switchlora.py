@@ -41,10 +41,10 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .adapter_linear import FactorsLinear
-from .bnb import adam_qmaps, import_bitsandbytes
+from .adam_math import BLOCKSIZE, adamw_step, dequantize_blockwise, quantize_blockwise
+from .bnb import adam_qmaps
 from .state_dtypes import keep_saved_state_dtypes
 
-BLOCKSIZE = 256   # bitsandbytes' block size for blockwise 8-bit states
 POOLS = ("candidates_A", "candidates_B")
 
 
@@ -239,19 +239,16 @@ class SwitchAdamW(Optimizer):
     def _moments(self, state: dict, p: torch.Tensor):
         if state["exp_avg"].dtype != torch.uint8:
             return state["exp_avg"], state["exp_avg_sq"]
-        BF = import_bitsandbytes().functional
         q1, q2 = adam_qmaps(p.device, self._qmaps)
-        m = BF.dequantize_blockwise(state["exp_avg"], absmax=state["absmax1"], code=q1, blocksize=BLOCKSIZE)
-        v = BF.dequantize_blockwise(state["exp_avg_sq"], absmax=state["absmax2"], code=q2, blocksize=BLOCKSIZE)
-        return m.view_as(p).float(), v.view_as(p).float()
+        return (dequantize_blockwise(state["exp_avg"], state["absmax1"], q1, p),
+                dequantize_blockwise(state["exp_avg_sq"], state["absmax2"], q2, p))
 
     def _store(self, state: dict, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> None:
         if state["exp_avg"].dtype != torch.uint8:
             return
-        BF = import_bitsandbytes().functional
         q1, q2 = adam_qmaps(p.device, self._qmaps)
-        for key, absmax, x, q in (("exp_avg", "absmax1", m, q1), ("exp_avg_sq", "absmax2", v, q2)):
-            BF.quantize_blockwise(x.contiguous(), code=q, absmax=state[absmax], out=state[key], blocksize=BLOCKSIZE)
+        quantize_blockwise(m, state["exp_avg"], state["absmax1"], q1)
+        quantize_blockwise(v, state["exp_avg_sq"], state["absmax2"], q2)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -260,8 +257,6 @@ class SwitchAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-            beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -273,16 +268,9 @@ class SwitchAdamW(Optimizer):
                     if len(frozen):
                         grad.index_fill_(dim, frozen.to(grad.device), 0.0)
                 state["step"] += 1
-                step = state["step"]
-                if wd != 0.0:
-                    p.mul_(1.0 - lr * wd)
                 m, v = self._moments(state, p)
-                m.lerp_(grad.to(m.dtype), 1.0 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                bias1 = 1.0 - beta1 ** step
-                bias2_sqrt = (1.0 - beta2 ** step).sqrt()
-                denom = (v.sqrt() / bias2_sqrt).add_(eps)
-                p.add_((m / denom) * (-lr / bias1))
+                adamw_step(p, grad, m, v, state["step"], lr=group["lr"], betas=group["betas"], eps=group["eps"],
+                           weight_decay=group["weight_decay"])
                 self._store(state, p, m, v)
         return loss
 

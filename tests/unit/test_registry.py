@@ -91,3 +91,71 @@ def test_method_config_holds_the_run_values_and_the_methods_own_settings_with_it
     assert not hasattr(lora, "update_proj_gap") and lora.eps == 1e-8 and lora.lora_alpha == 16.0
     with pytest.raises(TypeError, match="bogus"):
         MethodConfig(name="lora", bogus=1)
+
+
+# ----------------------------------------------------------------------------- the method contract
+def _fake_method(name="fake", drop=(), **replace):
+    """A method module like lora's, registered as gnlorp.methods.<name>, without the functions in `drop`."""
+    import types
+
+    from gnlorp.methods.spec import REQUIRED, MethodSpec
+
+    module = types.ModuleType(f"gnlorp.methods.{name}")
+    module.METHOD = MethodSpec(name, SPECS["lora"].settings, SPECS["lora"].labels, order=99, low_rank=True, color="k")
+    for hook in REQUIRED:
+        setattr(module, hook, getattr(get_method("lora"), hook))
+    for hook in drop:
+        delattr(module, hook)
+    for key, value in replace.items():
+        setattr(module, key, value)
+    return module
+
+
+def test_every_registered_method_satisfies_the_contract():
+    from gnlorp.methods import Method, check_method
+    from gnlorp.methods.spec import OPTIONAL, REQUIRED
+
+    assert REQUIRED == ("prepare", "build_optimizer", "merge", "state_bytes")
+    assert OPTIONAL == ("loop_hooks", "other_bytes")
+    for name in METHODS:
+        module = get_method(name)
+        assert isinstance(module, Method)
+        assert check_method(module) is SPECS[name]
+
+
+@pytest.mark.parametrize("hook", ["prepare", "build_optimizer", "merge", "state_bytes"])
+def test_registering_a_method_without_a_required_function_is_refused_naming_both(monkeypatch, hook):
+    from gnlorp import methods
+    from gnlorp.methods import MethodContractError
+
+    monkeypatch.setitem(sys.modules, "gnlorp.methods.fake", _fake_method(drop=[hook]))
+    with pytest.raises(MethodContractError, match=rf"method 'fake' .* lacks the required function {hook}\("):
+        methods._load((*methods._MODULES, "fake"))
+    monkeypatch.setitem(sys.modules, "gnlorp.methods.fake", _fake_method())
+    assert "fake" in methods._load((*methods._MODULES, "fake"))  # complete, it registers
+
+
+def test_a_method_whose_functions_cannot_take_the_callers_arguments_is_refused():
+    from gnlorp.methods import MethodContractError, check_method
+
+    with pytest.raises(MethodContractError, match=r"method 'fake': state_bytes\(model, cfg\) cannot be called"):
+        check_method(_fake_method(state_bytes=lambda model, cfg: 0))
+    with pytest.raises(MethodContractError, match=r"method 'fake': loop_hooks.* cannot be called as loop_hooks\("):
+        check_method(_fake_method(loop_hooks=lambda model, optimizer, cfg, total_steps: {}))
+    with pytest.raises(MethodContractError, match=r"method 'fake': other_bytes is not callable"):
+        check_method(_fake_method(other_bytes=3))
+    with pytest.raises(MethodContractError, match=r"method 'fake' .*defines no METHOD"):
+        check_method(_fake_method(METHOD=None))
+    with pytest.raises(MethodContractError, match=r"declares METHOD.name='lora'"):
+        check_method(_fake_method(METHOD=SPECS["lora"]))
+    # an optional function is optional; with **_ it takes the keywords it does not use
+    check_method(_fake_method(loop_hooks=lambda model, optimizer, cfg, total_steps, **_: {}))
+
+
+def test_optional_hooks_are_looked_up_by_their_declared_names():
+    from gnlorp.methods import optional_hook
+
+    assert optional_hook(get_method("switchlora"), "loop_hooks") is get_method("switchlora").loop_hooks
+    assert optional_hook(get_method("full"), "loop_hooks") is None
+    with pytest.raises(ValueError, match="not an optional method hook"):
+        optional_hook(get_method("full"), "loop_hook")
