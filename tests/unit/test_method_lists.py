@@ -68,3 +68,9 @@ def test_readme_headline_tables_are_the_generated_tables_rows():
         assert len(headline) == methods and set(headline) <= set(generated), (table, headline)
         for method, cells in headline.items():
             assert cells == ours[method], (table, method, cells, ours[method])
+
+
+def test_the_readme_is_a_guide_with_the_layout_near_the_top():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 350, f"README.md has {len(lines)} lines; measured results belong in results/README.md"
+    assert lines.index("## Layout") < len(lines) / 3
