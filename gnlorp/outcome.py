@@ -5,6 +5,7 @@ safely written."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import UserError
@@ -102,8 +103,6 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _log_above_the_progress_bar(progress: bool):
-    from contextlib import nullcontext
-
     if not progress:
         return nullcontext()
     from tqdm.contrib.logging import logging_redirect_tqdm

@@ -171,7 +171,7 @@ def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
     derived = Derived(**{**checked, **choice})
     if cfg.train.lr_choice == "selection":
         ident = _named(cfg, {**ident.settings, "train.lr": derived.lr}, ident.resolved)
-    return Plan(cfg, derived, world, rank, ident, multirun, data)
+    return Plan(cfg=cfg, derived=derived, world=world, rank=rank, identity=ident, multirun=multirun, data=data)
 
 
 def _device_kind(cfg: DictConfig) -> str:

@@ -131,7 +131,7 @@ def build_job(plan: Plan, echo) -> PlacedJob:
         job.model.to(dtype=getattr(torch, cfg.precision.cuda_param_dtype))
     if not any(p.is_meta for p in job.model.parameters()):
         job.model.to(device)
-    return PlacedJob(job, device, autocast)
+    return PlacedJob(job=job, device=device, autocast=autocast)
 
 
 # --------------------------------------------------------------------------------------- apply_method
@@ -154,7 +154,8 @@ def apply_method(plan: Plan, placed: PlacedJob) -> Trainable:
         optimizer = method.build_optimizer(model, mcfg)
     except RuntimeError as exc:  # e.g. bitsandbytes present but broken
         raise UserError(f"The optimizer for method={mcfg.name} could not be built: {exc}") from None
-    return Trainable(model, method, optimizer, analytic, count_parameters(model), mcfg, skeleton)
+    return Trainable(model=model, method=method, optimizer=optimizer, analytic_state_bytes=analytic,
+                     parameters=count_parameters(model), mcfg=mcfg, skeleton=skeleton)
 
 
 # --------------------------------------------------------------------------------------- the end

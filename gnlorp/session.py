@@ -3,6 +3,7 @@ feeds them; with the Hydra metadata a result keeps (origin) and W&B's id, group 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def start_session(plan: Plan, placed: PlacedJob, trainable: Trainable, *, wandb_
                      tracker.on_eval, checkpointer.path, device, extra_state, plan.world, plan.rank, ddp_model,
                      **hooks)
     tracker.train_seconds = lambda: loop.pos.train_seconds
-    return Session(loop, tracker, device, total_steps, steps_per_epoch, checkpointer)
+    return Session(loop=loop, tracker=tracker, device=device, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                   checkpointer=checkpointer)
 
 
 def hydra_origin() -> dict:
@@ -129,8 +131,6 @@ def _hydra_output_and_group(cfg) -> tuple[str, str]:
 
 def wandb_run_id(run_id: str) -> str:
     """W&B ids are short: a digest of the run id (name and identity hash), the same for a rerun or a resume."""
-    import hashlib
-
     return hashlib.sha256(run_id.encode()).hexdigest()[:16]
 
 
