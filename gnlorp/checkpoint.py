@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from .errors import UserError, os_error_cause
+from .record import fsync_dir
 
 _CHUNK = 8 << 20  # bytes hashed per read
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
@@ -52,19 +53,6 @@ class _HashingWriter:
 
     def flush(self) -> None:
         self.f.flush()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on a directory; the replace itself is still atomic
-    finally:
-        os.close(fd)
 
 
 def _remove(tmp: Path) -> None:
@@ -139,7 +127,7 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         old = (_listed_digests(path) or []) if path.exists() else []
         _replace_sidecar(path, [new] + [d for d in old if d != new])
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         _replace_sidecar(path, [new])
     except Exception as exc:
         os_error = _os_error_in(exc)

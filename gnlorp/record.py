@@ -97,7 +97,8 @@ def dumps(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a replace in `directory` durable (the result file's and the checkpoint's atomic writes)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -105,7 +106,7 @@ def _fsync_dir(directory: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        pass  # some file systems refuse fsync on a directory; the replace itself is still atomic
     finally:
         os.close(fd)
 
@@ -141,7 +142,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, setting: str = "results_di
             cause, fix = os_error_cause(exc, setting)
             raise UserError(f"could not write {path}: {cause}; {fix}.") from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -82,7 +82,7 @@ def test_a_damaged_validation_cache_fails_the_run_in_one_line_and_keeps_the_comp
 
 
 def test_a_crash_after_training_is_failed_not_complete(tmp_path, monkeypatch):
-    from gnlorp import runner
+    from gnlorp import outcome, runner
 
     args = tiny_glue(tmp_path, "train.num_threads=1", "train.epochs=1", "save_model=true")
     done = runner.run(compose(args), echo=lambda *_: None)
@@ -92,7 +92,7 @@ def test_a_crash_after_training_is_failed_not_complete(tmp_path, monkeypatch):
     def broken_merge(*_):
         raise IndexError("index 70000 is out of range")
 
-    monkeypatch.setattr(runner, "_save_merged_model", broken_merge)
+    monkeypatch.setattr(outcome, "_save_merged_model", broken_merge)
     said = []
     out = runner.run(compose(args), echo=said.append)
     assert (out.status, out.exit_code) == ("failed", 1) and out.path == done.path.with_name(done.path.name + ".failed")

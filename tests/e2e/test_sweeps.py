@@ -147,14 +147,14 @@ def _check_point(sweep, point):
 @pytest.mark.parametrize("sweep", sorted(GRID_SIZE))
 def test_grid_points_compose_to_the_intended_settings(sweep):
     cfgs = [_check_point(sweep, p) for p in _sample(grid(sweep))]
-    ids = [run_identity(cfg, check_config(cfg))[1] for cfg in cfgs]
+    ids = [run_identity(cfg, check_config(cfg)).run_id for cfg in cfgs]
     assert len(set(ids)) == len(ids) or sweep == "paper_glue"  # paper_glue: full is rank-free (see below)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sweep", sorted(GRID_SIZE))
 def test_every_grid_point_composes(sweep):
-    ids = [run_identity(cfg, check_config(cfg))[1] for cfg in (_check_point(sweep, p) for p in grid(sweep))]
+    ids = [run_identity(cfg, check_config(cfg)).run_id for cfg in (_check_point(sweep, p) for p in grid(sweep))]
     distinct = {"paper_glue": 9 * (1 + 4 * 2)}.get(sweep, GRID_SIZE[sweep])  # full runs once per task, not per rank
     assert len(set(ids)) == distinct
 

@@ -165,8 +165,8 @@ def test_group_by_length_is_part_of_a_glue_runs_identity_and_refused_for_c4():
 
     plain = compose(["task=glue/rte", "method=lora"])
     grouped = compose(["task=glue/rte", "method=lora", "train.group_by_length=true"])
-    assert "train.group_by_length" not in run_identity(plain, check_config(plain))[2]  # earlier results keep their file
-    assert run_identity(grouped, check_config(grouped))[2]["train.group_by_length"] is True
+    assert "train.group_by_length" not in run_identity(plain, check_config(plain)).settings  # earlier results keep their file
+    assert run_identity(grouped, check_config(grouped)).settings["train.group_by_length"] is True
     c4 = compose(["task=c4", "method=lora", "train.max_steps=2", "train.group_by_length=true"])
     with pytest.raises(UserError, match="train.group_by_length=true groups GLUE examples by length; C4 .*drop it"):
         check_config(c4)
@@ -193,12 +193,12 @@ def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
     monkeypatch.setattr(identity, "_added_later", lambda schema=identity.RunSettings, prefix="": (
         {**real(schema, prefix), "task.seq_len": 256} if not prefix else real(schema, prefix)))
     at_default = run_identity(cfg, check_config(cfg))
-    assert "task.seq_len" not in at_default[2] and "task.seq_len" in before[2]
-    without_key = {k: v for k, v in before[2].items() if k != "task.seq_len"}  # a schema before the key existed
-    assert at_default[1].rsplit("-", 1)[1] == identity.identity_hash(without_key)
+    assert "task.seq_len" not in at_default.settings and "task.seq_len" in before.settings
+    without_key = {k: v for k, v in before.settings.items() if k != "task.seq_len"}  # a schema before the key existed
+    assert at_default.run_id.rsplit("-", 1)[1] == identity.identity_hash(without_key)
     changed = compose(["task=glue/rte", "method=galore", "rank=8", "task.seq_len=512"])
-    assert run_identity(changed, check_config(changed))[2]["task.seq_len"] == 512
-    assert at_default[1] != run_identity(changed, check_config(changed))[1]
+    assert run_identity(changed, check_config(changed)).settings["task.seq_len"] == 512
+    assert at_default.run_id != run_identity(changed, check_config(changed)).run_id
 
 
 def test_lr_choice_selection_takes_the_rate_a_grid_chose_and_records_how(tmp_path):
@@ -214,7 +214,8 @@ def test_lr_choice_selection_takes_the_rate_a_grid_chose_and_records_how(tmp_pat
     def write(seed, factor, selection):
         cfg = compose([*base, f"seed={seed}", f"train.lr_factor={factor}"])
         derived = check_config(cfg)
-        _, run_id, settings, resolved = run_identity(cfg, derived)
+        ident = run_identity(cfg, derived)
+        run_id, settings, resolved = ident.run_id, ident.settings, ident.resolved
         rec = RunRecord(tmp_path, run_id, {**resolved, "derived": derived})
         rec.set_identity(hash=run_id.rsplit("-", 1)[1], settings=settings)
         metrics = {"validation": {"loss": 6.0, "perplexity": 403.4}, "selection": {"loss": selection}}
