@@ -169,4 +169,3 @@ def test_8bit_and_32bit_defaults_are_the_same_recipe():
     assert defaults(GaLoreAdamW)["eps"] == 1e-6 and defaults(GaLoreAdamW)["weight_decay"] == 0.0
     p = nn.Parameter(torch.ones(4, 4))
     assert GaLoreAdamW8bit([p]).defaults == {**GaLoreAdamW([p]).defaults}
-
