@@ -154,6 +154,10 @@ class GaLoreFamily(MethodSettings):
                              choices=PROJ_TYPES)
     svd: str = setting("auto", "exact, randomized, or auto (randomized where rank <= min(m,n)/8)",
                        choices=("exact", "randomized", "auto"))
+    svd_signs: str = setting(
+        "canonical", "singular vectors' signs: canonical (largest entry positive: the same projector on any number of "
+                     "processes) or lapack (as LAPACK returns them: galore-torch's and transformers' trajectory)",
+        identity=UNLESS_DEFAULT, choices=("canonical", "lapack"))
     exact_projection: bool = setting(
         False, "projected gradients that do not depend on FSDP's sharding (left: float64 sums, slow on most "
                "consumer GPUs; full: P^T (G Q^T)), so 8-bit runs on N processes match one process's")

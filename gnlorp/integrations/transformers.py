@@ -84,7 +84,7 @@ class TrainerGaLoreAdamW(GaLoreAdamW):
 
 
 def _check_arguments(**values) -> None:
-    """rank, update_proj_gap, scale, proj_type and svd against the values the runner's schema accepts for them
+    """rank, update_proj_gap, scale, proj_type, svd and svd_signs against the values the runner's schema accepts for them
     (gnlorp/schema.py), when the optimizer is built rather than inside trainer.train(): an ArgumentError (a
     ValueError) naming the argument and what it accepts."""
     import dataclasses
@@ -140,14 +140,15 @@ def galore(
     scale: float = 1.0,
     proj_type: str = "std",
     svd: str = "exact",
+    svd_signs: str = "canonical",
     layerwise: bool = False,
 ) -> tuple[type, dict[str, Any]]:
     """`optimizer_cls_and_kwargs` for GaLore AdamW with `optim_bits` 32 or 8 (bitsandbytes blockwise moments)."""
     _check(optim_bits, layerwise, rank=rank, update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
-           svd=svd)
+           svd=svd, svd_signs=svd_signs)
     groups = galore_param_groups(
         model, rank, target_modules=target_modules, weight_decay=args.weight_decay,
-        update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type, svd=svd,
+        update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type, svd=svd, svd_signs=svd_signs,
     )
     return TrainerGaLoreAdamW, _optimizer_kwargs(model, args, groups, optim_bits)
 
@@ -175,12 +176,13 @@ def gradnormlorp(
     scale: float = 1.0,
     proj_type: str = "std",
     svd: str = "exact",
+    svd_signs: str = "canonical",
     layerwise: bool = False,
 ) -> tuple[type, dict[str, Any]]:
     """Reparameterize `model`'s targets in place (merge on save, module docstring) and return
     `optimizer_cls_and_kwargs`: GaLore's projected Adam on each direction V, dense Adam on its magnitude g."""
     _check(optim_bits, layerwise, rank=rank, update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type,
-           svd=svd)  # before the model is reparameterized
+           svd=svd, svd_signs=svd_signs)  # before the model is reparameterized
     if any(isinstance(m, WeightNormLinear) for m in model.modules()):
         raise UserError(
             "gradnormlorp(model, ...) got a model that already holds WeightNormLinear layers; pass the model as "
@@ -194,7 +196,7 @@ def gradnormlorp(
         module.register_load_state_dict_pre_hook(_load_merged)
     groups = adamw_param_groups(
         model, [m.direction for m in wrapped], weight_decay=args.weight_decay, rank=rank,
-        update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type, svd=svd,
+        update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type, svd=svd, svd_signs=svd_signs,
     )
     exact = [p for m in wrapped for p in (m.direction, m.magnitude)]
     return TrainerGaLoreAdamW, _optimizer_kwargs(model, args, groups, optim_bits, exact_params=exact)

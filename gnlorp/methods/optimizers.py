@@ -22,7 +22,8 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
     8-bit states: the baselines users know. Anything projected or layer-wise is our GaLoreAdamW.
     """
     projection = dict(rank=cfg.rank, update_proj_gap=cfg.update_proj_gap, scale=cfg.scale, proj_type=cfg.proj_type,
-                      svd=cfg.svd, exact_projection=cfg.exact_projection) if low_rank else {}  # GaLore-family keys (schema.GaLoreFamily)
+                      svd=cfg.svd, exact_projection=cfg.exact_projection,
+                      svd_signs=getattr(cfg, "svd_signs", "canonical")) if low_rank else {}  # GaLore-family keys (schema.GaLoreFamily)
     groups = adamw_param_groups(model, low_rank, weight_decay=cfg.weight_decay, decay_low_rank=decay_low_rank,
                                 decay=decay, **projection)
     kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)

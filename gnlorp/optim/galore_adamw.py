@@ -37,7 +37,7 @@ from .adam_math import (
 )
 from .sharded import is_sharded, sharded_update
 from .bnb import adam_qmaps
-from .projector import PROJ_TYPES, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
+from .projector import PROJ_TYPES, SIGNS, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
 from .state_dtypes import keep_saved_state_dtypes
 
 class GaLoreAdamW(Optimizer):
@@ -79,6 +79,8 @@ class GaLoreAdamW(Optimizer):
     def _check_group(group: dict) -> None:
         if group.get("svd", "exact") not in SVD_METHODS:
             raise ValueError(f"svd must be one of {SVD_METHODS}, got {group['svd']!r}")
+        if group.get("svd_signs", "canonical") not in SIGNS:
+            raise ValueError(f"svd_signs must be one of {SIGNS}, got {group['svd_signs']!r}")
         if "rank" not in group:
             return
         if not group["params"]:
@@ -193,7 +195,8 @@ class GaLoreAdamW(Optimizer):
     def _set_projection(self, state: dict, p: torch.Tensor, full_grad: torch.Tensor, group: dict, side: str) -> None:
         name = self.param_names.get(id(p), f"a parameter of shape {tuple(p.shape)}")
         P, Q = compute_projection(
-            full_grad, int(group["rank"]), side, group.get("svd", "exact"), name, seed=state["step"] + p.numel()
+            full_grad, int(group["rank"]), side, group.get("svd", "exact"), name, seed=state["step"] + p.numel(),
+            signs=group.get("svd_signs", "canonical"),
         )
         if P is not None:
             state["proj_left"] = P

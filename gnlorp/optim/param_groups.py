@@ -26,6 +26,7 @@ def adamw_param_groups(
     proj_type: str = "std",
     svd: str = "exact",
     exact_projection: bool = False,
+    svd_signs: str = "canonical",
     decay_low_rank: bool = True,
     decay: Iterable[nn.Parameter] = (),
 ) -> list[dict]:
@@ -44,7 +45,7 @@ def adamw_param_groups(
         groups.append({
             "params": low_rank, "weight_decay": weight_decay if decay_low_rank else 0.0, "rank": int(rank),
             "update_proj_gap": int(update_proj_gap), "scale": float(scale), "proj_type": proj_type, "svd": svd,
-            "exact_projection": bool(exact_projection),
+            "exact_projection": bool(exact_projection), "svd_signs": svd_signs,
         })
     return [g for g in groups if g["params"]]
 
@@ -60,6 +61,7 @@ def galore_param_groups(
     proj_type: str = "std",
     svd: str = "exact",
     exact_projection: bool = False,
+    svd_signs: str = "canonical",
 ) -> list[dict]:
     """Groups for GaLoreAdamW: GaLore projects every nn.Linear inside the transformer blocks, on encoders
     (BERT/RoBERTa `encoder.layer.N.*`) and decoders (LLaMA `model.layers.N.*`) alike, or those whose name
@@ -70,5 +72,5 @@ def galore_param_groups(
     return adamw_param_groups(
         model, [model.get_submodule(n).weight for n in names], weight_decay=weight_decay, rank=rank,
         update_proj_gap=update_proj_gap, scale=scale, proj_type=proj_type, svd=svd,
-        exact_projection=exact_projection,
+        exact_projection=exact_projection, svd_signs=svd_signs,
     )

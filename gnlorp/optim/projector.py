@@ -67,8 +67,12 @@ def canonical_signs(U: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, to
     return U * torch.where(u_sign == 0, 1.0, u_sign).to(U.dtype), Vh * torch.where(v_sign == 0, 1.0, v_sign).to(Vh.dtype)
 
 
-def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int):
+SIGNS = ("canonical", "lapack")  # singular vectors' signs: canonical_signs, or as LAPACK returns them (galore-torch)
+
+
+def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int, signs: str = "canonical"):
     """Top-`rank` singular vectors of `matrix`, in float32 (float64 on a retry)."""
+    fix = canonical_signs if signs == "canonical" else (lambda U, Vh: (U, Vh))
     if not bool(torch.isfinite(matrix).all()):
         raise NonFiniteGradientError(
             f"The gradient of {name} contains NaN or Inf, so no projector can be computed from it; "
@@ -85,9 +89,9 @@ def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int):
                     torch.manual_seed(seed)
                     q = min(2 * rank, *work.shape)  # oversampling keeps the subspace close to the exact one
                     U, _, V = torch.svd_lowrank(work.to(dtype), q=q, niter=2)
-                return canonical_signs(U[:, :rank], V[:, :rank].T)
+                return fix(U[:, :rank], V[:, :rank].T)
             U, _, Vh = torch.linalg.svd(work.to(dtype), full_matrices=False)
-            return canonical_signs(U[:, :rank], Vh[:rank, :])
+            return fix(U[:, :rank], Vh[:rank, :])
         except torch.linalg.LinAlgError:
             continue
     raise SVDFailedError(
@@ -97,13 +101,17 @@ def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int):
 
 
 def compute_projection(
-    grad: torch.Tensor, rank: int, side: str, svd: str = "exact", name: str = "a parameter", seed: int = 0
+    grad: torch.Tensor, rank: int, side: str, svd: str = "exact", name: str = "a parameter", seed: int = 0,
+    signs: str = "canonical",
 ):
     """Return (P, Q): P for the left side (m x r) or None; Q for the right side (r x n) or None.
-    Matches galore-torch: the SVD runs on the gradient in float32 and the result is cast back."""
+    Matches galore-torch: the SVD runs on the gradient in float32 and the result is cast back; with
+    signs="lapack" and svd="exact" the vectors are LAPACK's own, as galore-torch's (and transformers') are."""
     if svd not in SVD_METHODS:
         raise ValueError(f"svd must be one of {', '.join(SVD_METHODS)}, got {svd!r}.")
-    U, Vh = _svd(grad, rank, choose_svd(grad.shape, rank, svd), name, seed)
+    if signs not in SIGNS:
+        raise ValueError(f"signs must be one of {', '.join(SIGNS)}, got {signs!r}.")
+    U, Vh = _svd(grad, rank, choose_svd(grad.shape, rank, svd), name, seed, signs)
     P = U.to(grad.dtype).contiguous() if side in ("left", "both") else None
     Q = Vh.to(grad.dtype).contiguous() if side in ("right", "both") else None
     return P, Q

@@ -67,6 +67,25 @@ def test_matches_galore_torch_for_30_steps(proj_type, monkeypatch):
     assert diff <= 1e-5
 
 
+@pytest.mark.parametrize("proj_type", PROJ_TYPES)
+def test_with_lapacks_signs_matches_galore_torch_as_published_for_30_steps(proj_type):
+    """svd_signs="lapack": galore-torch's own trajectory (its SVD untouched), three refreshes in 30 steps."""
+    galore_torch = pytest.importorskip("galore_torch")
+    ours, ref = _mlp(), _mlp()
+    kw = dict(rank=4, proj_type=proj_type, gap=10, scale=0.5)
+    groups = _groups(ours, **kw)
+    groups[1]["svd_signs"] = "lapack"
+    opt = GaLoreAdamW(groups, lr=3e-3, weight_decay=0.01)
+    opt_ref = galore_torch.GaLoreAdamW(_groups(ref, **kw), lr=3e-3, weight_decay=0.01)
+    _train(ours, opt, 30)
+    _train(ref, opt_ref, 30)
+    diff = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), ref.parameters()))
+    assert diff <= 1e-5
+    canonical = _mlp()  # and the default convention does move away from it (the option is not a no-op)
+    _train(canonical, GaLoreAdamW(_groups(canonical, **kw), lr=3e-3, weight_decay=0.01), 30)
+    assert max((a - b).abs().max().item() for a, b in zip(canonical.parameters(), ref.parameters())) > 1e-4
+
+
 def test_no_rank_group_is_adamw():
     """Without a rank our optimizer is AdamW. torch.optim.AdamW decays before the update (weight decay 0
     removes that) and adds eps after the bias correction (a tiny eps removes that)."""
