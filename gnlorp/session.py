@@ -39,7 +39,9 @@ class Session:
 
 def method_loop_hooks(trainable: Trainable, total_steps: int, loop_cfg) -> dict:
     """The method's after_step / lr_lambda for the training loop, where it has them (methods/spec.py)."""
-    make = getattr(trainable.method, "loop_hooks", None)
+    from .methods import optional_hook
+
+    make = optional_hook(trainable.method, "loop_hooks")
     if make is None:
         return {}
     return make(trainable.model, trainable.optimizer, trainable.mcfg, total_steps=total_steps,
