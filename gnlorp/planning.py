@@ -97,21 +97,6 @@ def method_config(cfg: DictConfig, derived):
     )
 
 
-def _check_data_dirs(cfg: DictConfig) -> None:
-    """The local data folder and its files exist (cheap; the files are parsed later)."""
-    if cfg.task.family == "glue":
-        from .tasks.glue import check_glue_files
-
-        check_glue_files(cfg.task.name, cfg.task.data_dir, train=cfg.task.max_train_samples != 0)
-    elif cfg.task.family == "c4":
-        from .tasks.c4 import c4_files, resolve_c4_dir
-
-        data_dir = resolve_c4_dir(cfg.task.data_dir)
-        if data_dir is not None:
-            for split in ("train", "validation"):
-                c4_files(data_dir, split)
-
-
 def distributed_env_from_slurm() -> None:
     """Under SLURM without torchrun (hydra/launcher=slurm: one task per GPU), set RANK, WORLD_SIZE, LOCAL_RANK,
     MASTER_ADDR and MASTER_PORT from SLURM's environment with submitit, as torchrun would have."""
@@ -162,8 +147,7 @@ def plan_run(cfg: DictConfig, multirun: bool = False) -> Plan:
     check_name_length(f"{run_name(cfg)}-{'0' * identity.HASH_CHARS}")
     check_writable_folder("results_dir", cfg.results_dir)
     check_writable_folder("checkpoint_dir", cfg.checkpoint_dir)
-    _check_data_dirs(cfg)
-    data = task_fingerprint(cfg.task)
+    data = task_fingerprint(cfg.task)  # lists and checks the data files too
     context = identity.RunContext(fingerprint_digest(data), _device_kind(cfg), world > 1 and cfg.train.parallel == "fsdp")
     # the identity, once: the settings at the config's rate; a rate chosen by selection replaces only train.lr
     ident = run_identity(cfg, checked, context)

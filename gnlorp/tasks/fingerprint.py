@@ -12,10 +12,11 @@ from ..errors import UserError
 def task_fingerprint(task) -> dict:
     """The fingerprint of the data a run of `task` (the config's task node) reads; the folders are checked."""
     if task.family == "glue":
-        from .glue import HUB_DATASET, glue_task_files, resolve_glue_dir
+        from .glue import HUB_DATASET, check_glue_files, glue_task_files, resolve_glue_dir
 
         root = resolve_glue_dir(task.data_dir)
         if root is None:
+            check_glue_files(task.name, None)  # offline with no copy of the hub's GLUE: fail now
             return hub_fingerprint(HUB_DATASET, str(task.name))
         return local_fingerprint(root, glue_task_files(task.name, root, train=task.max_train_samples != 0))
     from .c4 import HUB_ID, c4_files, resolve_c4_dir
