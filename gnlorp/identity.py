@@ -23,32 +23,26 @@ from .schema import UNLESS_DEFAULT, RunSettings
 HASH_CHARS = 8
 
 
-def _training_keys(schema=RunSettings, prefix: str = "") -> tuple[list[str], list[str]]:
-    """(identity keys, excluded keys) as dotted paths, from the schema's metadata."""
-    keep, drop = [], []
+def _leaves(schema=RunSettings, prefix: str = ""):
+    """(dotted key, dataclass field) of every setting of `schema`, its nested groups walked."""
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
-            k, d = _training_keys(f.default_factory, f"{key}.")
-            keep += k
-            drop += d
-        elif f.metadata.get("identity", True):
-            keep.append(key)
+            yield from _leaves(f.default_factory, f"{key}.")
         else:
-            drop.append(key)
-    return keep, drop
+            yield key, f
+
+
+def _training_keys(schema=RunSettings, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(identity keys, excluded keys) as dotted paths, from the schema's metadata."""
+    leaves = list(_leaves(schema, prefix))
+    return ([k for k, f in leaves if f.metadata.get("identity", True)],
+            [k for k, f in leaves if not f.metadata.get("identity", True)])
 
 
 def _added_later(schema=RunSettings, prefix: str = "") -> dict[str, Any]:
     """{dotted key: default} of the settings declared identity=UNLESS_DEFAULT (schema module docstring)."""
-    out = {}
-    for f in dataclasses.fields(schema):
-        key = f"{prefix}{f.name}"
-        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
-            out.update(_added_later(f.default_factory, f"{key}."))
-        elif f.metadata.get("identity") == UNLESS_DEFAULT:
-            out[key] = f.default
-    return out
+    return {k: f.default for k, f in _leaves(schema, prefix) if f.metadata.get("identity") == UNLESS_DEFAULT}
 
 
 IDENTITY_KEYS, EXCLUDED_KEYS = _training_keys()  # with the keys every method has (schema.MethodSettings)
@@ -121,23 +115,13 @@ def training_settings(resolved: dict, derived: dict, uses_rank: bool = True, use
     return settings
 
 
-def _defaults(method: str, schema=None, prefix: str = "") -> dict[str, Any]:
+def _defaults(method: str) -> dict[str, Any]:
     """{dotted key: default} of every setting, the method's own keys included."""
     from .methods import SPECS
 
-    if schema is None:
-        out = _defaults(method, RunSettings)
-        if method in SPECS:
-            out.update(_defaults(method, SPECS[method].settings, "method."))
-        return out
-    out = {}
-    for f in dataclasses.fields(schema):
-        key = f"{prefix}{f.name}"
-        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
-            out.update(_defaults(method, f.default_factory, f"{key}."))
-        else:
-            out[key] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return out
+    schemas = [(RunSettings, "")] + ([(SPECS[method].settings, "method.")] if method in SPECS else [])
+    return {k: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for schema, prefix in schemas for k, f in _leaves(schema, prefix)}
 
 
 def _defaults_of_added_keys(method: str) -> dict[str, Any]:
