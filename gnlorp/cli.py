@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 from gnlorp.config_groups import group_options
+from gnlorp.errors import first_line as _first_line
 from gnlorp.methods import METHODS, SPECS
 
 EXIT_USER_ERROR = 2
@@ -38,11 +39,6 @@ Every run writes results/<run>-<hash>.json (see README); `resume=true` continues
 
 def _user_wants_tracebacks() -> bool:
     return os.environ.get("GNLORP_USER_HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR")) == "1"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def composition_error_line(exc: BaseException) -> str:

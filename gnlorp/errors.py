@@ -6,6 +6,12 @@ nothing else of gnlorp, raises the same class; it is imported here, beside the r
 from . import UserError
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message reduced to its first non-empty line (its type's name if it has none)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def os_error_cause(exc: OSError, setting: str) -> tuple[str, str]:
     """(the cause of a failed write in words, what the user can do about it) for an OSError; `setting`
     names the config key that chooses the folder."""

@@ -8,7 +8,7 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .handover import Outcome, Trainable
 from .planning import Plan
 from .session import Session
@@ -96,10 +96,9 @@ def _save_merged_model(plan: Plan, trainable: Trainable, echo) -> None:
 
 
 def _error_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if isinstance(exc, UserError):
-        return lines[0] if lines else type(exc).__name__
-    return f"{type(exc).__name__}: {lines[0]} (HYDRA_FULL_ERROR=1 shows the traceback)" if lines else type(exc).__name__
+    if isinstance(exc, UserError) or not str(exc).strip():
+        return first_line(exc)
+    return f"{type(exc).__name__}: {first_line(exc)} (HYDRA_FULL_ERROR=1 shows the traceback)"
 
 
 def _log_above_the_progress_bar(progress: bool):
