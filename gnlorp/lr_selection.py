@@ -8,7 +8,8 @@ metric at its best epoch, negated so that lower is better everywhere. The chosen
 score over the seeds every rate of the grid has (more seeds run later at the chosen rate, `train.lr_choice=
 selection`, join its point without changing the choice); a run that did not complete (diverged, killed) scores
 +inf at its rate, so a rate with any such seed is never chosen while another rate completed every seed. The
-tables keep only the chosen rate's runs and list the whole grid beside them.
+tables report only the chosen rate's runs on the other seeds, fresh runs that took no part in the choice (the
+selection seeds' runs would favour the method whose grid was noisiest), and list the whole grid beside them.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class GridPoint:
         return [r for r in self.runs if r.seed in self.seeds]
 
     @property
+    def reported_runs(self) -> list:
+        """The runs on seeds that took no part in the choice: the only ones a table may report."""
+        return [r for r in self.runs if r.seed not in self.seeds]
+
+    @property
     def score(self) -> float:
         """Median selection loss over the compared seeds; +inf if such a seed failed or diverged."""
         losses = [selection_loss(r.record, self.metric) for r in self.scored_runs]
@@ -84,7 +90,24 @@ class Grid:
             return f"no rate of {{{rates}}} completed"
         metric = self.points[0].metric if self.points else None
         on = f"the best selection {metric}" if metric else "the selection loss"
-        return f"lr {self.chosen:g} chosen from {{{rates}}} on {on}"
+        return f"lr {self.chosen:g} chosen from {{{rates}}} on {on} ({seeds_named(self.selection_seeds)})"
+
+    @property
+    def selection_seeds(self) -> frozenset:
+        return self.points[0].seeds if self.points else frozenset()
+
+
+def seeds_named(seeds) -> str:
+    """"seed 0", "seeds 1–5"."""
+    return f"seed{'s' if len(seeds) > 1 else ''} {seeds_text(seeds)}"
+
+
+def seeds_text(seeds) -> str:
+    """0, 1, 2 -> "0–2"; 1, 3 -> "1, 3"."""
+    seeds = sorted(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds) or "none"
 
 
 def other_settings(settings: dict) -> tuple:
@@ -99,8 +122,9 @@ def _grid_key(run) -> tuple:
 
 def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[list, list[Grid]]:
     """(the runs to tabulate, the grids). `runs` are complete runs, `incomplete` (Run, status) pairs, `metric_of`
-    a run's selection metric for selection_loss (None: C4's loss). Runs that are not part of a grid (one rate
-    only, or no selection score) pass through unchanged."""
+    a run's selection metric for selection_loss (None: C4's loss). Of a grid, only the chosen rate's runs on seeds
+    that did not choose it are tabulated; runs that are not part of a grid (one rate only, or no selection score)
+    pass through unchanged."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in runs:
         groups[_grid_key(r)].append(r)
@@ -131,5 +155,5 @@ def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[li
         chosen = best.lr if math.isfinite(best.score) else None
         grids.append(Grid(key[:6], ordered, chosen, key[6]))
         if chosen is not None:
-            kept += best.runs
+            kept += best.reported_runs
     return kept, grids

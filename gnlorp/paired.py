@@ -32,6 +32,11 @@ class Difference:
     def seeds(self) -> int:
         return len(self.per_seed)
 
+    @property
+    def detectable(self) -> float:
+        """The smallest true difference this design finds with 80% power, at the spread these seeds show."""
+        return detectable(statistics.stdev(self.per_seed), self.seeds)
+
     def text(self, nd: int = 2) -> str:
         return f"{self.mean:+.{nd}f} [{self.low:+.{nd}f}, {self.high:+.{nd}f}]"
 
@@ -82,7 +87,25 @@ def verdict(d: Difference | None, higher_is_better: bool = True) -> str:
     return AHEAD if first_is_higher == higher_is_better else BEHIND
 
 
-def detectable(spread_sd: float, n: int, level: float = LEVEL) -> float:
-    """The smallest true difference that an interval of this design excludes 0 for about half the time: its
-    half-width, t(0.5 + level/2, n-1) · sd / sqrt(n), for per-seed differences of standard deviation spread_sd."""
-    return t_quantile(0.5 + level / 2, n - 1) * spread_sd / math.sqrt(n)
+POWER = 0.80
+
+
+def detectable(sd: float, n: int, level: float = LEVEL, power: float = POWER) -> float:
+    """The smallest true mean difference that this design (n paired seeds, per-seed differences of standard deviation
+    sd, the two-sided t-interval at `level`) excludes 0 for with probability `power`: solved exactly on the
+    noncentral t distribution of the t statistic for normal differences (tests/unit/test_paired.py simulates it)."""
+    from scipy.optimize import brentq
+    from scipy.stats import nct
+
+    if n < 2 or not sd > 0:
+        return math.inf if n < 2 else 0.0
+    df, crit = n - 1, t_quantile(0.5 + level / 2, n - 1)
+
+    def shortfall(ncp: float) -> float:
+        below = nct.cdf(-crit, df, ncp)  # negligible once ncp is large, where scipy may return nan
+        return nct.sf(crit, df, ncp) + (0.0 if math.isnan(below) else below) - power
+
+    high = 2 * crit
+    while shortfall(high) < 0:
+        high *= 2
+    return brentq(shortfall, 0.0, high) * sd / math.sqrt(n)

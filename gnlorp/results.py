@@ -200,9 +200,11 @@ def collect(results_dir: str | Path, allow_dirty: bool = False):
     for grid in grids:
         for point in grid.points:
             for r in point.runs:
-                if id(r) not in chosen_ids:
-                    excluded.append(Excluded(r.name, r.file, _group(r), f"learning-rate grid: lr {point.lr:g} not "
-                                                                        f"chosen ({grid.describe()})"))
+                if id(r) in chosen_ids:
+                    continue
+                why = (f"selection run: seed {r.seed} chose lr {point.lr:g}, so it is never reported"
+                       if point.lr == grid.chosen else f"learning-rate grid: lr {point.lr:g} not chosen")
+                excluded.append(Excluded(r.name, r.file, _group(r), f"{why} ({grid.describe()})"))
     runs = [r for r in runs if id(r) in chosen_ids]
     _mark_variants(runs)
     kept = []
@@ -234,6 +236,11 @@ def rate_from_grid(results_dir: str | Path, key: tuple, settings: dict) -> dict:
                 raise UserError(f"train.lr_choice=selection: {g.describe()} in {results_dir}; run the grid again "
                                 f"with other rates, or set train.lr_choice=given.")
             point = next(p for p in g.points if p.lr == g.chosen)
+            seed = settings.get("seed")
+            if seed in point.seeds:
+                raise UserError(f"train.lr_choice=selection: seed {seed} is one of the seeds that chose the rate "
+                                f"({g.describe()}); a reported run needs a seed the grid did not use, e.g. seed="
+                                f"{max(s for p in g.points for s in p.seeds) + 1}.")
             return {"lr": g.chosen, "lr_choice": {
                 "by": "selection", "grid": [p.lr for p in g.points], "seeds": sorted(point.seeds),
                 "chosen_on": sorted(r.file for r in point.scored_runs)}}

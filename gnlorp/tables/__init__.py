@@ -14,6 +14,7 @@ module of this package that makes it:
   c4_paper-sizes.md/.tex       c4.py: GaLore Table 2 layout: rows = method, columns = LLaMA 60M..1B
   c4_llama_7b.md/.tex          c4.py: GaLore Table 3 layout: perplexity at 40K / 80K / 120K / 150K steps
   c4_other-sizes.md/.tex       c4.py: the same for sizes the papers do not have (the CPU-scale 20M LLaMA)
+  c4_<...>_differences         c4.py: paired differences of perplexity between methods over seeds (as GLUE's)
   <table>_lr_grid.md/.tex      c4.py: every point of the learning-rate grids behind a table (gnlorp/lr_selection.py)
   memory.md/.tex, memory.png   memory.py: optimizer-state memory of every method, LLaMA 60M..7B, 16- and 8-bit, at the
                                paper's ranks, against the published claims (analytic: needs no results)
@@ -22,7 +23,8 @@ module of this package that makes it:
 Shared: gnlorp/results.py (the runs read from results/: the results model below the tables and the runner),
 common.py (values, cells, labels, Table), published.py (the papers' numbers).
 
-Rules: a cell is the median over seeds ± half the range; a run that is not complete, or that ran from a git tree with
+Rules: a cell is the median over seeds ± half the range; of a learning-rate grid only the chosen rate's runs on seeds
+that did not choose it are reported (lr_selection.choose); a run that is not complete, or that ran from a git tree with
 uncommitted changes (git.dirty), is left out and named, as is a record of the older schema (no identity.settings) in a
 table whose other runs have one (results._leave_out_older_records); a file load_results cannot read is named; a
 published cell the paper does not give stays "—". Same results in, same bytes out: sorted rows, fixed number formats,
@@ -38,7 +40,7 @@ from pathlib import Path
 from ..results import (  # HEADLINE, Run, collect: re-exported, the package's public names
     HEADLINE, OLDER_RECORD, Excluded, Run, _group, _safe, collect,
 )
-from .c4 import _c4_keys, c4_table, lr_grid_table
+from .c4 import _c4_keys, c4_differences_table, c4_table, lr_grid_table
 from .common import (  # METHOD_ORDER, method_label: re-exported, the package's public names
     METHOD_ORDER, Table, _excluded_lines, _labels, _row_order, _size_order, method_label,
 )
@@ -81,8 +83,8 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
             rs = groups[stem]
             if stem.startswith("glue_"):
                 model = rs[0].model
-                table = glue_table(model, rs, excluded_by_group.get(stem, []))
                 stem_grids = [g for g in grids if _group(g.any_run()) == stem]
+                table = glue_table(model, rs, excluded_by_group.get(stem, []), stem_grids)
                 if stem_grids:
                     tables.append(lr_grid_table(stem, stem_grids))
                 differences = glue_differences_table(model, rs)
@@ -102,6 +104,9 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
                 table = c4_table(stem, rs, excluded_by_group.get(stem, []), stem_grids)
                 if stem_grids:
                     tables.append(lr_grid_table(stem, stem_grids))
+                differences = c4_differences_table(stem, rs)
+                if differences is not None:
+                    tables.append(differences)
                 key_of_map, keys = _c4_keys(rs)
                 labels = _labels(keys, "c4", with_rank=any(k[1] is not None for k in keys))
                 for model in sorted({r.model for r in rs}, key=_size_order):

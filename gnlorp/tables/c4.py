@@ -5,14 +5,21 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .. import lr_selection
+from ..paired import paired_difference
 from ..results import Excluded, Run, _c4_value, _glue_value
 from .common import (
-    DASH, SPREAD_NOTE, Table, _c4_at_step, _cell, _dirty_mark, _distinct, _labels, _left_out_section, _paper_cell,
-    _row_order, _seeds_text, _size_order, _tokens,
+    DASH, SPREAD_NOTE, Table, _c4_at_step, _cell, _comparisons, _dirty_mark, _distinct, _labels, _left_out_section,
+    _paper_cell, _row_order, _seeds_text, _size_order, _tokens, differences_notes, headline_cells, selection_note,
 )
 from .published import (
     PAPER_7B, PAPER_C4, PAPER_C4_RANK_ROW, PAPER_C4_TOKENS_ROW, SIZE_LABEL, STEPS_7B, TASK_LABEL, TOKENS_7B,
 )
+
+
+TITLES = {"c4_paper-sizes": "C4 pre-training, LLaMA 60M–1B: validation perplexity (GaLore Table 2 layout)",
+          "c4_llama_7b": "C4 pre-training, LLaMA-7B: validation perplexity by step (GaLore Table 3 layout)",
+          "c4_other-sizes": "C4 pre-training, model sizes the papers do not have: validation perplexity "
+                            "(GaLore Table 2 layout)"}
 
 
 def _c4_keys(runs: list[Run]) -> tuple[dict, list[tuple]]:
@@ -101,6 +108,7 @@ def c4_table(stem: str, runs: list[Run], excluded: list[Excluded], grids: list =
     if tuned:
         notes.append(f"lr: each method's peak learning rate, chosen from its grid by the lowest loss on the selection "
                      f"slice (validation blocks after the reported ones, never reported); the grids: {stem}_lr_grid.md.")
+        notes.append(selection_note(grids, runs))
     if paper:
         notes.append(f"paper: published numbers ({paper_note}); " + (
             "GaLore's cells add the parameter + optimizer-state memory estimate (BF16) in parentheses."
@@ -110,11 +118,7 @@ def c4_table(stem: str, runs: list[Run], excluded: list[Excluded], grids: list =
                      "GaLore Table 2's smallest model is LLaMA-60M (full-rank perplexity 34.06).")
     if any(r.dirty for r in runs):
         notes.append("†: the cell includes runs from a git tree with uncommitted changes (--allow-dirty).")
-    title = {"c4_paper-sizes": "C4 pre-training, LLaMA 60M–1B: validation perplexity (GaLore Table 2 layout)",
-             "c4_llama_7b": "C4 pre-training, LLaMA-7B: validation perplexity by step (GaLore Table 3 layout)",
-             "c4_other-sizes": "C4 pre-training, model sizes the papers do not have: validation perplexity "
-                               "(GaLore Table 2 layout)"}[stem]
-    return Table(stem, title, header, ["l", "l"] + ["r"] * (len(columns) + tuned), rows, notes,
+    return Table(stem, TITLES[stem], header, ["l", "l"] + ["r"] * (len(columns) + tuned), rows, notes,
                  _left_out_section(excluded))
 
 
@@ -163,3 +167,33 @@ def lr_grid_table(stem: str, grids: list) -> Table:
     notes.append("A rate chosen at the grid's edge may not be the best one: a wider grid could find a better rate.")
     return Table(f"{stem}_lr_grid", f"Learning-rate grids of {stem}.md: " + header[4].lower() + " and "
                  + header[5].lower(), header, ["l", "l", "r", "r", "r", "r", "l"], rows, notes)
+
+
+def c4_differences_table(stem: str, runs: list[Run]) -> Table | None:
+    """Paired differences (gnlorp/paired.py) of final validation perplexity between methods, per model size; the
+    headline columns are the largest model's. None where no two methods share two seeds (and LLaMA-7B's table,
+    whose runs are single)."""
+    if stem == "c4_llama_7b":
+        return None
+    key_of, keys = _c4_keys(runs)
+    labels = _labels(keys, "c4", with_rank=any(k[1] is not None for k in keys))
+    models = sorted({r.model for r in runs}, key=_size_order)
+    scores: dict[tuple, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in runs:
+        scores[key_of[id(r)]][r.model][r.seed] = _c4_value(r)
+    rows = []
+    for a, b in _comparisons(keys):
+        diffs = [paired_difference(scores[a][m], scores[b][m]) for m in models]
+        if not any(diffs):
+            continue
+        rows.append([f"{labels[a]} − {labels[b]}"] + [d.text() if d else DASH for d in diffs]
+                    + headline_cells(diffs[-1], higher_is_better=False))
+    if not rows:
+        return None
+    last = SIZE_LABEL.get(models[-1], models[-1])
+    header = (["Difference"] + [SIZE_LABEL.get(m, m) for m in models]
+              + [f"{last}: per seed", "sign test p", "detectable", "verdict"])
+    notes = differences_notes("final validation perplexity (runs with the same seed share the initial weights and "
+                              "the data order; negative: the first method reaches the lower perplexity)", last)
+    return Table(f"{stem}_differences", f"{TITLES[stem].split(':')[0]}: paired differences of validation perplexity "
+                 "between methods", header, ["l"] + ["r"] * (len(header) - 1), rows, notes)

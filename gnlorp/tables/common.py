@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from ..methods import METHODS
 from ..methods import SPECS
 from ..methods import label as method_label
+from ..lr_selection import seeds_named
+from ..paired import AHEAD, BEHIND, NO_DIFFERENCE, POWER, verdict
 from ..results import HEADLINE, Excluded, Run
 
 DASH = "—"
@@ -187,3 +189,46 @@ def _size_order(model: str) -> tuple:
         return (cfg.get("hidden_size", 0) * cfg.get("num_hidden_layers", 0), model)
     except Exception:
         return (math.inf, model)
+
+
+def _comparisons(keys: list[tuple]) -> list[tuple[tuple, tuple]]:
+    """(a, b) row pairs whose paired difference a - b a differences table shows: GradNormLoRP against every other
+    low-rank method (same rank, precision and settings), and every method against full training."""
+    pairs = []
+    full = [k for k in keys if k[0] == "full"]
+    for k in keys:
+        if k[0] == "gradnormlorp":
+            pairs += [(k, o) for o in keys if o[0] not in ("gradnormlorp", "full") and o[1:] == k[1:]]
+    for k in keys:
+        if k[0] != "full":
+            pairs += [(k, f) for f in full if f[2] == k[2]]
+    return pairs
+
+
+def headline_cells(d, higher_is_better: bool, nd: int = 2) -> list[str]:
+    """A differences row's last columns, from its headline Difference (None: fewer than two seeds in common):
+    the per-seed differences, the sign test, the detectable difference and the verdict."""
+    if d is None:
+        return [DASH, DASH, DASH, verdict(d, higher_is_better)]
+    return [d.seeds_text(nd), f"{d.p_sign:.3g}", _fmt(d.detectable, nd), verdict(d, higher_is_better)]
+
+
+def differences_notes(what: str, headline: str) -> list[str]:
+    return [f"Cells: mean over seeds of the paired difference of {what} and its 95% Student-t interval, "
+            "mean ± t(0.975, n−1)·sd/√n (gnlorp/paired.py; its coverage is simulated at 3, 5 and 10 seeds in "
+            "tests/unit/test_paired.py); \"—\": fewer than two seeds in common.",
+            f"{headline}: per seed: the per-seed differences of the {headline} column; sign test p: two-sided, ties "
+            f"dropped (never below 0.25 with 3 seeds, 0.0625 with 5); detectable: the smallest true difference this "
+            f"design (these seeds, at the spread their differences show) would find with {POWER:.0%} power; "
+            f"verdict: \"{AHEAD}\" or \"{BEHIND}\" where the interval excludes 0, else \"{NO_DIFFERENCE}\" "
+            "(paired.verdict, the only place these words are chosen)."]
+
+
+def selection_note(grids: list, runs: list[Run]) -> str | None:
+    """Which seeds chose the learning rates (never reported) and which are reported, for a table's notes."""
+    if not grids:
+        return None
+    chose = sorted({s for g in grids for s in g.selection_seeds})
+    reported = sorted({r.seed for r in runs})
+    return (f"Seeds: every rate of each learning-rate grid ran on {seeds_named(chose)}, whose runs chose the rate and "
+            f"are never reported; the cells are {seeds_named(reported)}, fresh runs at the chosen rate.")

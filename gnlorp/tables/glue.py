@@ -6,11 +6,12 @@ import statistics
 from collections import defaultdict
 
 from .. import lr_selection
-from ..paired import AHEAD, BEHIND, NO_DIFFERENCE, paired_difference, verdict
+from ..paired import paired_difference
 from ..results import HEADLINE, Excluded, Run, _glue_value, _safe
 from .common import (
-    DASH, SPREAD_NOTE, Table, _cell, _dirty_mark, _distinct, _fmt, _glue_baseline, _labels, _left_out_section,
-    _md_table, _paper_cell, _row_order, _seeds_text,
+    DASH, SPREAD_NOTE, Table, _cell, _comparisons, _dirty_mark, _distinct, _fmt, _glue_baseline, _labels,
+    _left_out_section, _md_table, _paper_cell, _row_order, _seeds_text, differences_notes, headline_cells,
+    selection_note,
 )
 from .published import AVG_EXCLUDED, GLUE_TASKS, METRIC_LABEL, PAPER_AVG_TASKS, PAPER_GLUE, TASK_LABEL
 
@@ -20,7 +21,7 @@ def _below_baseline(median: float, baseline: float | None) -> bool:
     return baseline is not None and median <= baseline
 
 
-def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
+def glue_table(model: str, runs: list[Run], excluded: list[Excluded], grids: list = ()) -> Table:
     tasks = [t for t in GLUE_TASKS if any(r.task == t for r in runs)]
     tasks += sorted({r.task for r in runs} - set(GLUE_TASKS))
     avg_tasks = [t for t in tasks if t not in AVG_EXCLUDED and t in GLUE_TASKS]
@@ -72,6 +73,8 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
         f"Score ×100 {epoch_rule}: {metric_bits}" + ("; MNLI on validation_matched." if "mnli" in tasks else "."),
         SPREAD_NOTE,
     ]
+    if (seeds := selection_note(grids, runs)) is not None:
+        notes.append(seeds)
     if avg_tasks:
         notes.append(f"avg: mean of the row's medians over {', '.join(TASK_LABEL[t] for t in avg_tasks)} (WNLI is "
                      f"left out, as in GaLore Table 4); \"—\" where the row lacks one of them.")
@@ -89,23 +92,6 @@ def glue_table(model: str, runs: list[Run], excluded: list[Excluded]) -> Table:
     return Table(f"glue_{_safe(model)}", f"GLUE, {model}: dev-set score per task (GaLore Table 4 layout)", header,
                  ["l", "l"] + ["r"] * (len(header) - 2), rows, notes,
                  [_glue_setup(tasks, runs)] + _left_out_section(excluded))
-
-
-def _comparisons(keys: list[tuple]) -> list[tuple[tuple, tuple]]:
-    """(a, b) row pairs whose paired difference a - b the differences table shows: GradNormLoRP against LoRA
-    and GaLore, and every method against full training (same rank, precision and settings where it has one)."""
-    pairs = []
-    by = {(k[0], k[1], k[2], k[3]): k for k in keys}
-    full = [k for k in keys if k[0] == "full"]
-    for k in keys:
-        if k[0] == "gradnormlorp":
-            for other in ("lora", "galore"):
-                if (other, k[1], k[2], k[3]) in by:
-                    pairs.append((k, by[(other, k[1], k[2], k[3])]))
-    for k in keys:
-        if k[0] != "full":
-            pairs += [(k, f) for f in full if f[2] == k[2]]
-    return pairs
 
 
 def glue_differences_table(model: str, runs: list[Run]) -> Table | None:
@@ -143,21 +129,13 @@ def glue_differences_table(model: str, runs: list[Run]) -> Table | None:
             d = paired_difference(averages(a, over), averages(b, over))
             cells.append(d.text() if d else DASH)
         # the headline: the last average (above baseline where it exists), seed by seed, and what it allows
-        cells += [d.seeds_text() if d else DASH, f"{d.p_sign:.3g}" if d else DASH, verdict(d)]
-        rows.append([f"{labels[a]} − {labels[b]}"] + cells)
+        rows.append([f"{labels[a]} − {labels[b]}"] + cells + headline_cells(d, higher_is_better=True))
     if not rows:
         return None
     headline = ["avg", "avg above baseline"][len(averaged) - 1] if averaged else None
     header = (["Difference"] + [TASK_LABEL.get(t, t) for t in tasks] + ["avg", "avg above baseline"][:len(averaged)]
-              + [f"{headline}: per seed", "sign test p", "verdict"])
-    notes = ["Cells: mean over seeds of the paired difference of scores ×100 (runs with the same seed share data "
-             "order and subset) and its 95% Student-t interval, mean ± t(0.975, n−1)·sd/√n (gnlorp/paired.py; its "
-             "coverage is simulated at 3, 5 and 10 seeds in tests/unit/test_paired.py); \"—\": fewer than two seeds "
-             "in common. The interval's half-width is the smallest true difference this design detects about half "
-             "the time.",
-             f"{headline}: per seed: the per-seed differences of the {headline} column; sign test p: two-sided, ties "
-             f"dropped (with 3 seeds never below 0.25); verdict: \"{AHEAD}\" or \"{BEHIND}\" where the interval "
-             f"excludes 0, else \"{NO_DIFFERENCE}\" (paired.verdict, the only place these words are chosen)."]
+              + [f"{headline}: per seed", "sign test p", "detectable", "verdict"])
+    notes = differences_notes("scores ×100 (runs with the same seed share data order and subset)", headline)
     if avg_tasks:
         notes.append(f"avg: per seed, the mean over {', '.join(TASK_LABEL[t] for t in avg_tasks)}, then paired.")
     if len(averaged) > 1:

@@ -240,7 +240,7 @@ def test_multirun_dry_run_paper_c4_and_7b(tmp_path):
 
 # --------------------------------------------------------------------------- the CPU time budget (sweeps/README.md)
 # A cost model fitted to runs on this 2-core machine's Intel Xeon (sweeps/README.md "The CPU plan"), which is how the
-# 6-hour budget is defined; an AMD EPYC machine of the same size measured 2.7x slower. GLUE (MiniLM): least squares over
+# 8-hour budget is defined; an AMD EPYC machine of the same size measured 2.7x slower. GLUE (MiniLM): least squares over
 # the 60 runs of results/glue_cpu_subsets/ of seconds = steps x a per-method step cost + padded training tokens x a
 # shared token cost; the step cost is dominated by the optimizer over the 22.7M weights, a quarter for LoRA. Padded
 # tokens per example under group_by_length (the recipe's subsets, seed 0, both epochs) and the tokens of the dev and
@@ -270,9 +270,10 @@ def _glue_part_seconds(points: list[list[str]]) -> float:
     return total
 
 
-def test_cpu_sweeps_fit_six_hours_in_parts_under_an_hour():
+def test_cpu_sweeps_fit_eight_hours_in_parts_under_an_hour():
     """sweeps/README.md's parts: per GLUE task the grid (16 runs) and the two more seeds (8 runs, modelled at the
-    recipe's rate: the chosen one costs the same), per C4 method pair the grid (8 runs), then two parts of seeds."""
+    recipe's rate: the chosen one costs the same), per C4 method pair the grid (8 runs), then one part per reported
+    seed (6 runs); all in 8 hours."""
     seeds = ["seed=1,2", "train.lr_factor=1", "train.lr_choice=selection"]
     parts = {}
     for task in ("cola", "stsb", "mrpc", "rte", "sst2"):
@@ -284,16 +285,17 @@ def test_cpu_sweeps_fit_six_hours_in_parts_under_an_hour():
     c4_run = START_S + c4.train.max_steps * C4_STEP_S + evals * scored * C4_EVAL_S_PER_TOKEN
     for pair in ("full,lora", "galore,gradnormlorp", "relora,switchlora"):
         parts[f"c4 {pair}"] = len(grid("cpu_c4", [f"method={pair}"])) * c4_run
-    for trio in ("full,lora,galore", "gradnormlorp,relora,switchlora"):
-        parts[f"c4 seeds {trio}"] = len(grid("cpu_c4", [f"method={trio}", *seeds])) * c4_run
+    for seed in range(1, 6):  # five reported seeds, one part each: the six methods at their chosen rates
+        parts[f"c4 seed {seed}"] = len(grid("cpu_c4", [f"seed={seed}", *seeds[1:]])) * c4_run
     minutes = {k: round(v / 60) for k, v in parts.items()}
     assert all(m <= 60 for m in minutes.values()), minutes
-    assert sum(parts.values()) <= 6 * 3600, (round(sum(parts.values()) / 60), minutes)
+    assert sum(parts.values()) <= 8 * 3600, (round(sum(parts.values()) / 60), minutes)
     # the estimates sweeps/README.md gives
     assert minutes == {"cola grid": 26, "cola seeds": 13, "stsb grid": 26, "stsb seeds": 13, "mrpc grid": 39,
                        "mrpc seeds": 20, "rte grid": 30, "rte seeds": 15, "sst2 grid": 17, "sst2 seeds": 9,
                        "c4 full,lora": 34, "c4 galore,gradnormlorp": 34, "c4 relora,switchlora": 34,
-                       "c4 seeds full,lora,galore": 25, "c4 seeds gradnormlorp,relora,switchlora": 25}, minutes
+                       "c4 seed 1": 25, "c4 seed 2": 25, "c4 seed 3": 25, "c4 seed 4": 25, "c4 seed 5": 25}, minutes
+    assert round(sum(parts.values()) / 60) == 435
 
 
 @needs_shared

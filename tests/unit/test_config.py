@@ -204,7 +204,7 @@ def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
 def test_lr_choice_selection_takes_the_rate_a_grid_chose_and_records_how(tmp_path):
     """Three rates at seed 0 (C4, selection losses 6.5 / 6.3 / 6.4): seed 1 with train.lr_choice=selection trains at
     the second; a later seed-1 run at that rate with a worse selection loss does not change the choice (only the
-    seeds every rate has are compared); without a grid the run is refused, naming the fix."""
+    seeds every rate has are compared); without a grid, or on a seed that chose, the run is refused, naming the fix."""
     from gnlorp.errors import UserError
     from gnlorp.record import RunRecord
     from gnlorp.runner import learning_rate_choice, run_identity
@@ -237,3 +237,6 @@ def test_lr_choice_selection_takes_the_rate_a_grid_chose_and_records_how(tmp_pat
     assert learning_rate_choice(chooser, check_config(chooser))["lr"] == pytest.approx(recipe)
     given = compose([*base, "train.lr_factor=3"])
     assert learning_rate_choice(given, check_config(given))["lr_choice"] == {"by": "task.lr.galore", "factor": 3.0}
+    selector = compose([*base, "seed=0", "train.lr_choice=selection"])  # the seed that chose cannot be reported
+    with pytest.raises(UserError, match=r"seed 0 is one of the seeds that chose the rate .*e\.g\. seed=1\."):
+        learning_rate_choice(selector, check_config(selector))

@@ -8,7 +8,9 @@ import random
 
 import pytest
 
-from gnlorp.paired import AHEAD, BEHIND, NO_DIFFERENCE, paired_difference, sign_test, t_quantile, verdict
+from gnlorp.paired import (
+    AHEAD, BEHIND, NO_DIFFERENCE, POWER, detectable, paired_difference, sign_test, t_quantile, verdict,
+)
 
 
 @pytest.mark.parametrize("n", [3, 5, 10])
@@ -54,3 +56,22 @@ def test_verdict_words_come_from_the_interval():
     behind = paired_difference({0: 1.0, 1: 1.1, 2: 0.8}, {0: 3.0, 1: 3.2, 2: 2.9})
     assert verdict(behind) == BEHIND and verdict(None) == NO_DIFFERENCE
     assert paired_difference({0: 1.0}, {0: 0.0}) is None  # one seed in common: no interval
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_a_true_difference_of_the_detectable_size_is_found_80_percent_of_the_time(n):
+    """detectable(sd, n): simulate differences of that true mean and sd 1; the interval excludes 0 in 80% ± 2%."""
+    shift = detectable(1.0, n)
+    rng = random.Random(7 + n)
+    sets = 4000
+    found = 0
+    for _ in range(sets):
+        d = paired_difference({s: rng.gauss(shift, 1.0) for s in range(n)}, {s: 0.0 for s in range(n)})
+        found += d.low > 0 or d.high < 0
+    assert abs(found / sets - POWER) <= 0.02, (shift, found / sets)  # binomial sd 0.0063
+
+
+def test_detectable_by_hand_for_many_seeds():
+    # large n: the t quantiles tend to the normal's, (1.960 + 0.842) * sd / sqrt(n)
+    assert detectable(2.0, 400) == pytest.approx((1.95996 + 0.84162) * 2.0 / 20.0, rel=5e-3)
+    assert detectable(0.0, 5) == 0.0 and detectable(1.0, 1) == math.inf

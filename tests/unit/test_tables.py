@@ -371,6 +371,20 @@ def test_results_readme_inserts_the_named_tables_and_refuses_a_missing_one(tmp_p
         results_readme.render(tmp_path, template)
 
 
+def test_results_readme_quotes_a_cell_of_a_generated_table_and_refuses_one_it_lacks(tmp_path):
+    from gnlorp.errors import UserError
+    from gnlorp.tables import results_readme
+
+    (tmp_path / "d.md").write_text("# D\n\n| Difference | x | verdict |\n|---|---:|---:|\n| A − B | +1.00 [+0.10, +1.90] | ahead |\n")
+    template = tmp_path / "template.md"
+    template.write_text("A against B: [[d.md | A − B | verdict]], [[ d.md|A − B|x ]].\n")
+    assert results_readme.render(tmp_path, template).endswith("\nA against B: ahead, +1.00 [+0.10, +1.90].\n")
+    for bad in ("[[d.md | A − C | verdict]]", "[[d.md | A − B | p]]"):
+        template.write_text(bad + "\n")
+        with pytest.raises(UserError, match="has no such cell"):
+            results_readme.render(tmp_path, template)
+
+
 def test_runs_with_other_training_settings_are_never_pooled(tmp_path):
     """An lr sweep writes two results of the same method, rank and seed: two rows, each naming its lr."""
     from gnlorp.record import RunRecord
@@ -412,7 +426,8 @@ def _c4_grid_run(folder: Path, method: str, lr: float, seed: int, selection: flo
 def test_a_learning_rate_grid_keeps_the_rate_with_the_lowest_selection_loss(tmp_path):
     """Chosen on the selection slice, not on the reported perplexity: full's 3e-3 has the best reported
     perplexity but not the lowest selection loss; GaLore's best-looking rate failed on one seed, so it is
-    never chosen; the grid table lists every point with the choice marked."""
+    never chosen; the grid table lists every point with the choice marked. The table reports only the fresh
+    seeds run at the chosen rate (2 and 3), never the selection seeds (0 and 1) that chose it."""
     r = tmp_path / "r"
     for seed, (a, b, c) in enumerate(((6.50, 6.40, 6.45), (6.52, 6.38, 6.47))):
         _c4_grid_run(r, "full", 3e-4, seed, a, 700.0)
@@ -422,15 +437,35 @@ def test_a_learning_rate_grid_keeps_the_rate_with_the_lowest_selection_loss(tmp_
     _c4_grid_run(r, "galore", 3e-3, 1, 6.31, 611.0)
     _c4_grid_run(r, "galore", 1e-2, 0, 6.10, 590.0)
     _c4_grid_run(r, "galore", 1e-2, 1, None, 1.0, status="failed")  # diverged
+    for seed in (2, 3):                                            # fresh seeds at each chosen rate
+        _c4_grid_run(r, "full", 1e-3, seed, 6.41, 660.0 + 2 * seed)
+        _c4_grid_run(r, "galore", 3e-3, seed, 6.33, 620.0 + seed)
     tables.build_tables(r, tmp_path / "t", memory=False)
     rows = _rows((tmp_path / "t" / "c4_other-sizes.md").read_text())
-    assert rows["Full-Rank | ours (2 runs)"][:2] == ["0.001", "650.50 ± 0.50"]
-    assert rows["GaLore | ours (2 runs)"][:2] == ["0.003", "610.50 ± 0.50"]
+    assert rows["Full-Rank | ours (2 runs)"][:2] == ["0.001", "665.00 ± 1.00"]   # seeds 2, 3: 664, 666
+    assert rows["GaLore | ours (2 runs)"][:2] == ["0.003", "622.50 ± 0.50"]
     grid = (tmp_path / "t" / "c4_other-sizes_lr_grid.md").read_text()
-    assert "| Full-Rank | llama_20m | 0.001 | 2 | 6.3900 ± 0.0100 | 650.50 ± 0.50 | **chosen** |" in grid
+    assert "| Full-Rank | llama_20m | 0.001 | 4 | 6.3900 ± 0.0100 | 657.50 ± 8.00 | **chosen** |" in grid
     assert "| GaLore | llama_20m | 0.01 | 2 | 6.1000 | 590.00 |  (seed 1 failed) |" in grid
     index = (tmp_path / "t" / "index.md").read_text()
-    assert "lr 0.0003 not chosen (lr 0.001 chosen from {0.0003, 0.001, 0.003} on the selection loss)" in index
+    chosen = "(lr 0.001 chosen from {0.0003, 0.001, 0.003} on the selection loss (seeds 0, 1))"
+    assert f"lr 0.0003 not chosen {chosen}" in index
+    assert f"selection run: seed 0 chose lr 0.001, so it is never reported {chosen}" in index
+
+
+def test_no_table_reports_a_run_whose_seed_chose_its_learning_rate(tmp_path):
+    """Whatever the results folder holds, a reported run never shares its seed with its grid's selection runs."""
+    r = tmp_path / "r"
+    for seed in (0, 1):
+        for lr, sel in ((1e-3, 6.4), (3e-3, 6.5)):
+            _c4_grid_run(r, "gradnormlorp", lr, seed, sel + seed / 100, 650.0)
+    _c4_grid_run(r, "gradnormlorp", 1e-3, 4, 6.4, 640.0)
+    from gnlorp.results import collect
+
+    runs, _, _, grids = collect(r)
+    (grid,) = grids
+    assert grid.selection_seeds == {0, 1}
+    assert [(run.seed, run.settings["train.lr"]) for run in runs] == [(4, 1e-3)]
 
 
 def test_glue_table_shows_the_trivial_baseline_and_flags_cells_that_do_not_beat_it(tmp_path):
@@ -457,11 +492,13 @@ def test_glue_differences_table_pairs_runs_by_seed(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in md.splitlines() if " − " in line}
     assert rows["GradNormLoRP (rank 8) − LoRA (rank 8)"][0].startswith("+2.00 [")  # (1 + 2 + 3) / 3
     assert rows["LoRA (rank 8) − Full fine-tuning"][0].startswith("+12.33 [")     # (10 + 18 + 9) / 3, seed by seed
-    # the headline columns: the per-seed differences, the sign test, the verdict from the interval
-    assert [c.strip(" |") for c in rows["LoRA (rank 8) − Full fine-tuning"][-3:]] == [
-        "+10.00, +18.00, +9.00", "0.25", "ahead"]             # 12.33 ± 4.303 * 4.93 / √3: [+0.08, +24.59]
-    assert [c.strip(" |") for c in rows["GradNormLoRP (rank 8) − LoRA (rank 8)"][-3:]] == [
-        "+1.00, +2.00, +3.00", "0.25", "no difference shown"]  # 2 ± 4.303 * 1 / √3: [-0.48, +4.48]
+    # the headline columns: the per-seed differences, the sign test, the detectable size, the verdict from the interval
+    from gnlorp.paired import detectable
+
+    assert [c.strip(" |") for c in rows["LoRA (rank 8) − Full fine-tuning"][-4:]] == [
+        "+10.00, +18.00, +9.00", "0.25", f"{detectable(4.9329, 3):.2f}", "ahead"]  # 12.33 ± 4.303 * 4.93 / √3
+    assert [c.strip(" |") for c in rows["GradNormLoRP (rank 8) − LoRA (rank 8)"][-4:]] == [
+        "+1.00, +2.00, +3.00", "0.25", f"{detectable(1.0, 3):.2f}", "no difference shown"]  # 2 ± 4.303 / √3
 
 
 def test_glue_differences_average_the_tasks_above_baseline_apart(tmp_path):
@@ -476,7 +513,7 @@ def test_glue_differences_average_the_tasks_above_baseline_apart(tmp_path):
     tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
     md = (tmp_path / "t" / "glue_minilm_differences.md").read_text()
     assert ("| Difference | RTE | SST-2 | avg | avg above baseline | avg above baseline: per seed | sign test p | "
-            "verdict |") in md
+            "detectable | verdict |") in md
     row = next(line for line in md.splitlines() if line.startswith("| GradNormLoRP (rank 8) − LoRA"))
     cells = [c.strip() for c in row.strip("|").split("|")][1:]
     assert cells[0].startswith("+2.00 [") and cells[1].startswith("+21.33 [")  # (1+2+3)/3, (21+22+21)/3
@@ -486,12 +523,12 @@ def test_glue_differences_average_the_tasks_above_baseline_apart(tmp_path):
 
 
 def test_glue_grid_chooses_rate_and_epoch_on_held_out_rows_never_on_dev(tmp_path):
-    """Two rates x 2 seeds, two epochs each. 1e-4 has the better dev scores, 3e-4 the better selection score
+    """Two rates x 2 selection seeds (and 2 fresh seeds at the chosen rate), two epochs each. 1e-4 has the better dev scores, 3e-4 the better selection score
     (75 against 70): 3e-4 is chosen, and its runs report dev at their best selection epoch (epoch 1: 0.50),
     not at their best dev epoch (epoch 2: 0.55)."""
     r = tmp_path / "r"
-    for lr, sel, dev in ((1e-4, (0.60, 0.70), (0.80, 0.90)), (3e-4, (0.75, 0.65), (0.50, 0.55))):
-        for seed in (0, 1):
+    for lr, sel, dev, seeds in ((1e-4, (0.60, 0.70), (0.80, 0.90), (0, 1)), (3e-4, (0.75, 0.65), (0.50, 0.55), (0, 1, 2, 3))):
+        for seed in seeds:  # seeds 0 and 1 choose; 2 and 3 are the fresh runs at the chosen rate, the reported ones
             cfg = _config("glue", "rte", "minilm", "lora", 8, "fp32", seed, lr=lr)
             rec = RunRecord(r, f"glue-rte-minilm-lora-r8-fp32-s{seed}-{lr:g}", cfg, clock=CLOCK)
             rec.set_identity(hash=f"{lr:g}", settings={"train.lr": lr, "method.name": "lora", "seed": seed})
@@ -506,13 +543,13 @@ def test_glue_grid_chooses_rate_and_epoch_on_held_out_rows_never_on_dev(tmp_path
             rec.write("complete")
     tables.build_tables(r, tmp_path / "t", memory=False)
     md = (tmp_path / "t" / "glue_minilm.md").read_text()
-    assert _rows(md)["LoRA (rank 8) | ours (2 runs)"][0] == "50.50 ± 0.50"
+    assert _rows(md)["LoRA (rank 8) | ours (2 runs)"][0] == "52.50 ± 0.50"
     grid = (tmp_path / "t" / "glue_minilm_lr_grid.md").read_text()
-    assert "| LoRA (rank 8) | RTE | 0.0003 | 2 | 75.00 ± 0.00 | 50.50 ± 0.50 | **chosen**, at the grid's edge |" in grid
+    assert "| LoRA (rank 8) | RTE | 0.0003 | 4 | 75.00 ± 0.00 | 51.50 ± 1.50 | **chosen**, at the grid's edge |" in grid
     assert "| LoRA (rank 8) | RTE | 0.0001 | 2 | 70.00 ± 0.00 | 90.50 ± 0.50 |  |" in grid
     assert "nothing is chosen on the dev split" in md
     index = (tmp_path / "t" / "index.md").read_text()
-    assert "(lr 0.0003 chosen from {0.0001, 0.0003} on the best selection accuracy)" in index
+    assert "(lr 0.0003 chosen from {0.0001, 0.0003} on the best selection accuracy (seeds 0, 1))" in index
 
 
 def test_dev_plot_sets_rows_with_equal_scores_side_by_side_with_their_seed_range(tmp_path, monkeypatch):
