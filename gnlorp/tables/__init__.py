@@ -178,8 +178,8 @@ def _main(argv) -> None:
                     help="include runs from a git tree with uncommitted changes (marked † in the tables)")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory table (it builds LLaMA-7B on the meta device)")
     ap.add_argument("--no-readme", action="store_true",
-                    help="do not write results/README.md (written only when --results and --out are left at their "
-                         "defaults)")
+                    help="do not write results/README.md and README.md's results section (written only when --results "
+                         "and --out are left at their defaults)")
     args = ap.parse_args(argv)
     default_folders = args.out is None and args.results == Path("results")
     if not args.results.is_dir():
@@ -197,6 +197,6 @@ def _main(argv) -> None:
     if default_folders and not args.no_readme and not args.no_memory:
         from . import results_readme
 
-        paths.append(results_readme.write(args.results, args.results / "tables"))
+        paths += results_readme.write(args.results, args.results / "tables")
     for p in paths:
         print(f"  {p}")

@@ -68,8 +68,8 @@ def test_run_name_names_the_groups():
     assert run_name(compose(["task=glue/mrpc", "method=lora", "rank=4", "seed=2"])) == "glue-mrpc-minilm-lora-r4-fp32-s2"
     assert run_name(compose(["task=c4", "model=llama_60m", "method=full", "precision=bf16"])) == "c4-llama_60m-full-bf16-s0"
     # a train subset is another experiment: the CPU sweep's MRPC run never shares a file with the quickstart's
-    sub = compose(["experiment=glue_minilm_cpu", "task=glue/mrpc", "method=gradnormlorp"])
-    assert run_name(sub) == "glue-mrpc-minilm-gradnormlorp-r8-fp32-n1600-s0"
+    sub = compose(["experiment=glue_minilm_cpu", "task=glue/stsb", "method=gradnormlorp"])
+    assert run_name(sub) == "glue-stsb-minilm-gradnormlorp-r8-fp32-n1200-s0"
     assert run_name(compose(["task=glue/mrpc", "method=gradnormlorp"])) == "glue-mrpc-minilm-gradnormlorp-r8-fp32-s0"
 
 
