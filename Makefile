@@ -53,7 +53,8 @@ gpu-check: setup
 
 # The equal-tuning protocol on one GPU in <= 9 min (GLUE on full train sets, C4 LLaMA-60M): the plan and its estimate
 # first, then results/gpu_table/<device>/ and its tables/; on a CPU a tiny dry run into a temporary folder (also in
-# make test). GPU_TABLE="--model roberta-base" where the hub is reachable; --plan-only, --tasks, --epochs, --c4-steps.
+# make test). GPU_TABLE="--plan-only" (or --tasks, --epochs, --c4-steps); RoBERTa-base needs the hub, which TESTENV
+# turns off: python -m gnlorp.gpu_table --model roberta-base.
 gpu-table: setup
 	$(TESTENV) $(BIN)/python -m gnlorp.gpu_table $(GPU_TABLE)
 

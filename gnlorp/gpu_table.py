@@ -325,6 +325,24 @@ def execute(plan: Plan, out: Path, dry: bool) -> int:
     return 0
 
 
+HUB_IDS = {"roberta-base": "FacebookAI/roberta-base"}   # gnlorp/conf/model/roberta-base.yaml's path
+
+
+def _check_model_reachable(model: str) -> None:
+    """A hub model offline (HF_HUB_OFFLINE=1, which make sets) without a local copy would fail every GLUE run of
+    the plan one after another: refuse before anything starts."""
+    from .errors import UserError
+
+    if model not in HUB_IDS or os.environ.get("HF_HUB_OFFLINE") != "1":
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(HUB_IDS[model], "config.json"), str):
+        raise UserError(f"--model {model} needs {HUB_IDS[model]} from the Hugging Face hub, but HF_HUB_OFFLINE=1 and "
+                        f"there is no local copy; run `python -m gnlorp.gpu_table --model {model}` where the hub is "
+                        f"reachable (without HF_HUB_OFFLINE), or use --model minilm")
+
+
 def _main(argv) -> None:
     from .errors import UserError, one_line_argument_parser
 
@@ -367,6 +385,8 @@ def _main(argv) -> None:
     import torch
 
     dry = a.dry or not torch.cuda.is_available()
+    if not dry:  # the dry run trains BERT-tiny whatever --model says
+        _check_model_reachable(a.model)
     out = a.out or (Path(tempfile.mkdtemp(prefix="gpu_table_dry_")) if dry
                     else ROOT / "results" / "gpu_table" / device_slug())
     if dry:

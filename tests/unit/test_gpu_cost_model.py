@@ -97,3 +97,16 @@ def test_c4_overrides_keep_four_subspaces():
     assert ov["train.max_steps"] == ov["train.eval_every"] == "32" and ov["per_task.update_proj_gap"] == "8"
     assert int(ov["per_task.relora_restart_warmup"]) < int(ov["per_task.relora_reset_every"])
     assert math.ceil(32 / int(ov["per_task.update_proj_gap"])) == 4
+
+
+def test_a_hub_model_offline_without_a_local_copy_is_refused_before_any_run(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # as on the GPU machine: not a dry run
+    with pytest.raises(SystemExit) as exc:
+        gt.main(["--model", "roberta-base", "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FacebookAI/roberta-base" in err[0] and "HF_HUB_OFFLINE=1" in err[0]
+    assert not (tmp_path / "out").exists()  # nothing started
