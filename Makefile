@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 # Tests never touch the network: a missing local file must fail fast, not after a hub timeout.
 TESTENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup lock test test-fast memory peak-memory gpu-check tables bench clean
+.PHONY: setup lock test test-fast memory peak-memory gpu-check gpu-table tables bench clean
 
 setup: $(BIN)/.installed
 
@@ -50,6 +50,13 @@ peak-memory: setup
 # Every CUDA path once (<= 8 min on one GPU): results/gpu/*.json; on a CPU a tiny dry run (also in make test)
 gpu-check: setup
 	$(TESTENV) $(BIN)/python -m gnlorp.gpu_check
+
+# The equal-tuning protocol on one GPU in <= 9 min (GLUE on full train sets, C4 LLaMA-60M): the plan and its estimate
+# first, then results/gpu_table/<device>/ and its tables/; on a CPU a tiny dry run into a temporary folder (also in
+# make test). GPU_TABLE="--plan-only" (or --tasks, --epochs, --c4-steps); RoBERTa-base needs the hub, which TESTENV
+# turns off: python -m gnlorp.gpu_table --model roberta-base.
+gpu-table: setup
+	$(TESTENV) $(BIN)/python -m gnlorp.gpu_table $(GPU_TABLE)
 
 # results/*.json -> results/tables/*.md, *.tex and plots, and results/README.md from gnlorp/tables/results_readme.md
 # (deterministic: same results, same bytes)

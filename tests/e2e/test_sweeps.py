@@ -20,8 +20,9 @@ from gnlorp.runner import check_config, run_identity
 SWEEPS = ROOT / "sweeps"
 C4_METHODS = ("full", "lora", "galore", "gradnormlorp", "relora", "switchlora")
 GRID_SIZE = {"paper_glue": 9 * 2 * 5, "paper_c4": 4 * len(C4_METHODS), "paper_llama7b": 3, "cpu_glue": 3 * 4 * 4,
-             "cpu_c4": len(C4_METHODS) * 4}
-LR_FACTORS = {"cpu_c4": ("0.1", "0.3", "1", "3"), "cpu_glue": ("0.3", "1", "3", "10")}  # grids around each recipe's rate
+             "cpu_c4": len(C4_METHODS) * 4, "gpu_glue": 5 * 4 * 3, "gpu_c4": len(C4_METHODS) * 3}
+LR_FACTORS = {"cpu_c4": ("0.1", "0.3", "1", "3"), "cpu_glue": ("0.3", "1", "3", "10"),  # grids around each recipe's rate
+              "gpu_c4": ("0.3", "1", "3"), "gpu_glue": ("0.3", "1", "3")}
 GLUE9 = ["cola", "stsb", "mrpc", "rte", "sst2", "mnli", "qnli", "qqp", "wnli"]
 C4_PAPER = {  # GaLore Table 2 / PAPER_NUMBERS.md: size -> (rank, steps)
     "llama_60m": (128, 10_000), "llama_130m": (256, 20_000), "llama_350m": (256, 60_000), "llama_1b": (512, 100_000)}
@@ -132,8 +133,31 @@ def _check_cpu_c4(cfg, p):
     assert check_config(cfg)["lr"] == pytest.approx(cfg.task.lr[cfg.method.name] * float(p["train.lr_factor"]))
 
 
+def _check_gpu_glue(cfg, p):
+    """make gpu-table's GLUE part: the CPU recipe on the full train sets (selection rows still held out), bf16."""
+    task = p["task"].split("/")[1]
+    assert (cfg.model.name, cfg.rank, cfg.precision.name, cfg.task.name) == ("minilm", 8, "bf16", task)
+    assert cfg.precision.cuda_param_dtype == "float32"   # bf16 autocast over float32 weights, as glue_roberta
+    assert cfg.task.max_train_samples is None           # the full train set
+    assert cfg.task.selection_samples == {"cola": 500, "stsb": 500, "mrpc": 400, "rte": 250, "sst2": 500}[task]
+    assert (cfg.train.batch_size, cfg.task.max_length, cfg.train.group_by_length) == (32, 128, True)
+    assert cfg.seed == int(p["seed"]) == 0 and cfg.results_dir.startswith("results/gpu_table")
+    assert str(p["train.lr_factor"]) in LR_FACTORS["gpu_glue"] and cfg.keep_going is True
+
+
+def _check_gpu_c4(cfg, p):
+    """make gpu-table's C4 part: LLaMA-60M at the paper's rank, one pass at most over the local shard's blocks."""
+    assert (cfg.model.name, cfg.model.tokenizer, cfg.rank, cfg.precision.name) == ("llama_60m", "mistral-sp", 128, "bf16")
+    assert cfg.train.max_steps * cfg.train.batch_size <= 2059 and cfg.task.seq_len == 256  # no block twice
+    assert cfg.train.max_steps == cfg.train.eval_every and cfg.task.selection_tokens == cfg.task.eval_tokens
+    assert cfg.task.data_dir == "../shared/data/c4/en" and cfg.results_dir.startswith("results/gpu_table")
+    if cfg.method.name in PROJECTED:
+        assert cfg.method.update_proj_gap * 4 == cfg.train.max_steps  # 4 subspaces, as cpu_c4
+    assert str(p["train.lr_factor"]) in LR_FACTORS["gpu_c4"] and cfg.keep_going is True
+
+
 CHECKS = {"paper_glue": _check_paper_glue, "paper_c4": _check_paper_c4, "paper_llama7b": _check_paper_llama7b,
-          "cpu_glue": _check_cpu_glue, "cpu_c4": _check_cpu_c4}
+          "cpu_glue": _check_cpu_glue, "cpu_c4": _check_cpu_c4, "gpu_glue": _check_gpu_glue, "gpu_c4": _check_gpu_c4}
 
 
 def _check_point(sweep, point):

@@ -60,6 +60,7 @@ LAYERS = {
     "gnlorp.memory": 4,
     "gnlorp.memory_model": 4,
     "gnlorp.gpu_check": 4,
+    "gnlorp.gpu_table": 4,
     "gnlorp.integrations": 4,
     # 5: the command line
     "gnlorp.cli": 5,
