@@ -34,6 +34,8 @@ no timestamps, PNGs without software/date metadata.
 from __future__ import annotations
 
 import re
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -79,8 +81,10 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
         matplotlib.rcParams.update(_RC)
-        for stem in sorted(groups):
+        started = time.monotonic()
+        for i, stem in enumerate(sorted(groups)):
             rs = groups[stem]
+            _progress(f"{stem}: {len(rs)} runs ({i + 1} of {len(groups)} tables)", started)
             if stem.startswith("glue_"):
                 model = rs[0].model
                 stem_grids = [g for g in grids if _group(g.any_run()) == stem]
@@ -117,6 +121,7 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
                     written.add(name)
             tables.append(table)
         if memory:
+            _progress("memory: optimizer-state bytes of LLaMA 60M..7B on the meta device", started)
             if memory_rows is None:
                 from ..memory import llama_memory_table
 
@@ -136,6 +141,11 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
         if stale.is_file() and GENERATED.match(stale.name) and stale.name not in written:
             stale.unlink()
     return sorted(out / n for n in written)
+
+
+def _progress(what: str, started: float) -> None:
+    """One line per phase of make tables (it takes about a minute), with the time so far, on stderr."""
+    print(f"tables [{time.monotonic() - started:5.1f} s] {what}", file=sys.stderr, flush=True)
 
 
 def _index(tables: list[Table], pngs: list[str], excluded: list[Excluded], unreadable, results_dir: Path) -> str:
@@ -167,8 +177,6 @@ def main(argv=None) -> None:
 
 
 def _main(argv) -> None:
-    import sys
-
     from ..errors import UserError, one_line_argument_parser
 
     ap = one_line_argument_parser(prog="python -m gnlorp.tables", description=__doc__.split("\n\n")[0])

@@ -56,27 +56,66 @@ def _smooth(xs: list, ys: list, window: int) -> tuple[list, list]:
     return xs[window - 1:], out
 
 
+def _median_curves(runs: list[Run], key_of, window: int) -> dict[tuple, tuple[list, list, list, list]]:
+    """Per row: (steps, median, min, max) over its seeds of the smoothed training loss, on the steps every seed has."""
+    curves: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        pts = [(p[0], p[1]) for p in (r.record.get("loss_curve") or []) if p[1] is not None and math.isfinite(p[1])]
+        if pts:
+            xs, ys = _smooth([p[0] for p in pts], [p[1] for p in pts], window)
+            curves[key_of(r)].append(dict(zip(xs, ys)))
+    out = {}
+    for key, seeds in curves.items():
+        steps = sorted(set.intersection(*(set(c) for c in seeds)))
+        vals = [[c[s] for c in seeds] for s in steps]
+        out[key] = (steps, [statistics.median(v) for v in vals], [min(v) for v in vals], [max(v) for v in vals])
+    return out
+
+
 def loss_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> None:
-    fig = _figure(6.4, 3.8, left=0.11, right=0.98, bottom=0.13, top=0.91)
-    ax = fig.add_subplot()
-    seen = set()
+    """Training loss per row (method, rank, precision, variant): the median over seeds with its min-max band. Left,
+    the whole run on a log scale; right, the second half of training with the y-axis fitted to it, where the
+    methods part (at full height the first steps' fall from ~10 would flatten every difference)."""
+    fig = _figure(9.6, 3.8, left=0.08, right=0.99, bottom=0.13, top=0.86, wspace=0.2)
+    whole, late = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     longest = max((len(r.record.get("loss_curve") or []) for r in runs), default=0)
     window = max(1, longest // 50)
-    for r in sorted(runs, key=lambda r: (_row_order(*key_of(r)), r.seed)):
-        pts = [(p[0], p[1]) for p in (r.record.get("loss_curve") or []) if p[1] is not None and math.isfinite(p[1])]
-        if not pts:
-            continue
-        xs, ys = _smooth([p[0] for p in pts], [p[1] for p in pts], window)
-        key = key_of(r)
-        label = labels[key] if key not in seen else None
-        seen.add(key)
-        ax.plot(xs, ys, color=_color(r.method), lw=1.0, alpha=0.85, label=label, ls=_style(r.method)[0])
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss" + (f" (moving average of {window} points)" if window > 1 else ""))
-    ax.set_title(title)
-    ax.grid(True, lw=0.3, alpha=0.5)
-    if seen:
-        ax.legend(loc="upper right")
+    curves = _median_curves(runs, key_of, window)
+    keys = sorted(curves, key=lambda k: _row_order(*k))
+    last = max((c[0][-1] for c in curves.values() if c[0]), default=0)
+    lows, highs = [], []
+    for key in keys:
+        steps, med, lo, hi = curves[key]
+        method = key[0]
+        style = dict(color=_color(method), lw=1.1, ls=_style(method)[0])
+        whole.plot(steps, med, label=labels[key], **style)
+        half = [i for i, s in enumerate(steps) if s >= last / 2]
+        if half:
+            xs = [steps[i] for i in half]
+            late.fill_between(xs, [lo[i] for i in half], [hi[i] for i in half], color=_color(method), alpha=0.15, lw=0)
+            late.plot(xs, [med[i] for i in half], marker=_style(method)[1], markevery=max(1, len(xs) // 6), ms=3.5,
+                      **style)
+            lows += [lo[i] for i in half]
+            highs += [hi[i] for i in half]
+    from matplotlib.ticker import FuncFormatter
+
+    whole.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    whole.yaxis.set_major_formatter(plain)
+    whole.yaxis.set_minor_formatter(plain)
+    if lows:
+        pad = 0.05 * (max(highs) - min(lows) or 1.0)
+        late.set_ylim(min(lows) - pad, max(highs) + pad)
+    smoothing = f" (moving average of {window} points)" if window > 1 else ""
+    whole.set_ylabel("training loss" + smoothing)
+    whole.set_title("whole run (log scale)")
+    late.set_title("second half, median over seeds and min–max band")
+    for ax in (whole, late):
+        ax.set_xlabel("optimizer step")
+        ax.grid(True, lw=0.3, alpha=0.5)
+    fig.suptitle(title)
+    if keys:
+        whole.legend(loc="upper right")
     _save(fig, path)
 
 

@@ -644,3 +644,35 @@ def test_dev_plot_draws_the_tasks_trivial_baseline_from_the_records(tmp_path, mo
     assert list(line.get_ydata()) == pytest.approx([52.71, 52.71])
     assert line.get_label() == "trivial baseline (52.71)"
     assert flat(figures[1].axes[0]) == []
+
+
+def test_loss_plot_zooms_on_the_second_half_with_each_rows_median_and_seed_band(tmp_path, monkeypatch):
+    """Two methods 0.1 apart late in training, after a fall from 10: the right panel's y-range is fitted to the second
+    half (so 0.1 is a tenth of it, not a hundredth), each row is one median line, its band spans the seeds."""
+    import matplotlib
+
+    from gnlorp.tables import plots
+
+    matplotlib.use("Agg")
+    for method, offset in (("galore", 0.0), ("gradnormlorp", -0.1)):
+        for seed in (1, 2):
+            rec = RunRecord(tmp_path, f"c4-llama_20m-{method}-r64-fp32-s{seed}",
+                            _config("c4", "c4", "llama_20m", method, 64, "fp32", seed), clock=CLOCK)
+            for step in range(1, 101):
+                rec.add_loss(step, (10.0 if step <= 10 else 6.5) + offset + 0.02 * seed, 1e-3)
+            m = {"validation": {"loss": 6.5, "perplexity": 665.0}}
+            rec.set_best_last({"step": 100, "epoch": 1, "metrics": m}, {"step": 100, "epoch": 1, "metrics": m})
+            rec.write("complete")
+    runs, *_ = tables.collect(tmp_path)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    key = lambda r: (r.method, r.rank, r.precision, r.variant)  # noqa: E731
+    plots.loss_plot(tmp_path / "l.png", "t", runs, {key(r): r.method for r in runs}, key)
+    whole, late = figures[0].axes
+    assert whole.get_yscale() == "log" and [ln.get_label() for ln in whole.lines] == ["galore", "gradnormlorp"]
+    low, high = late.get_ylim()
+    assert 6.3 < low < 6.42 and 6.52 < high < 6.7                       # the late values only: 6.42 .. 6.54
+    medians = [ln.get_ydata() for ln in late.lines]
+    assert [m[-1] for m in medians] == pytest.approx([6.53, 6.43])       # median of seeds 1, 2 (+0.02, +0.04)
+    band = late.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(6.52) and band.max() == pytest.approx(6.54)
