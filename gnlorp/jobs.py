@@ -94,7 +94,41 @@ def glue_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 6
     )
 
 
-def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16, meta_model: bool = False) -> Job:
+C4_EVAL_BATCH = 16  # blocks per evaluation batch (python -m gnlorp.bench.c4_eval measures the choice)
+PROGRESS_EVERY_S = 10.0
+
+
+def c4_mean_loss(m: nn.Module, blocks: torch.Tensor, device: torch.device, autocast_dtype, batch_size: int,
+                 split: str = "", report=None) -> dict:
+    """Mean next-token loss over `blocks` (and its perplexity), in inference mode; a line with the blocks done and
+    the time left every PROGRESS_EVERY_S seconds (to `report`, default stderr)."""
+    import sys
+    import time
+
+    report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+    total, count = 0.0, 0
+    started = last = time.monotonic()
+    # inference mode where the parameters are plain tensors; sharded ones (FSDP) re-gather into buffers that
+    # training reuses, so there no_grad
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    with (torch.no_grad() if distributed else torch.inference_mode()), _autocast(device, autocast_dtype):
+        for i in range(0, len(blocks), batch_size):
+            ids = blocks[i:i + batch_size].to(device)
+            loss = m(input_ids=ids, labels=ids).loss.float().item()
+            n = ids.shape[0] * (ids.shape[1] - 1)  # predicted tokens
+            total += loss * n
+            count += n
+            now, done = time.monotonic(), min(i + batch_size, len(blocks))
+            if now - last >= PROGRESS_EVERY_S and done < len(blocks):
+                left = (now - started) / done * (len(blocks) - done)
+                report(f"evaluating {split or 'C4'}: {done}/{len(blocks)} blocks, {left / 60:.1f} min left")
+                last = now
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
+
+
+def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = C4_EVAL_BATCH,
+           meta_model: bool = False) -> Job:
     """`meta_model`: the LLaMA on the meta device, no memory (FSDP's ranks but 0, which receive rank 0's weights:
     fsdp.shard_from_rank0)."""
     from .models import build_llama, enable_activation_checkpointing
@@ -120,18 +154,6 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16,
     model = build_llama(model_cfg, seed=cfg.seed, device="meta" if meta_model else "cpu")
     enable_activation_checkpointing(model, cfg.train.activation_checkpointing)
 
-    def mean_loss(m: nn.Module, blocks: torch.Tensor) -> dict:
-        total, count = 0.0, 0
-        with torch.no_grad(), _autocast(device, autocast_dtype):
-            for i in range(0, len(blocks), eval_batch_size):
-                ids = blocks[i:i + eval_batch_size].to(device)
-                loss = m(input_ids=ids, labels=ids).loss.float().item()
-                n = ids.shape[0] * (ids.shape[1] - 1)  # predicted tokens
-                total += loss * n
-                count += n
-        loss = total / count
-        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
-
     def evaluate(m: nn.Module) -> dict:
         if not eval_blocks:
             eval_blocks.append(cached_eval_blocks(tokenizer, data_dir, t.seq_len, n_eval + n_select, t.cache_dir))
@@ -141,9 +163,11 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = 16,
                                 f"({n_eval} + {n_select}); lower task.selection_tokens.")
         m.eval()
         blocks = eval_blocks[0]
-        metrics = {"validation": mean_loss(m, blocks[:n_eval])}
+        metrics = {"validation": c4_mean_loss(m, blocks[:n_eval], device, autocast_dtype, eval_batch_size,
+                                              "validation")}
         if n_select:  # the blocks after the reported ones: for choosing settings, never reported
-            metrics["selection"] = mean_loss(m, blocks[n_eval:n_eval + n_select])
+            metrics["selection"] = c4_mean_loss(m, blocks[n_eval:n_eval + n_select], device, autocast_dtype,
+                                                eval_batch_size, "selection")
         return metrics
 
     source = data_dir or "the hub (allenai/c4)"

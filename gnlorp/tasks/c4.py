@@ -245,7 +245,14 @@ def cached_eval_blocks(tokenizer, data_dir: str | None, seq_len: int, n_blocks: 
     path = folder / "c4-eval" / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
     if path.is_file():
         return _load_cached_blocks(path, key)
+    import sys
+    import time
+
+    started = time.monotonic()
+    print(f"tokenizing C4 {split}: {n_blocks} blocks of {seq_len} tokens, once (cached in {path.parent})",
+          file=sys.stderr, flush=True)
     blocks = load_c4_blocks(tokenizer, data_dir, split, seq_len, n_blocks)
+    print(f"tokenized C4 {split} in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{id(blocks)}")

@@ -1,5 +1,6 @@
 """gnlorp.jobs.glue_job: what the runner trains on and how it scores (a random tiny BERT on real RTE rows)."""
 
+import pytest
 import torch
 
 from conftest import GLUE_DIR, compose, needs_shared
@@ -48,3 +49,24 @@ def test_evaluation_in_length_sorted_batches_scores_as_one_row_at_a_time(monkeyp
             assert torch.equal(torch.as_tensor(got_labels), labels), split
             torch.testing.assert_close(torch.as_tensor(got_preds), preds, rtol=0, atol=1e-5)
             assert scored[split] == data.compute_metrics(got_preds, got_labels)
+
+
+def test_c4_evaluation_is_the_token_weighted_mean_loss_and_reports_its_progress(monkeypatch):
+    """Reference: each block through the model alone under no_grad, its mean loss weighted by its 63 predicted
+    tokens; with the report period at 0 every batch but the last prints its count and the time left."""
+    import math
+
+    from gnlorp import jobs
+    from gnlorp.models import build_llama, llama_model_cfg
+
+    model = build_llama(llama_model_cfg("llama_tiny"), seed=0).eval()
+    blocks = torch.randint(0, model.config.vocab_size, (5, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = sum(model(input_ids=b[None], labels=b[None]).loss.item() for b in blocks) / len(blocks)
+    lines = []
+    monkeypatch.setattr(jobs, "PROGRESS_EVERY_S", 0.0)
+    got = jobs.c4_mean_loss(model, blocks, torch.device("cpu"), None, 2, "selection", report=lines.append)
+    assert got["loss"] == pytest.approx(want, rel=1e-5) and got["tokens"] == 5 * 63
+    assert got["perplexity"] == pytest.approx(math.exp(want), rel=1e-5)
+    assert [line.split(",")[0] for line in lines] == ["evaluating selection: 2/5 blocks", "evaluating selection: 4/5 blocks"]
+    assert all(line.endswith("min left") for line in lines)
