@@ -92,6 +92,7 @@ def main_with_one_line_errors(hydra_main, usage: str = "") -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _check_launcher(sys.argv[1:])
+        _check_new_keys(sys.argv[1:])
         hydra_main()
     except (HydraException, OmegaConfBaseException) as exc:
         if _JOB_STARTED or _user_wants_tracebacks():
@@ -105,6 +106,12 @@ def main_with_one_line_errors(hydra_main, usage: str = "") -> None:
         sys.exit(EXIT_USER_ERROR)
     except _LauncherRefused as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except ValueError as exc:  # Hydra's own check of its flags, e.g. -m with --cfg
+        if _JOB_STARTED or _user_wants_tracebacks() or "can be specified" not in str(exc):
+            raise
+        print(f"error: {_first_line(exc)} (Hydra's flags); drop all but one, e.g. `--cfg job` without -m.",
+              file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     end_of_sweep()
 
@@ -127,6 +134,23 @@ def _check_launcher(argv: list[str]) -> None:
     if launcher in ("slurm", "submitit_slurm") and any(a in ("-m", "--multirun") for a in argv) \
             and shutil.which("srun") is None:
         raise _LauncherRefused(NO_SLURM)
+
+
+def _check_new_keys(argv: list[str]) -> None:
+    """`+key=value` adds a key the schema does not declare: nothing would check it and the run identity would not
+    see it, so two runs that train differently could share a result file. Refused, except for Hydra's own keys and
+    config groups (`+experiment=...`); a new setting is declared once in gnlorp/schema.py."""
+    groups = ("model", "task", "method", "precision", "logger", "experiment")
+    for a in argv:
+        if not a.startswith("+") or "=" not in a:
+            continue
+        key = a.lstrip("+").split("=", 1)[0]
+        if key.startswith(("hydra.", "hydra/")) or key in groups or key.split("/", 1)[0] in groups:
+            continue
+        raise _LauncherRefused(
+            f"{a}: `+` adds a key gnlorp does not have, which nothing would check and the run identity would not "
+            f"see; set an existing key without `+` (`python -m gnlorp.schema` lists them), or declare the new "
+            f"setting in gnlorp/schema.py.")
 
 
 _JOB_STARTED = False

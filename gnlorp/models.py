@@ -25,8 +25,9 @@ _LLAMA_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num
                    "vocab_size", "max_position_embeddings")
 _LLAMA_OPTIONAL = ("num_key_value_heads", "rms_norm_eps", "initializer_range", "hidden_act",
                    "rope_theta", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout")
-_ENCODER_CONFIG_OPTIONAL = ("max_position_embeddings", "type_vocab_size", "hidden_dropout_prob",
-                            "attention_probs_dropout_prob", "hidden_act", "layer_norm_eps", "initializer_range")
+_ENCODER_CONFIG_OPTIONAL = ("max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps",
+                            "initializer_range")
+_ENCODER_DROPOUT = ("hidden_dropout_prob", "attention_probs_dropout_prob")  # model.*: pretrained or from dims
 
 
 def _name(model_cfg: Mapping) -> str:
@@ -199,6 +200,7 @@ def build_encoder_classifier(model_cfg: Mapping, num_labels: int, problem_type: 
     kwargs: dict[str, Any] = {"num_labels": num_labels}
     if problem_type is not None:
         kwargs["problem_type"] = problem_type
+    kwargs.update({key: cfg[key] for key in _ENCODER_DROPOUT if cfg.get(key) is not None})
     if kind == "encoder":
         path = resolve_path(_require(cfg, "path"))
         _check_offline_copy("model", path)

@@ -124,6 +124,10 @@ class ModelSettings:
     num_attention_heads: Optional[int] = setting(None, "attention heads", ge=1)
     vocab_size: Optional[int] = setting(None, "vocabulary size", ge=1)
     max_position_embeddings: Optional[int] = setting(None, "longest sequence", ge=1)
+    hidden_dropout_prob: Optional[float] = setting(
+        None, "encoder: dropout on hidden states; null: the model's own", identity=UNLESS_DEFAULT, ge=0, lt=1)
+    attention_probs_dropout_prob: Optional[float] = setting(
+        None, "encoder: dropout on attention weights; null: the model's own", identity=UNLESS_DEFAULT, ge=0, lt=1)
 
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")

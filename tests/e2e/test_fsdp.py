@@ -313,7 +313,7 @@ def test_run_py_glue_fsdp_with_a_partial_last_batch_finishes_and_matches_one_pro
     def launch(nproc, folder, *extra):
         args = ["task=glue/rte", "model=bert_tiny", f"task.data_dir={GLUE_DIR}", "task.max_train_samples=61",
                 "task.max_eval_samples=32", "train.batch_size=8", "train.micro_batch_size=2", "train.epochs=1",
-                "+model.hidden_dropout_prob=0.0", "+model.attention_probs_dropout_prob=0.0", "train.progress=false",
+                "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0", "train.progress=false",
                 "logger.mode=disabled", f"results_dir={folder}/results", f"checkpoint_dir={folder}/checkpoints",
                 *extra]
         cmd = [sys.executable, str(ROOT / "run.py"), *args]

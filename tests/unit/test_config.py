@@ -172,6 +172,18 @@ def test_group_by_length_is_part_of_a_glue_runs_identity_and_refused_for_c4():
         check_config(c4)
 
 
+def test_an_encoders_dropout_is_a_declared_setting_in_the_run_identity():
+    """model.hidden_dropout_prob (once only reachable as an undeclared `+model...` key, which left the identity
+    unchanged) is declared: set, it changes the run's hash; at its default the hash is as before."""
+    from gnlorp.runner import run_identity
+
+    plain = compose(["task=glue/rte", "method=lora"])
+    off = compose(["task=glue/rte", "method=lora", "model.hidden_dropout_prob=0.0"])
+    assert "model.hidden_dropout_prob" not in run_identity(plain, check_config(plain)).settings
+    assert run_identity(off, check_config(off)).settings["model.hidden_dropout_prob"] == 0.0
+    assert run_identity(off, check_config(off)).run_id != run_identity(plain, check_config(plain)).run_id
+
+
 def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
     """identity=UNLESS_DEFAULT: at its default the key is left out of the hash (the run trains as before the key
     existed, so earlier results keep their file); any other value is part of it."""
