@@ -9,9 +9,10 @@ from pathlib import Path
 __version__ = "0.1.0"
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # the Hydra configs ship in the package (pkg://gnlorp.conf)
 
-# the default low-rank targets: every nn.Linear inside the transformer blocks (gnlorp/optim/targets.py selects them
-# on a model, gnlorp/model_dims.py on its config before it loads)
-BLOCK_PATTERN = r"(^|\.)layers?\.\d+\."
+# the default low-rank targets: every nn.Linear (and, for GaLore, GPT-2's Conv1D) inside the transformer blocks:
+# LLaMA `model.layers.N.`, BERT `encoder.layer.N.`, GPT-2 / Falcon / BLOOM `transformer.h.N.` (gnlorp/optim/targets.py
+# selects them on a model, gnlorp/model_dims.py on its config before it loads)
+BLOCK_PATTERN = r"(^|\.)(layers?|h)\.\d+\."
 
 
 class UserError(Exception):

@@ -70,7 +70,7 @@ def added_size(w: torch.Tensor, element_bytes: int | None = None) -> int:
 
 def target_weights(model: nn.Module, cfg) -> dict[str, torch.Tensor]:
     """The weights of the targets `cfg` (a methods.MethodConfig) selects, by module name."""
-    return {n: model.get_submodule(n).weight for n in target_linear_names(model, cfg.target_modules)}
+    return {n: model.get_submodule(n).weight for n in target_linear_names(model, cfg.target_modules, conv1d=True)}
 
 
 def dense_besides(model: nn.Module, skip: list[torch.Tensor], element_bytes: int | None = None) -> list[tuple[int, int]]:

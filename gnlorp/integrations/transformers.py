@@ -8,8 +8,9 @@ Each call returns the `(optimizer class, kwargs)` pair Trainer takes; Trainer co
 once per Trainer. lr, betas, eps and weight decay come from the TrainingArguments, as for transformers' own
 `optim="galore_adamw"`; weight decay skips 1-D tensors (biases, norms, magnitudes). The targets are every
 nn.Linear inside the transformer blocks, on encoders (BERT/RoBERTa `encoder.layer.N.*`) and decoders
-(LLaMA `model.layers.N.*`) alike, or those matching the regex `target_modules`; a selection of nothing is
-refused.
+(LLaMA `model.layers.N.*`, GPT-2/Falcon/BLOOM `transformer.h.N.*`) alike, or those matching the regex
+`target_modules`; a selection of nothing is refused. GaLore also projects GPT-2's Conv1D weights; gradnormlorp
+refuses them (it reparameterizes nn.Linear layers).
 
 `gradnormlorp` reparameterizes the targets of `model` in place (W = diag(g) V / ||V||_row). From then on the
 model's state_dict holds, under each target's vanilla `weight` key, the merged W, so every `checkpoint-N` and
@@ -36,7 +37,7 @@ from torch import nn
 from ..errors import UserError
 from ..optim.galore_adamw import GaLoreAdamW
 from ..optim.param_groups import adamw_param_groups, galore_param_groups
-from ..optim.targets import check_rank, target_linear_names
+from ..optim.targets import LIBRARY_KNOB, check_rank, target_linear_names
 from ..optim.weightnorm import WeightNormLinear, apply_weight_norm, row_norm
 
 EXACT_PARAMS_KEY = "gnlorp_exact_params"
@@ -188,7 +189,7 @@ def gradnormlorp(
             "gradnormlorp(model, ...) got a model that already holds WeightNormLinear layers; pass the model as "
             "loaded (e.g. from_pretrained), once."
         )
-    names = target_linear_names(model, target_modules)
+    names = target_linear_names(model, target_modules, knob=LIBRARY_KNOB, method="gradnormlorp(...)")
     check_rank(model, names, rank)
     wrapped = apply_weight_norm(model, names)
     for module in wrapped:

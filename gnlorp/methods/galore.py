@@ -20,7 +20,7 @@ METHOD = MethodSpec("galore", GaLoreSettings, Labels(glue="GaLore", c4="GaLore",
 def prepare(model, cfg):
     from ..optim.targets import check_rank, target_linear_names
 
-    check_rank(model, target_linear_names(model, cfg.target_modules), cfg.rank)
+    check_rank(model, target_linear_names(model, cfg.target_modules, conv1d=True), cfg.rank)
     return model
 
 
@@ -28,7 +28,7 @@ def build_optimizer(model, cfg):
     from .optimizers import build_adamw
     from ..optim.targets import target_linear_names
 
-    names = target_linear_names(model, cfg.target_modules)
+    names = target_linear_names(model, cfg.target_modules, conv1d=True)
     return build_adamw(model, cfg, low_rank=[model.get_submodule(n).weight for n in names])
 
 

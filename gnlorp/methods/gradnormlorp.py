@@ -30,7 +30,7 @@ def prepare(model, cfg):
     from ..optim import apply_weight_norm
     from ..optim.targets import check_rank, target_linear_names
 
-    names = target_linear_names(model, cfg.target_modules)
+    names = target_linear_names(model, cfg.target_modules, method="GradNormLoRP")
     check_rank(model, names, cfg.rank)
     apply_weight_norm(model, names)
     return model

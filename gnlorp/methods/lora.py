@@ -28,7 +28,7 @@ def prepare(model, cfg, use_dora: bool = False):
 
     from ..optim.targets import check_rank, classifier_head_names, is_causal_lm, target_linear_names
 
-    names = target_linear_names(model, cfg.target_modules)
+    names = target_linear_names(model, cfg.target_modules, method="LoRA")
     check_rank(model, names, cfg.rank)
     causal = is_causal_lm(model)
     config = LoraConfig(

@@ -50,7 +50,7 @@ def prepare(model, cfg):
     from ..optim.targets import check_rank, target_linear_names
 
     _check(cfg)
-    names = target_linear_names(model, cfg.target_modules)
+    names = target_linear_names(model, cfg.target_modules, method="ReLoRA")
     check_rank(model, names, cfg.rank)
     seed = int(torch.randint(0, 2**31 - 1, ()))
 

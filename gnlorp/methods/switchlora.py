@@ -35,7 +35,7 @@ def _check(model, cfg) -> list[str]:
     from ..errors import UserError
     from ..optim.targets import check_rank, target_linear_names
 
-    names = target_linear_names(model, cfg.target_modules)
+    names = target_linear_names(model, cfg.target_modules, method="SwitchLoRA")
     check_rank(model, names, cfg.rank)
     if cfg.layerwise:
         raise UserError("method.layerwise=true is not supported by switchlora (its swaps need the whole step); "

@@ -5,7 +5,10 @@ Param groups follow galore-torch: a group with a `rank` key is projected (`updat
 trajectory equals `galore_torch.GaLoreAdamW` for the same inputs (the test oracle) up to float rounding:
 the projected-back update is added (and the weight decayed) by one GEMM into the weight (`addmm_`) where
 galore-torch materializes P R, scales it and adds it, so the last bits differ (4e-7 after the oracle's 30
-steps with weight decay, 7e-8 without; the test allows 1e-5).
+steps with weight decay, 7e-8 without; the test allows 1e-5). With svd_signs="lapack" a projected weight takes
+galore-torch's own operations and its column-major projector, so that no last-bit difference flips a singular
+vector's sign at a later refresh: on CPU the trajectory is galore-torch's (and transformers' galore_adamw's) bit for
+bit (tests/e2e/test_galore_parity.py).
 
 Per parameter the state holds only plain tensors and ints:
   step                      int, optimizer steps taken
@@ -37,7 +40,9 @@ from .adam_math import (
 )
 from .sharded import is_sharded, sharded_update
 from .bnb import adam_qmaps
-from .projector import PROJ_TYPES, SIGNS, SVD_METHODS, add_projected_back, compute_projection, project, projection_side
+from .projector import (
+    PROJ_TYPES, SIGNS, SVD_METHODS, add_projected_back, compute_projection, project, project_back, projection_side,
+)
 from .state_dtypes import keep_saved_state_dtypes
 
 class GaLoreAdamW(Optimizer):
@@ -181,6 +186,9 @@ class GaLoreAdamW(Optimizer):
 
         if "exp_avg" not in state:
             self._init_moments(state, low)
+        if galore and group.get("svd_signs", "canonical") == "lapack" and state["exp_avg"].dtype != torch.uint8:
+            self._galore_torch_update(p, low, state, group, side, P, Q)
+            return
         if galore:
             # One GEMM writes P R (or R Q) straight into p, scaled and decayed: no m x n temporary.
             direction, coef, decay = self._low_rank_direction(state, low, group)
@@ -222,6 +230,15 @@ class GaLoreAdamW(Optimizer):
         # (the caller's .to: 8-bit mode's float32 moments of a small R next to a bf16 weight and projector)
         direction, step_size = self._adam_float(low, state, group, t)
         return direction, -step_size * group["scale"] * decay, decay
+
+    def _galore_torch_update(self, p, low, state: dict, group: dict, side: str, P, Q) -> None:
+        """svd_signs="lapack" in float: galore-torch's own operations in its order (back-projection
+        materialized, times scale, added at -step_size, then p <- p - lr wd p), so that no last-bit
+        difference can flip a singular vector's sign at a later refresh (the 1-GEMM path above rounds differently)."""
+        state["step"] += 1
+        direction, step_size = self._adam_float(low, state, group, state["step"])
+        p.add_(project_back(direction.to(p.dtype), side, P, Q) * group["scale"], alpha=-step_size)
+        decay_after_update(p, group["lr"], group["weight_decay"])
 
     def _dense_adam(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
         """Adam on an unprojected tensor `p` (plain tensors: a whole parameter, or this process's shard)."""

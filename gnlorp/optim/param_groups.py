@@ -7,7 +7,7 @@ from typing import Iterable
 
 from torch import nn
 
-from .targets import check_rank, target_linear_names
+from .targets import LIBRARY_KNOB, check_rank, target_linear_names
 
 
 def no_decay(name: str, p) -> bool:
@@ -63,11 +63,12 @@ def galore_param_groups(
     exact_projection: bool = False,
     svd_signs: str = "canonical",
 ) -> list[dict]:
-    """Groups for GaLoreAdamW: GaLore projects every nn.Linear inside the transformer blocks, on encoders
-    (BERT/RoBERTa `encoder.layer.N.*`) and decoders (LLaMA `model.layers.N.*`) alike, or those whose name
+    """Groups for GaLoreAdamW: GaLore projects the weight of every nn.Linear (and GPT-2 Conv1D) inside the
+    transformer blocks, on encoders (BERT/RoBERTa `encoder.layer.N.*`) and decoders (LLaMA `model.layers.N.*`,
+    GPT-2/Falcon/BLOOM `transformer.h.N.*`) alike, or those whose name
     matches the regex `target_modules`; a selection that matches nothing, or a rank above a target's
     smallest dimension, is a UserError."""
-    names = target_linear_names(model, target_modules)
+    names = target_linear_names(model, target_modules, conv1d=True, knob=LIBRARY_KNOB)
     check_rank(model, names, rank)
     return adamw_param_groups(
         model, [model.get_submodule(n).weight for n in names], weight_decay=weight_decay, rank=rank,

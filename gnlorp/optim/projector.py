@@ -100,6 +100,11 @@ def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int, sig
     )
 
 
+def column_major(x: torch.Tensor) -> torch.Tensor:
+    """A compact copy of the matrix x laid out column by column (strides (1, rows)), as LAPACK writes one."""
+    return x.t().contiguous().t()
+
+
 def compute_projection(
     grad: torch.Tensor, rank: int, side: str, svd: str = "exact", name: str = "a parameter", seed: int = 0,
     signs: str = "canonical",
@@ -112,8 +117,12 @@ def compute_projection(
     if signs not in SIGNS:
         raise ValueError(f"signs must be one of {', '.join(SIGNS)}, got {signs!r}.")
     U, Vh = _svd(grad, rank, choose_svd(grad.shape, rank, svd), name, seed, signs)
-    P = U.to(grad.dtype).contiguous() if side in ("left", "both") else None
-    Q = Vh.to(grad.dtype).contiguous() if side in ("right", "both") else None
+    # LAPACK returns column-major U and Vh, and a GEMM with a row-major copy rounds differently in the last bit:
+    # signs="lapack" keeps them column-major, as galore-torch's views of them are (its products, to the bit),
+    # in a compact copy (a view would keep the whole U or Vh alive in the optimizer state).
+    layout = column_major if signs == "lapack" else torch.Tensor.contiguous
+    P = layout(U.to(grad.dtype)) if side in ("left", "both") else None
+    Q = layout(Vh.to(grad.dtype)) if side in ("right", "both") else None
     return P, Q
 
 

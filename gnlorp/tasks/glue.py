@@ -122,32 +122,21 @@ class GlueData:
     metric_names: tuple[str, ...]
     main_metric: str
     source: str
-    pad_token_id: int = field(default=0, repr=False)
-    pad_token_type_id: int = field(default=0, repr=False)
-    padding_side: str = field(default="right", repr=False)
+    tokenizer: Any = field(default=None, repr=False, compare=False)  # pads the batches (padding_tokenizer)
 
     def collate(self, features: list[dict]) -> dict[str, "torch.Tensor"]:
-        """Pad a list of examples to the longest one in the list (not to max_length) and stack them.
+        """Pad a list of examples to the longest one in the list (not to max_length) and stack them, with
+        transformers' DataCollatorWithPadding on the task's tokenizer (its pad id, pad token type and padding
+        side); labels are float32 for a regression task (STS-B), int64 otherwise.
         Usable as ``DataLoader(..., collate_fn=data.collate)``."""
         import torch
+        from transformers import DataCollatorWithPadding
 
         if not features:
             raise ValueError("collate() got an empty list of examples")
-        longest = max(len(f["input_ids"]) for f in features)
-        pads = {"input_ids": self.pad_token_id, "attention_mask": 0, "token_type_ids": self.pad_token_type_id}
-        batch: dict[str, torch.Tensor] = {}
-        for key, pad in pads.items():
-            if key not in features[0]:
-                continue
-            rows = []
-            for f in features:
-                seq = list(f[key])
-                fill = [pad] * (longest - len(seq))
-                rows.append(fill + seq if self.padding_side == "left" else seq + fill)
-            batch[key] = torch.tensor(rows, dtype=torch.long)
-        if "labels" in features[0]:
-            dtype = torch.float32 if self.is_regression else torch.long
-            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
+        batch = dict(DataCollatorWithPadding(self.tokenizer, return_tensors="pt")(features))
+        if "labels" in batch:
+            batch["labels"] = batch["labels"].to(torch.float32 if self.is_regression else torch.long)
         return batch
 
     def trivial_baseline(self) -> dict:
@@ -520,9 +509,6 @@ def load_glue(
     if selection_rows:
         eval_rows["selection"] = selection_rows
 
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    if pad_id is None:
-        pad_id = getattr(tokenizer, "eos_token_id", None)
     return GlueData(
         name=spec.name,
         num_labels=spec.num_labels,
@@ -532,7 +518,17 @@ def load_glue(
         metric_names=spec.metric_names,
         main_metric=spec.main_metric,
         source=source,
-        pad_token_id=int(pad_id) if pad_id is not None else 0,
-        pad_token_type_id=int(getattr(tokenizer, "pad_token_type_id", 0) or 0),
-        padding_side=str(getattr(tokenizer, "padding_side", "right") or "right"),
+        tokenizer=padding_tokenizer(tokenizer),
     )
+
+
+def padding_tokenizer(tokenizer: Any) -> Any:
+    """`tokenizer` if it has a pad token; else a copy whose pad token is its end-of-sequence token (id 0
+    without one either), as causal LMs' tokenizers (LLaMA, GPT-2) are padded: the caller's stays untouched."""
+    if getattr(tokenizer, "pad_token_id", None) is not None:
+        return tokenizer
+    import copy
+
+    padded = copy.deepcopy(tokenizer)
+    padded.pad_token = padded.eos_token if padded.eos_token_id is not None else padded.convert_ids_to_tokens(0)
+    return padded

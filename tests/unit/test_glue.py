@@ -348,6 +348,56 @@ def test_collate_regression_labels_float(tok, tmp_path):
     assert data.is_regression and data.num_labels == 1
 
 
+# Three examples as _tokenize writes them (a pair, a single sentence, a short one), and the batches the hand-written
+# collate that DataCollatorWithPadding replaced returned for them: padded to the longest, on the tokenizer's side.
+FEATURES = [
+    {"input_ids": [101, 2054, 2003, 102, 7592, 102], "attention_mask": [1] * 6, "token_type_ids": [0, 0, 0, 0, 1, 1],
+     "labels": 1},
+    {"input_ids": [101, 2748, 102], "attention_mask": [1] * 3, "token_type_ids": [0] * 3, "labels": 0},
+    {"input_ids": [101, 2129, 2024, 102], "attention_mask": [1] * 4, "token_type_ids": [0, 0, 1, 1], "labels": 2},
+]
+
+
+def _expected(pad, left):
+    rows = {"input_ids": [], "attention_mask": [], "token_type_ids": []}
+    for f in FEATURES:
+        for key, value in (("input_ids", pad), ("attention_mask", 0), ("token_type_ids", 0)):
+            fill = [value] * (6 - len(f[key]))
+            rows[key].append(fill + f[key] if left else f[key] + fill)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in rows.items()}
+
+
+def _glue_data(tokenizer, regression=False):
+    return GlueData("stsb" if regression else "mnli", 1 if regression else 3, regression, [], {}, ("accuracy",),
+                    "accuracy", "test", tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collate_equals_the_hand_written_padding(tok, side):
+    import copy
+
+    from gnlorp.tasks.glue import padding_tokenizer
+
+    sided = copy.deepcopy(tok)
+    sided.padding_side = side
+    batch = _glue_data(sided).collate(copy.deepcopy(FEATURES))
+    expected = _expected(pad=0, left=side == "left")  # [PAD] is 0 in this vocabulary
+    assert set(batch) == {*expected, "labels"}
+    for key, value in expected.items():
+        assert batch[key].dtype == torch.long and torch.equal(batch[key], value), key
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [1, 0, 2]
+    # STS-B: float32 labels, also where a score is a whole number
+    scores = [dict(f, labels=v) for f, v in zip(FEATURES, (4, 0.5, 3.25))]
+    labels = _glue_data(sided, regression=True).collate(scores)["labels"]
+    assert labels.dtype == torch.float32 and labels.tolist() == [4.0, 0.5, 3.25]
+    # a tokenizer without a pad token pads with its end-of-sequence token, and stays as it was
+    no_pad = copy.deepcopy(sided)
+    no_pad.pad_token, no_pad.eos_token = None, "[SEP]"
+    batch = _glue_data(padding_tokenizer(no_pad)).collate(copy.deepcopy(FEATURES))
+    assert torch.equal(batch["input_ids"], _expected(pad=102, left=side == "left")["input_ids"])
+    assert no_pad.pad_token_id is None
+
+
 # ---------------------------------------------------------------------------------------------------
 # metrics
 
