@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from gnlorp.optim import LayerwiseOptimizer
-from gnlorp.optim.apollo import ApolloAdamW, next_seed, stable_randn
+from gnlorp.optim import ApolloAdamW, LayerwiseOptimizer
+from gnlorp.optim.apollo import next_seed, stable_randn
 
 MODES = {  # the reference's documented modes (its README and scripts/pretrain_c4/*.sh)
     "apollo_random": dict(rank=4, scale_type="channel", proj="random", scale=1.0, scale_front=False),
@@ -155,3 +155,43 @@ def test_8bit_step_close_to_32bit(shape, scale_type):
     rel = (steps[8] - steps[32]).norm() / steps[32].norm()
     assert steps[32].norm() > 0
     assert rel < 0.05
+
+
+@pytest.mark.parametrize("name", ["apollo", "apollo_mini"])
+def test_registry_methods_match_apollo_torch_on_a_tiny_llama(name):
+    """method=apollo / apollo_mini as the runner builds them (groups, defaults of the YAMLs' settings) against
+    apollo_torch.APOLLOAdamW given the same groups: 8 steps, T=3 (three draws)."""
+    apollo_torch = pytest.importorskip("apollo_torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from gnlorp.methods import MethodConfig, get_method
+
+    def tiny():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, max_position_embeddings=32))
+
+    cfg = MethodConfig(name=name, lr=1e-2, rank=8, update_proj_gap=3, weight_decay=0.01)
+    method = get_method(name)
+    ours, ref = method.prepare(tiny(), cfg), tiny()
+    opt = method.build_optimizer(ours, cfg)
+    low = opt.param_groups[-1]
+    expected = dict(rank=1, scale=128.0, scale_type="tensor", scale_front=True) if name == "apollo_mini" else \
+        dict(rank=8, scale=1.0, scale_type="channel", scale_front=False)
+    assert {k: low[k] for k in expected} == expected and low["proj"] == "random" and low["norm_growth_limiter"]
+    ref_params = dict(ref.named_parameters())
+    ids = {id(p): n for n, p in ours.named_parameters()}
+    groups = [{**{k: v for k, v in g.items() if k not in ("scale_front", "norm_growth_limiter")},
+               "params": [ref_params[ids[id(p)]] for p in g["params"]]} for g in opt.param_groups]
+    opt_ref = apollo_torch.APOLLOAdamW(groups, lr=1e-2, scale_front=low["scale_front"])
+    g = torch.Generator().manual_seed(2)
+    for _ in range(8):
+        x = torch.randint(0, 64, (4, 16), generator=g)
+        for model, o in ((ours, opt), (ref, opt_ref)):
+            o.zero_grad()
+            model(input_ids=x, labels=x).loss.backward()
+            o.step()
+    assert _max_diff(ours, tiny()) > 1e-3
+    diff = _max_diff(ours, ref)
+    print(f"{name} on a tiny LLaMA: max abs diff {diff:.3g}")
+    assert diff <= 1e-5
