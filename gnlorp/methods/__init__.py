@@ -21,6 +21,8 @@ _MODULES = (  # one line per method; each module is named after its method
     "gradnormlorp",
     "relora",
     "switchlora",
+    "apollo",
+    "apollo_mini",
 )
 
 BASELINE = "full"  # what memory savings and speed ratios are measured against
