@@ -75,7 +75,7 @@ def start_session(plan: Plan, placed: PlacedJob, trainable: Trainable, *, wandb_
         where, group = _hydra_output_and_group(cfg)
         logger = WandbLogger(cfg.logger.mode, cfg.logger.project, plan.run_id, resolved, dir=where,
                              entity=cfg.logger.entity, resume_id=wandb_id, echo=echo, run_id=wandb_run_id(plan.run_id),
-                             group=group, tags=_wandb_tags(plan))
+                             group=group, tags=_wandb_tags(plan), job_type=JOB_TYPE.get(cfg.task.family))
     tracker = RunTracker(record, main_split=job.main_split, main_metric=job.main_metric,
                          higher_is_better=job.higher_is_better, total_steps=total_steps,
                          log_every=cfg.train.log_every, progress=bool(cfg.train.progress), logger=logger, echo=echo)
@@ -131,9 +131,17 @@ def _hydra_output_and_group(cfg) -> tuple[str, str]:
     return origin["output_dir"] or str(Path.cwd()), group
 
 
+JOB_TYPE = {"c4": "pretrain", "glue": "finetune"}  # W&B's job_type, by task family
+
+
 def wandb_run_id(run_id: str) -> str:
-    """W&B ids are short: a digest of the run id (name and identity hash), the same for a rerun or a resume."""
-    return hashlib.sha256(run_id.encode()).hexdigest()[:16]
+    """A fresh W&B id for a run that starts from scratch: a digest of the run id (name and identity hash), which
+    W&B's filters can match, and a random part, so that a rerun of a complete config is a new W&B run in the same
+    group (W&B would drop a second step 1..N logged into the old one). A resume passes the id its checkpoint
+    holds (resume_id) and continues that run."""
+    import secrets
+
+    return f"{hashlib.sha256(run_id.encode()).hexdigest()[:12]}-{secrets.token_hex(3)}"
 
 
 def _wandb_tags(plan: Plan) -> list[str]:

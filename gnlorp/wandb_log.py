@@ -95,8 +95,8 @@ class WandbLogger:
     seconds (default: $WANDB_INIT_TIMEOUT, wandb's own variable, else 30), otherwise offline (then disabled)
     with one notice line each.
     mode None: the WANDB_MODE environment variable if set, else "online".
-    ``run_id`` (from the run identity) makes a rerun or a resume continue the same W&B run; ``group`` and
-    ``tags`` let a sweep's runs be grouped and filtered.
+    ``run_id``: the W&B id of a fresh run (session.wandb_run_id); ``resume_id``: the id a resumed run's checkpoint
+    holds, whose W&B run it continues; ``group``, ``tags`` and ``job_type`` let a sweep's runs be grouped and filtered.
     """
 
     def __init__(
@@ -114,6 +114,7 @@ class WandbLogger:
         run_id: str | None = None,
         group: str | None = None,
         tags: list[str] | None = None,
+        job_type: str | None = None,
     ):
         if online_init_timeout is None:
             try:
@@ -164,7 +165,9 @@ class WandbLogger:
             init_kwargs["group"] = group
         if tags:
             init_kwargs["tags"] = list(tags)
-        if resume_id or run_id:  # the same id for a rerun or a resume: W&B continues that run
+        if job_type:
+            init_kwargs["job_type"] = job_type
+        if resume_id or run_id:  # a resume's id (from its checkpoint): W&B continues that run
             init_kwargs.update(id=resume_id or run_id, resume="allow")
         offline_where = f"logging offline to {self.dir / 'wandb'} — sync later with 'wandb sync'."
 

@@ -91,7 +91,7 @@ def test_multirun_over_methods_writes_four_complete_results(tmp_path):
 
 def test_wandb_offline_run_holds_the_record_grouped_and_tagged(tmp_path):
     """The W&B folder sits with the job's Hydra outputs; the summary holds the record's headline figures, the
-    group and tags are set, and a rerun of the same config continues the same W&B run (same id)."""
+    group, tags and job_type are set, and a rerun of the same config is a new W&B run in the same group."""
     args = tiny_glue(tmp_path, "method=galore", "rank=4", "train.epochs=1", "logger.mode=offline")
     p = _cli(args, tmp_path, {"WANDB_MODE": ""})
     assert p.returncode == 0, p.stderr[-2000:]
@@ -114,10 +114,24 @@ def test_wandb_offline_run_holds_the_record_grouped_and_tagged(tmp_path):
     assert b"eval/validation/accuracy" in blob and b"train/loss" in blob
     assert b"rte-bert_tiny" in blob  # the group: <task>-<model> outside a sweep or an experiment
     assert all(tag in blob for tag in (b"method:galore", b"task:rte", b"model:bert_tiny", b"rank:4", b"precision:fp32"))
+    assert b"finetune" in blob  # job_type
     p = _cli(args, tmp_path, {"WANDB_MODE": ""})
     assert p.returncode == 0, p.stderr[-2000:]
-    ids = {r.name.rsplit("-", 1)[1] for r in (tmp_path / "outputs").rglob("offline-run-*")}
-    assert len(ids) == 1, ids  # the rerun logged to the same W&B run id
+    runs = sorted((tmp_path / "outputs").rglob("offline-run-*"))
+    ids = {r.name.split("-run-", 1)[1].split("-", 1)[1] for r in runs}
+    assert len(runs) == 2 and len(ids) == 2, ids  # the rerun is a new W&B run (W&B would drop its steps 1..N)...
+    assert all(b"rte-bert_tiny" in b"".join(f.read_bytes() for f in r.glob("*.wandb")) for r in runs)  # one group
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path):
+    args = tiny_glue(tmp_path, "method=lora", "rank=4", "train.epochs=1", "logger.mode=offline")
+    first = _cli([*args, "train.stop_at_step=2"], tmp_path, {"WANDB_MODE": ""})
+    assert json.loads(next((tmp_path / "results").glob("*.json")).read_text())["status"] == "incomplete", first.stderr[-2000:]
+    second = _cli([*args, "resume=true"], tmp_path, {"WANDB_MODE": ""})
+    assert second.returncode == 0, second.stderr[-2000:]
+    runs = sorted((tmp_path / "outputs").rglob("offline-run-*"))
+    ids = {r.name.split("-run-", 1)[1].split("-", 1)[1] for r in runs}
+    assert len(runs) == 2 and len(ids) == 1, ids
 
 
 def test_no_key_and_no_mode_goes_offline_with_one_notice(tmp_path):
