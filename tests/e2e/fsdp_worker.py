@@ -171,9 +171,9 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
     refreshes: dict[str, list[int]] = {}
     real = galore_adamw.compute_projection
 
-    def counting(grad, rank_, side, svd="exact", name="?", seed=0, **options):
+    def counting(grad, rank_, side, svd="exact", name="?", *, seed=0, **options):
         refreshes.setdefault(name, []).append(loop.pos.step + 1)  # the optimizer step that computes it
-        return real(grad, rank_, side, svd, name, seed, **options)
+        return real(grad, rank_, side, svd, name, seed=seed, **options)
 
     galore_adamw.compute_projection = counting
     examples = UNEVEN_EXAMPLES if name in UNEVEN_CASES else EXAMPLES
