@@ -56,7 +56,7 @@ def child(model_name: str, method: str, rank: int | None, *, batch: int, seq_len
                      lambda b: int(b["input_ids"].numel()), drop_last=True)
     loop = TrainLoop(model, optimizer, data, LoopConfig(total_steps=steps, batch_size=batch, micro_batch_size=batch,
                                                         progress=False), evaluate=lambda _: {},
-                     on_log=lambda *_: None, on_eval=lambda *_: None, checkpoint_path=None,
+                     on_log=lambda *_: None, on_eval=lambda *_: None,
                      device=torch.device("cpu"))
     loop.run()
     measured = (_status_kib("VmHWM") or 0) * 1024 - baseline

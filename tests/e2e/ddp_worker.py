@@ -92,7 +92,7 @@ def run_case(case: str, out: Path, world: int, rank: int) -> None:
     loop = TrainLoop(
         model, optimizer, data, loop_cfg, **hooks,
         evaluate=lambda m: {}, on_log=lambda step, v: losses.append([step, v["loss"]]), on_eval=lambda *a: None,
-        checkpoint_path=None, device=torch.device("cpu"), world_size=world, rank=rank, ddp_model=ddp,
+        device=torch.device("cpu"), world_size=world, rank=rank, ddp_model=ddp,
     )
     loop.run()
     galore_adamw.compute_projection = real

@@ -142,6 +142,7 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
              counter) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from gnlorp.checkpointer import Checkpointer
     from gnlorp.fsdp import full_state_dict, shard_model
     from gnlorp.methods import MethodConfig, get_method
     from gnlorp.optim.layerwise import base_optimizer
@@ -190,8 +191,8 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
     loop = TrainLoop(
         model, optimizer, data, loop_cfg, **hooks,
         evaluate=lambda m: {}, on_log=lambda step, v: losses.append([step, v["loss"]]), on_eval=lambda *a: None,
-        checkpoint_path=None if ckpt is None else ckpt / case, device=torch.device("cpu"), world_size=world,
-        rank=rank,
+        device=torch.device("cpu"), world_size=world, rank=rank,
+        checkpointer=None if ckpt is None else Checkpointer(ckpt / case, case, settings={}, rank=rank, sharded=world > 1),
     )
     if fixed:
         fixed_gradients(base_optimizer(optimizer), model, loop)
