@@ -19,7 +19,13 @@ from .data_fingerprint import describe_change
 from .errors import UserError
 
 IDENTITY_FILE = "identity.json"  # beside each checkpoint: which training settings wrote it
+CHECKPOINT_FILE, SHARDED_FOLDER = "last.pt", "last.dcp"
 _SLOT_KEYS = ("task.name", "task.max_train_samples", "model.name", "seed")
+
+
+def checkpoint_path(checkpoint_dir: str | Path, run_id: str, sharded: bool) -> Path:
+    """<checkpoint_dir>/<run_id>/last.pt, or the DCP folder last.dcp when sharded (gnlorp/sharded_checkpoint.py)."""
+    return Path(checkpoint_dir) / run_id / (SHARDED_FOLDER if sharded else CHECKPOINT_FILE)
 
 
 def _read_identity(folder: Path) -> dict | None:
@@ -76,7 +82,7 @@ class Checkpointer:
         root = self.folder.parent
         candidates = []
         for folder in sorted(root.iterdir()) if root.is_dir() else []:
-            theirs = _read_identity(folder) if (folder / "last.pt").exists() and folder.name != self.run_id else None
+            theirs = _read_identity(folder) if (folder / CHECKPOINT_FILE).exists() and folder.name != self.run_id else None
             if theirs and _same_slot(self.settings, theirs["settings"]):
                 keys = identity.differing_keys(self.settings, theirs["settings"])
                 candidates.append((len(keys), folder, keys, theirs))
@@ -89,11 +95,11 @@ class Checkpointer:
             return
         if keys == ["data"]:
             raise UserError(
-                f"resume=true, but the checkpoint {folder / 'last.pt'} was trained on other data: in task.data_dir "
+                f"resume=true, but the checkpoint {folder / CHECKPOINT_FILE} was trained on other data: in task.data_dir "
                 f"{describe_change(self.data, theirs.get('data'))}; it was kept: point task.data_dir at the data it "
                 f"was trained on to continue it, or drop resume=true to start on this data from scratch.")
         raise UserError(
-            f"resume=true, but the checkpoint {folder / 'last.pt'} was written with other training settings "
+            f"resume=true, but the checkpoint {folder / CHECKPOINT_FILE} was written with other training settings "
             f"({identity.describe_differences(self.settings, theirs['settings'], keys)}); it was kept: rerun with its "
             f"settings to continue it, or drop resume=true to start this config from scratch.")
 
@@ -120,6 +126,22 @@ class Checkpointer:
         tracker.load_state_dict(state["extra"])
 
     # ------------------------------------------------------------------ atomic save
+    def save(self, loop) -> None:
+        """The loop's state (a Stateful: state_dict, carrying the tracker's and the data stream's) saved atomically;
+        sharded, every rank writes its shards of loop.model and its own state, else rank 0 writes the file while
+        the others wait. Collective: all processes call it."""
+        if self.sharded:
+            from .sharded_checkpoint import save_sharded
+
+            save_sharded(self.path, loop.model, loop.state_dict())
+            return
+        from .checkpoint import save_checkpoint
+        from .distributed import wait_for_rank0
+
+        if self.rank == 0:
+            save_checkpoint(loop.state_dict(), self.path)
+        wait_for_rank0()
+
     def stamp(self) -> dict:
         """What each saved state carries so that a load can verify it (the loop saves it under extra.identity)."""
         return {"run_id": self.run_id, "settings": self.settings}

@@ -21,7 +21,7 @@ METHODS = ("full", "lora", "dora", "galore", "gradnormlorp")
 GIB = 1024**3
 
 
-def _train(model_name, method, rank, optim_bits, device, steps, batch, seq_len, layerwise=False, checkpointing=False):
+def _train(model_name, method, rank, optim_bits, device, *, steps, batch, seq_len, layerwise=False, checkpointing=False):
     from .memory_model import Setup, peak
     from .methods import MethodConfig, get_method
     from .models import build_llama, enable_activation_checkpointing, llama_model_cfg
@@ -108,17 +108,17 @@ def run(device: torch.device, dry: bool) -> dict:
     steps, batch, seq = (2, 2, 32) if dry else (30, 8, 256)
     results = {"device": device_info(), "dry_run": dry, "git": git_info(), "packages": package_versions()}
     results["methods"] = [
-        _train(small, method, 8 if dry else 128, bits, device, steps, batch, seq)
+        _train(small, method, 8 if dry else 128, bits, device, steps=steps, batch=batch, seq_len=seq)
         for method in METHODS for bits in (32, 8)
     ]
-    results["layerwise_1b"] = _train(big, "gradnormlorp", 8 if dry else 512, 8, device, 2 if dry else 10,
-                                     1 if dry else 4, seq, layerwise=True, checkpointing=True)
+    results["layerwise_1b"] = _train(big, "gradnormlorp", 8 if dry else 512, 8, device, steps=2 if dry else 10,
+                                     batch=1 if dry else 4, seq_len=seq, layerwise=True, checkpointing=True)
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, 24 * GIB / total), device)
     try:
-        results["llama7b_24gib"] = _train(huge, "gradnormlorp", 8 if dry else 512, 8, device, 2, 1, 32 if dry else 256,
-                                          layerwise=True, checkpointing=True)
+        results["llama7b_24gib"] = _train(huge, "gradnormlorp", 8 if dry else 512, 8, device, steps=2, batch=1,
+                                          seq_len=32 if dry else 256, layerwise=True, checkpointing=True)
     except torch.OutOfMemoryError as exc:  # a result too: the 24 GiB claim failed here
         results["llama7b_24gib"] = {"out_of_memory": str(exc).splitlines()[0]}
     finally:

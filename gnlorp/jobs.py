@@ -143,8 +143,8 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = C4_
         world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
     tokenizer = load_causal_tokenizer(cfg.model.tokenizer)
     data_dir = resolve_c4_dir(t.data_dir)
-    stream = c4_train_stream(tokenizer, data_dir, t.seq_len, cfg.train.batch_size, t.streams, t.shuffle_blocks,
-                             cfg.seed, world, rank)
+    stream = c4_train_stream(tokenizer, data_dir, t.seq_len, cfg.train.batch_size, num_streams=t.streams,
+                             buffer_blocks=t.shuffle_blocks, seed=cfg.seed, world_size=world, rank=rank)
     stream.check()
     n_eval = max(1, t.eval_tokens // t.seq_len)
     n_select = t.selection_tokens // t.seq_len
@@ -156,7 +156,7 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = C4_
 
     def evaluate(m: nn.Module) -> dict:
         if not eval_blocks:
-            eval_blocks.append(cached_eval_blocks(tokenizer, data_dir, t.seq_len, n_eval + n_select, t.cache_dir))
+            eval_blocks.append(cached_eval_blocks(tokenizer, data_dir, t.seq_len, n_eval + n_select, cache_dir=t.cache_dir))
             if n_select and len(eval_blocks[0]) < n_eval + n_select:
                 raise UserError(f"C4 validation from {data_dir or 'the hub'} has {len(eval_blocks[0])} blocks of "
                                 f"{t.seq_len} tokens, fewer than task.eval_tokens + task.selection_tokens need "

@@ -18,6 +18,7 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 LR_KEY = "train.lr"
 
@@ -115,9 +116,20 @@ def other_settings(settings: dict) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in settings.items() if k not in (LR_KEY, "seed")))
 
 
-def _grid_key(run) -> tuple:
-    """(family, task, model, method, rank, precision, other settings): the runs of one grid share it."""
-    return (run.family, run.task, run.model, run.method, run.rank, run.precision, other_settings(run.settings))
+class GridKey(NamedTuple):
+    """What the runs of one grid share (compares and hashes as the plain tuple of its fields)."""
+
+    family: str
+    task: str
+    model: str
+    method: str
+    rank: object
+    precision: str
+    settings: tuple
+
+
+def _grid_key(run) -> GridKey:
+    return GridKey(run.family, run.task, run.model, run.method, run.rank, run.precision, other_settings(run.settings))
 
 
 def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[list, list[Grid]]:

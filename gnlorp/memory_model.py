@@ -207,7 +207,7 @@ def trainable_sizes(d: Dims, s: Setup) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=64)
-def _state_bytes(model_key: str, method: str, rank, optim_bits: int, b: int, proj_type: str, layerwise: bool) -> int:
+def _state_bytes(model_key: str, method: str, rank, optim_bits: int, b: int, *, proj_type: str, layerwise: bool) -> int:
     from .methods import estimate_state_bytes
     from .methods.base import MethodConfig
     from .models import build_llama
@@ -221,8 +221,8 @@ def state_bytes(s: Setup) -> int:
     from .models import llama_model_cfg
 
     cfg = llama_model_cfg(s.model) if isinstance(s.model, str) else dict(s.model)
-    return _state_bytes(json.dumps(cfg, sort_keys=True), s.method, s.rank, s.optim_bits, _b(s), s.proj_type,
-                        s.layerwise)
+    return _state_bytes(json.dumps(cfg, sort_keys=True), s.method, s.rank, s.optim_bits, _b(s), proj_type=s.proj_type,
+                        layerwise=s.layerwise)
 
 
 def gesdd_bytes(m: int, n: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import identity
-from .checkpointer import Checkpointer
+from .checkpointer import Checkpointer, checkpoint_path
 from .checks import check_config, check_name_length, check_writable_folder
 from .data_fingerprint import digest as fingerprint_digest
 from .errors import UserError
@@ -73,8 +73,7 @@ class Plan:
 
     @property
     def checkpoint_path(self) -> Path:
-        # sharded: a DCP folder (gnlorp/sharded_checkpoint.py)
-        return Path(self.cfg.checkpoint_dir) / self.run_id / ("last.dcp" if self.sharded else "last.pt")
+        return checkpoint_path(self.cfg.checkpoint_dir, self.run_id, self.sharded)
 
     def checkpointer(self) -> Checkpointer:
         return Checkpointer(self.checkpoint_path, self.run_id, self.settings, self.data, rank=self.rank,

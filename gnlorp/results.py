@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from . import lr_selection
 from .identity import EXCLUDED_KEYS
@@ -165,8 +166,15 @@ def _leave_out_older_records(runs: list[Run], incomplete: list[tuple[Run, str]],
     return [r for r in runs if not older(r)], [(r, st) for r, st in incomplete if not older(r)]
 
 
-def collect(results_dir: str | Path, allow_dirty: bool = False):
-    """(usable runs, excluded runs, unreadable files, learning-rate grids) from a results folder, each sorted by
+class Collected(NamedTuple):
+    runs: list
+    excluded: list
+    unreadable: list
+    grids: list
+
+
+def collect(results_dir: str | Path, allow_dirty: bool = False) -> Collected:
+    """The usable runs, excluded runs, unreadable files and learning-rate grids of a results folder, each sorted by
     file name; of a learning-rate grid (gnlorp/lr_selection.py) only the chosen rate's runs are usable."""
     records, problems = load_results(results_dir)
     runs: list[Run] = []
@@ -219,7 +227,7 @@ def collect(results_dir: str | Path, allow_dirty: bool = False):
     runs = kept
     # load_results names files by path: keep the file name only (no machine-specific directories in the outputs)
     unreadable = sorted((Path(p).name, reason) for p, reason in problems)
-    return runs, excluded, unreadable, grids
+    return Collected(runs, excluded, unreadable, grids)
 
 
 def rate_from_grid(results_dir: str | Path, key: tuple, settings: dict) -> dict:
@@ -228,7 +236,7 @@ def rate_from_grid(results_dir: str | Path, key: tuple, settings: dict) -> dict:
     how}. A UserError if there is no such grid or none of its rates completed."""
     from .errors import UserError
 
-    _, _, _, grids = collect(results_dir, allow_dirty=True)
+    grids = collect(results_dir, allow_dirty=True).grids
     wanted = lr_selection.other_settings(settings)
     for g in grids:
         if g.key == key and g.settings == wanted:

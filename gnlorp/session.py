@@ -98,9 +98,9 @@ def start_session(plan: Plan, placed: PlacedJob, trainable: Trainable, *, wandb_
         return {**tracker.state_dict(), "identity": checkpointer.stamp()}
 
     hooks = method_loop_hooks(trainable, total_steps, loop_cfg)
-    loop = TrainLoop(trainable.model, trainable.optimizer, job.data, loop_cfg, job.evaluate, tracker.on_log,
-                     tracker.on_eval, checkpointer.path, device, extra_state, plan.world, plan.rank, ddp_model,
-                     **hooks)
+    loop = TrainLoop(trainable.model, trainable.optimizer, job.data, loop_cfg, evaluate=job.evaluate,
+                     on_log=tracker.on_log, on_eval=tracker.on_eval, device=device, checkpointer=checkpointer,
+                     extra_state=extra_state, world_size=plan.world, rank=plan.rank, ddp_model=ddp_model, **hooks)
     tracker.train_seconds = lambda: loop.pos.train_seconds
     return Session(loop=loop, tracker=tracker, device=device, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                    checkpointer=checkpointer)

@@ -15,13 +15,11 @@ import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
-from .checkpoint import save_checkpoint
 from .distributed import wait_for_rank0
 from .optim.layerwise import base_optimizer
 
@@ -120,18 +118,28 @@ def warmup_cosine(total_steps: int, warmup_ratio: float, min_ratio: float) -> Ca
     return factor
 
 
+class StepResult(NamedTuple):
+    loss: float      # the mean loss over the global batch
+    tokens: int
+    applied: bool    # False: skipped for a non-finite loss or gradient
+
+
 class TrainLoop:
+    """A Stateful (state_dict / load_state_dict) that hands its state to `checkpointer` (gnlorp/checkpointer.py)
+    every cfg.checkpoint_every steps and when it stops early; without one it keeps no checkpoint."""
+
     def __init__(
         self,
         model: nn.Module,
         optimizer,
         data: TrainData,
         cfg: LoopConfig,
+        *,
         evaluate: Callable[[nn.Module], dict],
         on_log: Callable[[int, dict], None],
         on_eval: Callable[[int, int, dict], None],
-        checkpoint_path: Path | None,
         device: torch.device,
+        checkpointer=None,
         extra_state: Callable[[], dict] = dict,
         world_size: int = 1,
         rank: int = 0,
@@ -145,7 +153,7 @@ class TrainLoop:
         # FSDP2 (train.parallel=fsdp): the model itself is the sharded module; checkpoints are DCP folders
         self.sharded = world_size > 1 and ddp_model is None and _is_fsdp(model)
         self.evaluate, self.on_log, self.on_eval = evaluate, on_log, on_eval
-        self.checkpoint_path, self.device, self.extra_state = checkpoint_path, device, extra_state
+        self.checkpointer, self.device, self.extra_state = checkpointer, device, extra_state
         self.world_size, self.rank = world_size, rank
         # a method's hooks (methods/spec.py): after_step(step) after each applied optimizer step (its state lives
         # in the model or the optimizer, so checkpoints hold it), after_skipped_step(step) after a step skipped
@@ -237,18 +245,11 @@ class TrainLoop:
         return self.data.stream.merge_stats(self._gather(self.data.stream.stats()))
 
     def save_checkpoint(self) -> None:
+        """Hand this loop's state to the checkpointer (a collective: all processes must call it)."""
         if self.data.stream is not None:  # rank 0 writes the state of every process's streams
             self._data_state = {k: v for part in self._gather(self.data.stream.state_dict()) for k, v in part.items()}
-        if self.checkpoint_path is None:
-            return
-        if self.sharded:  # every rank writes its shards
-            from .sharded_checkpoint import save_sharded
-
-            save_sharded(self.checkpoint_path, self.model, self.state_dict())
-        else:
-            if self.rank == 0:
-                save_checkpoint(self.state_dict(), self.checkpoint_path)
-            wait_for_rank0()
+        if self.checkpointer is not None:
+            self.checkpointer.save(self)
 
     def load_state_dict(self, state: dict) -> None:
         """A checkpoint's state; sharded, the model was already loaded by sharded_checkpoint.load_sharded."""
@@ -287,9 +288,8 @@ class TrainLoop:
         return previous
 
     # ------------------------------------------------------------------ one step
-    def _step(self, batch: list[int]) -> tuple[float, int, bool]:
-        """Forward/backward over the micro-batches of one global batch, then the optimizer step.
-        Returns (mean loss over the global batch, tokens, whether the step was applied)."""
+    def _step(self, batch: list[int]) -> StepResult:
+        """Forward/backward over the micro-batches of one global batch, then the optimizer step."""
         micro = self._micro_batches(batch)
         if hasattr(self.optimizer, "begin_step"):  # layer-wise mode steps inside the last backward pass
             self.optimizer.begin_step(len(micro))
@@ -344,10 +344,10 @@ class TrainLoop:
                     "or set train.on_nonfinite=skip to skip such steps."
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            return loss_value, tokens, False
+            return StepResult(loss_value, tokens, False)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, tokens, True
+        return StepResult(loss_value, tokens, True)
 
     def _first_nonfinite(self) -> str | None:
         """Which parameter a non-finite loss comes from: the first NaN/Inf weight, else gradient."""

@@ -1,5 +1,6 @@
 """Shared test setup: never touch the network, and compose the real Hydra configs for end-to-end runs."""
 
+import functools
 import os
 from pathlib import Path
 
@@ -70,14 +71,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@functools.cache
+def register_schemas() -> None:
+    """Hydra's ConfigStore is process-wide: the schemas are stored once (each store converts them anew)."""
+    from gnlorp.schema import register
+
+    register()
+
+
 def compose(overrides: list[str]):
     """The config run.py would see for these command-line overrides."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from gnlorp.schema import register
-
-    register()
+    register_schemas()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 

@@ -34,7 +34,7 @@ def predict(model: str, method: str, rank: int, seq_len: int, layerwise: bool = 
     return peak(s).as_dict()
 
 
-def run(model_name: str, method: str, rank: int, seq_len: int, steps: int, threads: int | None,
+def run(model_name: str, method: str, rank: int, seq_len: int, steps: int, *, threads: int | None,
         save=lambda result: None) -> dict:
     from ..optim.bnb import import_bitsandbytes
 
@@ -144,7 +144,7 @@ def main(argv=None) -> None:
         path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
     if a.method != "full":
-        result = run(a.model, a.method, a.rank, a.seq_len, a.steps, a.threads, save)
+        result = run(a.model, a.method, a.rank, a.seq_len, a.steps, threads=a.threads, save=save)
     save(result)
     print(json.dumps({k: v for k, v in result.items() if k.endswith("gib") or k == "relative_error"}, indent=1))
     print(f"wrote {path}")

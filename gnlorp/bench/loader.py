@@ -52,8 +52,8 @@ def main(argv=None) -> dict:
     tokens_per_batch = args.batch_size * args.seq_len
 
     t0 = time.perf_counter()
-    loader = c4_train_stream(tokenizer, data_dir, args.seq_len, args.batch_size, args.streams, args.shuffle_blocks,
-                             args.seed)
+    loader = c4_train_stream(tokenizer, data_dir, args.seq_len, args.batch_size, num_streams=args.streams,
+                             buffer_blocks=args.shuffle_blocks, seed=args.seed)
 
     def take(n: int) -> None:
         for _ in range(n):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -76,9 +77,15 @@ def block_stack(model_name: str, seed: int = 0, device="cpu", dtype=torch.float3
     return root
 
 
-def build(kind: str, model_name: str, rank: int, T: int, lr: float, wd: float, scale: float, seed: int, device,
-          dtype=torch.float32):
-    """(optimizer, [(name, param)], module) for one kind, on a fresh copy of the matrices."""
+class Built(NamedTuple):
+    optimizer: object
+    named: list
+    model: nn.Module
+
+
+def build(kind: str, model_name: str, rank: int, T: int, *, lr: float, wd: float, scale: float, seed: int, device,
+          dtype=torch.float32) -> Built:
+    """The optimizer, [(name, param)] and module for one kind, on a fresh copy of the matrices."""
     from ..methods import MethodConfig, get_method
 
     model = block_stack(model_name, seed, device, dtype)
@@ -100,7 +107,7 @@ def build(kind: str, model_name: str, rank: int, T: int, lr: float, wd: float, s
     else:
         opt = impl.build_optimizer(model, cfg)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return opt, named, model
+    return Built(opt, named, model)
 
 
 def grads_for(model_name: str, seed: int, device, dtype=torch.float32) -> dict:
@@ -150,13 +157,13 @@ def rewind(opt, T: int, steps: int) -> None:
             state["step"] = T * (t // T + 1) + 1
 
 
-def bench_model(model_name: str, kinds, rank: int, T: int, args, sync) -> dict:
+def bench_model(model_name: str, kinds, rank: int, T: int, args, *, sync) -> dict:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     grads = grads_for(model_name, args.seed, device, dtype)
     built, inner = {}, {}
     for kind in kinds:
-        opt, named, model = build(kind, model_name, rank, T, args.lr, args.weight_decay, args.scale, args.seed, device,
-                                  dtype)
+        opt, named, model = build(kind, model_name, rank, T, lr=args.lr, wd=args.weight_decay, scale=args.scale,
+                                  seed=args.seed, device=device, dtype=dtype)
         attach_grads(named, grads)
         opt.step()  # initializes the state and the projectors (a refresh); not timed
         for _ in range(args.warmup):
@@ -272,7 +279,7 @@ def main(argv=None) -> dict:
     for model_name in args.models:
         rank = args.rank or default_rank(model_name)
         t0 = time.perf_counter()
-        res = bench_model(model_name, args.optimizers, rank, args.T, args, sync)
+        res = bench_model(model_name, args.optimizers, rank, args.T, args, sync=sync)
         rows += res["rows"]
         ratio_rows += ratios(model_name, res, args.T)
         print(f"[{model_name}: {time.perf_counter() - t0:.0f} s]", flush=True)

@@ -28,7 +28,7 @@ RANKS = {"llama_20m": 64, "llama_60m": 128}  # the CPU C4 recipe's rank, and the
 MIB = 1024**2
 
 
-def child(model_name: str, method: str, rank: int | None, batch: int, seq_len: int, steps: int) -> dict:
+def child(model_name: str, method: str, rank: int | None, *, batch: int, seq_len: int, steps: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -56,7 +56,7 @@ def child(model_name: str, method: str, rank: int | None, batch: int, seq_len: i
                      lambda b: int(b["input_ids"].numel()), drop_last=True)
     loop = TrainLoop(model, optimizer, data, LoopConfig(total_steps=steps, batch_size=batch, micro_batch_size=batch,
                                                         progress=False), evaluate=lambda _: {},
-                     on_log=lambda *_: None, on_eval=lambda *_: None, checkpoint_path=None,
+                     on_log=lambda *_: None, on_eval=lambda *_: None,
                      device=torch.device("cpu"))
     loop.run()
     measured = (_status_kib("VmHWM") or 0) * 1024 - baseline
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.child:
         model_name, method, rank = a.child
-        print(json.dumps(child(model_name, method, int(rank) or None, a.batch, a.seq_len, a.steps)))
+        print(json.dumps(child(model_name, method, int(rank) or None, batch=a.batch, seq_len=a.seq_len, steps=a.steps)))
         return
     from ..sysinfo import device_info, git_info, package_versions
 

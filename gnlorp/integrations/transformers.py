@@ -159,7 +159,7 @@ def _merged_state(module: WeightNormLinear, state_dict: dict, prefix: str, local
     state_dict[prefix + "weight"] = module.merged_weight()
 
 
-def _load_merged(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+def _load_merged(module, state_dict, prefix, *_):  # load_state_dict's pre-hook; its other arguments go unused
     weight = state_dict.pop(prefix + "weight", None)
     if weight is not None and prefix + "direction" not in state_dict:
         state_dict[prefix + "direction"] = weight

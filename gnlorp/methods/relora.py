@@ -73,7 +73,7 @@ def merge(model):
     return unwrap_linears(model, ReLoRALinear)
 
 
-def loop_hooks(model, optimizer, cfg, total_steps: int, warmup_ratio: float, min_lr_ratio: float, **_) -> dict:
+def loop_hooks(model, optimizer, cfg, *, total_steps: int, warmup_ratio: float, min_lr_ratio: float, **_) -> dict:
     """after_step (and after_skipped_step): the merge-and-reset after every K-th optimizer step; lr_lambda: the
     jagged cosine."""
     from ..errors import UserError

@@ -70,7 +70,7 @@ class Method(Protocol):
 class OptionalHooks(Protocol):
     """What a method may also define (callers look them up with `optional_hook`)."""
 
-    def loop_hooks(self, model, optimizer, cfg, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> dict:
+    def loop_hooks(self, model, optimizer, cfg, *, total_steps: int, warmup_ratio: float, min_lr_ratio: float) -> dict:
         """Training-loop hooks: {"after_step": f(step) after each applied optimizer step, optionally
         "after_skipped_step": f(step) after a step skipped for a NaN/Inf, "lr_lambda": f(step) -> lr factor
         replacing the warmup-cosine schedule}."""

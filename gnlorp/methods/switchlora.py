@@ -61,7 +61,7 @@ def prepare(model, cfg):
     seed = int(torch.randint(0, 2**31 - 1, ()))
 
     def make(linear, i: int):
-        return SwitchLoRALinear(linear, int(cfg.rank), cfg.lora_alpha, cfg.lora_dropout,
+        return SwitchLoRALinear(linear, int(cfg.rank), cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                 offload=cfg.offload_candidates, seed=seed + i)
 
     model = wrap_linears(model, names, make)

@@ -91,7 +91,8 @@ def adam_float_foreach_step(params: list, grads: list, exp_avgs: list, exp_avg_s
 
 
 def adam_8bit_step(grad: torch.Tensor, target: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-                   absmax1: torch.Tensor, absmax2: torch.Tensor, qmaps: tuple[torch.Tensor, torch.Tensor], *,
+                   *,
+                   absmax1: torch.Tensor, absmax2: torch.Tensor, qmaps: tuple[torch.Tensor, torch.Tensor],
                    t: int, lr: float, betas: tuple[float, float], eps: float) -> None:
     """Galore form on bitsandbytes' blockwise 8-bit moments (uint8 codes over `qmaps`, signed and unsigned
     dynamic maps, a float32 absmax per 256 elements): target <- target - lr direction, moments and absmax

@@ -24,7 +24,7 @@ shrinks small-tensor updates ~200x) and never calls CUDA on a CPU.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 from torch.optim import Optimizer
@@ -45,6 +45,14 @@ from .projector import (
 )
 from .state_dtypes import keep_saved_state_dtypes
 
+class LowRankUpdate(NamedTuple):
+    """p <- decay p + coef back(direction)."""
+
+    direction: torch.Tensor
+    coef: float
+    decay: float
+
+
 class GaLoreAdamW(Optimizer):
     def __init__(
         self,
@@ -53,6 +61,7 @@ class GaLoreAdamW(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.0,
+        *,
         correct_bias: bool = True,
         svd: str = "exact",
         optim_bits: int = 32,
@@ -138,10 +147,11 @@ class GaLoreAdamW(Optimizer):
             self._group_index = index = {id(q): g for g in self.param_groups for q in g["params"]}
         return index[id(p)]
 
-    def _adam_8bit(self, grad: torch.Tensor, target: torch.Tensor, state: dict, group: dict, t: int, lr: float) -> None:
+    def _adam_8bit(self, grad: torch.Tensor, target: torch.Tensor, state: dict, group: dict, *, t: int, lr: float) -> None:
         """bitsandbytes' blockwise 8-bit Adam: target <- target - lr * direction, moments updated in place."""
-        adam_8bit_step(grad, target, state["exp_avg"], state["exp_avg_sq"], state["absmax1"], state["absmax2"],
-                       adam_qmaps(grad.device, self._qmaps), t=t, lr=lr, betas=group["betas"], eps=group["eps"])
+        adam_8bit_step(grad, target, state["exp_avg"], state["exp_avg_sq"], absmax1=state["absmax1"],
+                       absmax2=state["absmax2"], qmaps=adam_qmaps(grad.device, self._qmaps), t=t, lr=lr,
+                       betas=group["betas"], eps=group["eps"])
 
     @staticmethod
     def _adam_float(grad: torch.Tensor, state: dict, group: dict, t: int) -> tuple[torch.Tensor, float]:
@@ -211,9 +221,9 @@ class GaLoreAdamW(Optimizer):
         if Q is not None:
             state["proj_right"] = Q
 
-    def _low_rank_direction(self, state: dict, low: torch.Tensor, group: dict):
+    def _low_rank_direction(self, state: dict, low: torch.Tensor, group: dict) -> LowRankUpdate:
         """Adam on a (part of a) projected gradient `low`: advances the moments and the step count and
-        returns (direction, coef, decay) such that the update is p <- decay p + coef back(direction).
+        returns the (direction, coef, decay) such that the update is p <- decay p + coef back(direction).
         Element-wise (8-bit: per 256-element block), so any block-aligned slice of `low` gives that slice
         of the whole direction."""
         lr, wd = group["lr"], group["weight_decay"]
@@ -225,11 +235,11 @@ class GaLoreAdamW(Optimizer):
             low = low.contiguous()
             # The low-rank Adam direction, negated, into a zero buffer (lr 1, no decay), then projected back.
             target = torch.zeros_like(low)
-            self._adam_8bit(low, target, state, group, t, lr=1.0)
-            return target, lr * group["scale"] * decay, decay
+            self._adam_8bit(low, target, state, group, t=t, lr=1.0)
+            return LowRankUpdate(target, lr * group["scale"] * decay, decay)
         # (the caller's .to: 8-bit mode's float32 moments of a small R next to a bf16 weight and projector)
         direction, step_size = self._adam_float(low, state, group, t)
-        return direction, -step_size * group["scale"] * decay, decay
+        return LowRankUpdate(direction, -step_size * group["scale"] * decay, decay)
 
     def _galore_torch_update(self, p, low, state: dict, group: dict, side: str, P, Q) -> None:
         """svd_signs="lapack" in float: galore-torch's own operations in its order (back-projection
@@ -246,7 +256,7 @@ class GaLoreAdamW(Optimizer):
         state["step"] += 1
         t = state["step"]
         if state["exp_avg"].dtype == torch.uint8:
-            self._adam_8bit(grad.contiguous(), p, state, group, t, lr=lr)
+            self._adam_8bit(grad.contiguous(), p, state, group, t=t, lr=lr)
         else:
             direction, step_size = self._adam_float(grad, state, group, t)
             p.add_(direction, alpha=-step_size)
@@ -291,7 +301,7 @@ class GaLoreAdamW8bit(GaLoreAdamW):
     switching precision changes only the moments' storage. galore-torch's GaLoreAdamW8bit defaults differ
     (bitsandbytes' eps=1e-8, weight_decay=1e-2): pass those explicitly to reproduce it."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, svd="exact", min_8bit_size=4096):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, svd="exact", min_8bit_size=4096):
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, svd=svd, optim_bits=8, min_8bit_size=min_8bit_size
         )

@@ -70,7 +70,7 @@ def canonical_signs(U: torch.Tensor, Vh: torch.Tensor) -> tuple[torch.Tensor, to
 SIGNS = ("canonical", "lapack")  # singular vectors' signs: canonical_signs, or as LAPACK returns them (galore-torch)
 
 
-def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int, signs: str = "canonical"):
+def _svd(matrix: torch.Tensor, rank: int, method: str, name: str, seed: int, *, signs: str = "canonical"):
     """Top-`rank` singular vectors of `matrix`, in float32 (float64 on a retry)."""
     fix = canonical_signs if signs == "canonical" else (lambda U, Vh: (U, Vh))
     if not bool(torch.isfinite(matrix).all()):
@@ -106,7 +106,7 @@ def column_major(x: torch.Tensor) -> torch.Tensor:
 
 
 def compute_projection(
-    grad: torch.Tensor, rank: int, side: str, svd: str = "exact", name: str = "a parameter", seed: int = 0,
+    grad: torch.Tensor, rank: int, side: str, svd: str = "exact", name: str = "a parameter", *, seed: int = 0,
     signs: str = "canonical",
 ):
     """Return (P, Q): P for the left side (m x r) or None; Q for the right side (r x n) or None.
@@ -116,7 +116,7 @@ def compute_projection(
         raise ValueError(f"svd must be one of {', '.join(SVD_METHODS)}, got {svd!r}.")
     if signs not in SIGNS:
         raise ValueError(f"signs must be one of {', '.join(SIGNS)}, got {signs!r}.")
-    U, Vh = _svd(grad, rank, choose_svd(grad.shape, rank, svd), name, seed, signs)
+    U, Vh = _svd(grad, rank, choose_svd(grad.shape, rank, svd), name, seed, signs=signs)
     # LAPACK returns column-major U and Vh, and a GEMM with a row-major copy rounds differently in the last bit:
     # signs="lapack" keeps them column-major, as galore-torch's views of them are (its products, to the bit),
     # in a compact copy (a view would keep the whole U or Vh alive in the optimizer state).
@@ -162,7 +162,7 @@ def project_back(low: torch.Tensor, side: str, P, Q) -> torch.Tensor:
     return torch.matmul(P, low) @ Q
 
 
-def add_projected_back(p: torch.Tensor, low: torch.Tensor, side: str, P, Q, alpha: float, beta: float = 1.0) -> None:
+def add_projected_back(p: torch.Tensor, low: torch.Tensor, side: str, P, Q, *, alpha: float, beta: float = 1.0) -> None:
     """p <- beta p + alpha project_back(low), in place, as one GEMM (addmm_) into p's memory: no m x n
     temporary, and no separate pass over p to add it (nor to decay it when beta != 1)."""
     if side == "left":

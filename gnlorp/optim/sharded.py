@@ -41,6 +41,7 @@ backward), the projection adds 2 W k b bytes (left, full) or nothing (right), pl
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -79,13 +80,19 @@ def row_start(m: int, world: int, rank: int) -> int:
     return min(rank * math.ceil(m / world), m)
 
 
-def _mesh(p):
+class _Mesh(NamedTuple):
+    group: object
+    size: int
+    rank: int
+
+
+def _mesh(p) -> _Mesh:
     from torch.distributed.tensor import Shard
 
     if tuple(p.placements) != (Shard(0),):
         raise ValueError(f"GaLore on sharded parameters needs FSDP2's Shard(0) on a 1-D mesh, got {p.placements}")
     mesh = p.device_mesh
-    return mesh.get_group(), mesh.size(), mesh.get_local_rank()
+    return _Mesh(mesh.get_group(), mesh.size(), mesh.get_local_rank())
 
 
 def flat_chunk(numel: int, world: int, eight_bit: bool) -> int:
@@ -107,7 +114,7 @@ def layout(shape, rank: int, side: str, world: int, eight_bit: bool) -> str:
 
 
 def projection_bytes_per_step(shape, rank: int, proj_type: str, world: int, eight_bit: bool,
-                              element_bytes: int = 4, exact: bool = False) -> dict:
+                              *, element_bytes: int = 4, exact: bool = False) -> dict:
     """The documented per-step communication of the projection of one m x n weight (module docstring),
     as bytes of the full buffer of each collective; `refresh` is added on refresh steps only."""
     side = projection_side(shape, proj_type)

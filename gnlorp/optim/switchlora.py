@@ -90,7 +90,7 @@ class SwitchLoRALinear(FactorsLinear):
     frozen_A/B (steps each A row / B column stays frozen), cursor (next A row, next B column), switched
     (A rows, B columns swapped so far), seed (of the per-step draws)."""
 
-    def __init__(self, linear: nn.Linear, rank: int, lora_alpha: float, lora_dropout: float = 0.0,
+    def __init__(self, linear: nn.Linear, rank: int, lora_alpha: float, *, lora_dropout: float = 0.0,
                  offload: bool = True, seed: int = 0):
         super().__init__()
         w = linear.weight.detach()
@@ -154,15 +154,15 @@ class SwitchLoRALinear(FactorsLinear):
             return none, none
         steps = torch.arange(k, device=self.cursor.device)
         rows, cols = (ca + steps) % r, (cb + steps) % r
-        self._swap(self.lora_A.data, self.lora_B.data, self.weight.data, self.candidates_A, self.selected_A,
-                   self.frozen_B, rows, warm_steps)
-        self._swap(self.lora_B.data.T, self.lora_A.data.T, self.weight.data.T, self.candidates_B, self.selected_B,
-                   self.frozen_A, cols, warm_steps)
+        self._swap(self.lora_A.data, self.lora_B.data, self.weight.data, self.candidates_A, selected=self.selected_A,
+                   frozen_other=self.frozen_B, idx=rows, warm_steps=warm_steps)
+        self._swap(self.lora_B.data.T, self.lora_A.data.T, self.weight.data.T, self.candidates_B, selected=self.selected_B,
+                   frozen_other=self.frozen_A, idx=cols, warm_steps=warm_steps)
         self.cursor.copy_(torch.tensor([(ca + k) % r, (cb + k) % r]))
         self.switched.add_(k)
         return rows, cols
 
-    def _swap(self, mat, other, weight, pool, selected, frozen_other, idx, warm_steps) -> None:
+    def _swap(self, mat, other, weight, pool, *, selected, frozen_other, idx, warm_steps) -> None:
         """Rows `idx` of `mat` (A, or B^T) take the next pool candidates; `other` is B (or A^T), `weight`
         W (or W^T), all views, so the in-place writes land in the parameters."""
         pools = pool.shape[0]
@@ -206,7 +206,7 @@ class SwitchAdamW(Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, optim_bits: int = 32, min_8bit_size: int = 4096):
+                 weight_decay: float = 0.0, *, optim_bits: int = 32, min_8bit_size: int = 4096):
         if optim_bits not in (8, 32):
             raise ValueError(f"optim_bits must be 8 or 32, got {optim_bits}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))

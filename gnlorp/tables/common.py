@@ -8,6 +8,7 @@ import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..methods import METHODS
 from ..methods import SPECS
@@ -132,9 +133,19 @@ class Table:
         return _tex_table(self.title, self.header, self.rows, self.align, self.notes)
 
 
-def _row_order(method: str, rank: int | None, precision: str, variant: str = "") -> tuple:
+class RowOrder(NamedTuple):
+    """A table row's sort key: by rank, then the methods' order, then name, precision and variant."""
+
+    rank: int
+    method_index: int
+    method: str
+    precision: str
+    variant: str
+
+
+def _row_order(method: str, rank: int | None, precision: str, variant: str = "") -> RowOrder:
     m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return (rank or 0, m, method, precision, variant)
+    return RowOrder(rank or 0, m, method, precision, variant)
 
 
 def _eight_bit_label(method: str, table: str) -> str:

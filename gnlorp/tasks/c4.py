@@ -226,7 +226,7 @@ def _blocks_checksum(blocks: torch.Tensor) -> str:
     return hashlib.sha256(blocks.to(torch.int32).contiguous().numpy().tobytes()).hexdigest()
 
 
-def cached_eval_blocks(tokenizer, data_dir: str | None, seq_len: int, n_blocks: int, cache_dir: str | None = None,
+def cached_eval_blocks(tokenizer, data_dir: str | None, seq_len: int, n_blocks: int, *, cache_dir: str | None = None,
                        split: str = "validation") -> torch.LongTensor:
     """The first n_blocks packed blocks of C4 `split` (load_c4_blocks), tokenized once and kept in
     <cache_dir>/c4-eval/ (default: the gnlorp cache, ~/.cache/gnlorp) under a name hashed from the tokenizer and

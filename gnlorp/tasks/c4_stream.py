@@ -118,7 +118,7 @@ class HubDocs:
 class BlockStream:
     """One logical stream: documents -> ids + EOS -> seq_len blocks -> bounded shuffle, with an exact state."""
 
-    def __init__(self, docs, tokenizer, seq_len: int, buffer_blocks: int, seed: int, index: int):
+    def __init__(self, docs, tokenizer, seq_len: int, buffer_blocks: int, *, seed: int, index: int):
         self.docs, self.tokenizer, self.seq_len = docs, tokenizer, seq_len
         self.eos = tokenizer.eos_token_id
         self.key = _mix(seed * 1_000_003 + index)
@@ -190,7 +190,7 @@ class StreamBatches:
     other ranks' by dict union; load_state_dict takes a merged one."""
 
     def __init__(self, make_stream: Callable[[int], BlockStream], num_streams: int, batch_size: int, seq_len: int,
-                 world_size: int = 1, rank: int = 0):
+                 *, world_size: int = 1, rank: int = 0):
         if not isinstance(num_streams, int) or num_streams <= 0 or batch_size % num_streams:
             raise UserError(f"task.streams={num_streams!r} must be a positive integer dividing train.batch_size="
                             f"{batch_size} (each step takes the same number of blocks from every stream); e.g. "
@@ -313,7 +313,7 @@ def _divisor(batch_size: int, world_size: int) -> int:
     return fits[-1] if fits else world_size
 
 
-def c4_train_stream(tokenizer, data_dir: str | None, seq_len: int, batch_size: int, num_streams: int,
+def c4_train_stream(tokenizer, data_dir: str | None, seq_len: int, batch_size: int, *, num_streams: int,
                     buffer_blocks: int, seed: int, world_size: int = 1, rank: int = 0) -> StreamBatches:
     """The C4 train split as StreamBatches, from local shards (data_dir) or the hub (None)."""
     from .c4 import c4_files
@@ -331,6 +331,6 @@ def c4_train_stream(tokenizer, data_dir: str | None, seq_len: int, batch_size: i
 
     def make(s: int) -> BlockStream:
         docs = LocalDocs(files, s, num_streams) if files is not None else HubDocs(s, num_streams)
-        return BlockStream(docs, own, seq_len, buffer_blocks, seed, s)
+        return BlockStream(docs, own, seq_len, buffer_blocks, seed=seed, index=s)
 
-    return StreamBatches(make, num_streams, batch_size, seq_len, world_size, rank)
+    return StreamBatches(make, num_streams, batch_size, seq_len, world_size=world_size, rank=rank)

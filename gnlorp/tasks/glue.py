@@ -465,6 +465,7 @@ def load_glue(
     tokenizer: Any,
     data_dir: str | None = None,
     max_length: int = 128,
+    *,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 0,

@@ -71,10 +71,10 @@ def run_case(case: str, out: Path, world: int, rank: int) -> None:
     refreshes: dict[str, list[int]] = {}
     real = galore_adamw.compute_projection
 
-    def counting(grad, rank_, side, svd="exact", name="?", seed=0, **options):
+    def counting(grad, rank_, side, svd="exact", name="?", *, seed=0, **options):
         assert svd == cfg.svd
         refreshes.setdefault(name, []).append(loop.pos.step + 1)  # the optimizer step that computes it
-        return real(grad, rank_, side, svd, name, seed, **options)
+        return real(grad, rank_, side, svd, name, seed=seed, **options)
 
     galore_adamw.compute_projection = counting
 
@@ -92,7 +92,7 @@ def run_case(case: str, out: Path, world: int, rank: int) -> None:
     loop = TrainLoop(
         model, optimizer, data, loop_cfg, **hooks,
         evaluate=lambda m: {}, on_log=lambda step, v: losses.append([step, v["loss"]]), on_eval=lambda *a: None,
-        checkpoint_path=None, device=torch.device("cpu"), world_size=world, rank=rank, ddp_model=ddp,
+        device=torch.device("cpu"), world_size=world, rank=rank, ddp_model=ddp,
     )
     loop.run()
     galore_adamw.compute_projection = real

@@ -142,6 +142,7 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
              counter) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from gnlorp.checkpointer import Checkpointer
     from gnlorp.fsdp import full_state_dict, shard_model
     from gnlorp.methods import MethodConfig, get_method
     from gnlorp.optim.layerwise import base_optimizer
@@ -171,9 +172,9 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
     refreshes: dict[str, list[int]] = {}
     real = galore_adamw.compute_projection
 
-    def counting(grad, rank_, side, svd="exact", name="?", seed=0, **options):
+    def counting(grad, rank_, side, svd="exact", name="?", *, seed=0, **options):
         refreshes.setdefault(name, []).append(loop.pos.step + 1)  # the optimizer step that computes it
-        return real(grad, rank_, side, svd, name, seed, **options)
+        return real(grad, rank_, side, svd, name, seed=seed, **options)
 
     galore_adamw.compute_projection = counting
     examples = UNEVEN_EXAMPLES if name in UNEVEN_CASES else EXAMPLES
@@ -190,8 +191,8 @@ def run_case(case: str, out: Path, world: int, rank: int, stop: int | None, ckpt
     loop = TrainLoop(
         model, optimizer, data, loop_cfg, **hooks,
         evaluate=lambda m: {}, on_log=lambda step, v: losses.append([step, v["loss"]]), on_eval=lambda *a: None,
-        checkpoint_path=None if ckpt is None else ckpt / case, device=torch.device("cpu"), world_size=world,
-        rank=rank,
+        device=torch.device("cpu"), world_size=world, rank=rank,
+        checkpointer=None if ckpt is None else Checkpointer(ckpt / case, case, settings={}, rank=rank, sharded=world > 1),
     )
     if fixed:
         fixed_gradients(base_optimizer(optimizer), model, loop)

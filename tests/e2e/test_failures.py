@@ -484,6 +484,7 @@ _SLOW_SAVE = textwrap.dedent("""
     import torch
     from torch import nn
     from gnlorp import train
+    from gnlorp.checkpointer import Checkpointer
     from gnlorp.train import LoopConfig, TrainData, TrainLoop
 
     train.base_optimizer = lambda opt: opt       # a plain AdamW needs no unwrapping (and this skips importing peft)
@@ -491,7 +492,8 @@ _SLOW_SAVE = textwrap.dedent("""
     model = nn.Linear(256, 256)
     data = TrainData(4, lambda idx: {}, lambda b: 0)
     loop = TrainLoop(model, torch.optim.AdamW(model.parameters()), data, LoopConfig(total_steps=1, batch_size=2,
-                     micro_batch_size=2), lambda m: {}, lambda *a: None, lambda *a: None, path, torch.device("cpu"))
+                     micro_batch_size=2), evaluate=lambda m: {}, on_log=lambda *a: None, on_eval=lambda *a: None,
+                     device=torch.device("cpu"), checkpointer=Checkpointer(path, "slow-save", settings={}))
     with torch.no_grad():
         model.weight.fill_(1.0)
     loop.save_checkpoint()                       # the good, previous checkpoint

@@ -22,14 +22,23 @@ def _errors(p) -> list[str]:
     return [line for line in p.stderr.splitlines() if line.startswith("error: ")]
 
 
-@pytest.mark.parametrize("change", ["another corpus", "a shard removed"])
-def test_a_resume_on_other_data_is_refused_naming_the_data_dir_and_the_checkpoint_kept(tmp_path, change):
+@pytest.fixture(scope="module")
+def stopped_c4(tmp_path_factory):
+    """A tiny C4 run on a corpus of 4 shards, stopped at step 4: its checkpoint records that corpus."""
+    tmp_path = tmp_path_factory.mktemp("stopped_c4")
     corpus = c4_corpus(tmp_path / "c4")
     args = with_overrides(tiny_c4(tmp_path, "train.num_threads=1"), f"task.data_dir={corpus}")
     p = run_cli([*args, "train.stop_at_step=4"], tmp_path)
     assert p.returncode == 0 and "Result (incomplete)" in p.stdout, p.stderr[-2000:]
     (checkpoint,) = (tmp_path / "checkpoints").glob("*/last.pt")
-    before = _digest(checkpoint)
+    return tmp_path, corpus, args, checkpoint, _digest(checkpoint)
+
+
+# "another corpus" first: "a shard removed" changes the recorded corpus itself
+@pytest.mark.parametrize("change", ["another corpus", "a shard removed"])
+def test_a_resume_on_other_data_is_refused_naming_the_data_dir_and_the_checkpoint_kept(stopped_c4, change):
+    tmp_path, corpus, args, checkpoint, before = stopped_c4
+    assert _digest(checkpoint) == before
     if change == "another corpus":
         args = with_overrides(args, f"task.data_dir={c4_corpus(tmp_path / 'other', shards=3)}")
         named = "c4-train.00003-of-00004.json.gz missing"

@@ -42,6 +42,16 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """One run stopped at step 2, its checkpoint kept: every refused resume below must leave it as it is."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    p = run_cli(_glue(tmp, "train.stop_at_step=2"), tmp)
+    assert p.returncode == 0 and "Result (incomplete)" in p.stdout, p.stderr[-2000:]
+    (checkpoint,) = (tmp / "checkpoints").glob("*/last.pt")
+    return tmp, checkpoint, _digest(checkpoint)
+
+
 @pytest.mark.parametrize("change, named", [
     (["train.lr=1e-3"], "train.lr"),
     (["rank=4"], "rank"),
@@ -49,11 +59,9 @@ def _digest(path) -> str:
     (["train.batch_size=8"], "train.batch_size"),
     (["train.eval_every=1"], "train.eval_every"),  # GLUE reports the best evaluation: the cadence changes it
 ])
-def test_resume_into_another_config_is_refused_and_the_checkpoint_kept(tmp_path, change, named):
-    p = run_cli(_glue(tmp_path, "train.stop_at_step=2"), tmp_path)
-    assert p.returncode == 0 and "Result (incomplete)" in p.stdout, p.stderr[-2000:]
-    (checkpoint,) = (tmp_path / "checkpoints").glob("*/last.pt")
-    before = _digest(checkpoint)
+def test_resume_into_another_config_is_refused_and_the_checkpoint_kept(stopped, change, named):
+    tmp_path, checkpoint, before = stopped
+    assert _digest(checkpoint) == before
     p = run_cli(_glue(tmp_path, "resume=true", *change), tmp_path)
     errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
     assert p.returncode == 2 and len(errors) == 1 and named in errors[0] and "it was kept" in errors[0], p.stderr[-2000:]

@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import C4_DIR, CONF, ROOT, needs_shared
+from conftest import C4_DIR, CONF, ROOT, needs_shared, register_schemas
 from gnlorp.checks import galore_scale
 from gnlorp.methods import PROJECTED
 from gnlorp.runner import check_config, run_identity
@@ -33,9 +33,7 @@ def compose_sweep(sweep: str, point: list[str]):
     (with conf/ on the search path, as run.py has it) plus the grid point's overrides."""
     from hydra import compose, initialize_config_dir
 
-    from gnlorp.schema import register
-
-    register()
+    register_schemas()
     with initialize_config_dir(config_dir=str(SWEEPS), version_base="1.3"):
         return compose(config_name=sweep, overrides=[f"hydra.searchpath=[file://{CONF}]", *point])
 

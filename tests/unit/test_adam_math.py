@@ -104,7 +104,8 @@ def test_8bit_moments_follow_float_moments():
     absmax = [torch.zeros(blocks) for _ in range(2)]
     p8, p32, m, v = p0.clone(), p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
     for t, g in enumerate(grads, start=1):
-        adam_math.adam_8bit_step(g.contiguous(), p8, *codes, *absmax, qmaps, t=t, lr=1e-3, betas=BETAS, eps=1e-6)
+        adam_math.adam_8bit_step(g.contiguous(), p8, *codes, absmax1=absmax[0], absmax2=absmax[1], qmaps=qmaps, t=t,
+                                 lr=1e-3, betas=BETAS, eps=1e-6)
         direction, step_size = adam_math.adam_float_step(g, m, v, t=t, lr=1e-3, betas=BETAS, eps=1e-6)
         p32.add_(direction, alpha=-step_size)
     assert (p8 - p32).abs().max() < 0.05 * (p32 - p0).abs().max()

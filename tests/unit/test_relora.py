@@ -108,8 +108,9 @@ def test_a_skipped_step_k_still_merges_with_the_restart_of_the_schedule():
 
     loop_cfg = LoopConfig(total_steps=6, batch_size=4, micro_batch_size=4, progress=False, eval_at_epoch_end=False,
                           on_nonfinite="skip", warmup_ratio=0.1, min_lr_ratio=0.1)
-    loop = TrainLoop(model, opt, TrainData(4, collate, lambda b: b["input_ids"].numel()), loop_cfg, lambda m: {},
-                     on_log, lambda *a: None, None, torch.device("cpu"), **hooks)
+    data = TrainData(4, collate, lambda b: b["input_ids"].numel())
+    loop = TrainLoop(model, opt, data, loop_cfg, evaluate=lambda m: {}, on_log=on_log, on_eval=lambda *a: None,
+                     device=torch.device("cpu"), **hooks)
     assert loop.run().skipped == 1
     assert [seen[s][1:] for s in (3, 4, 5)] == [(0, False), (1, True), (1, False)]
     assert seen[5][0] == pytest.approx(c.lr * hooks["lr_lambda"](4)) and hooks["lr_lambda"](4) < hooks["lr_lambda"](3)

@@ -33,7 +33,8 @@ def _data(n: int, lengths: list[int] | None = None) -> TrainData:
 def _loop(model, optimizer, data, steps, batch, micro, on_log=lambda *a: None, **cfg):
     cfg = LoopConfig(total_steps=steps, batch_size=batch, micro_batch_size=micro, grad_clip=0.0, progress=False,
                      eval_at_epoch_end=False, **cfg)
-    return TrainLoop(model, optimizer, data, cfg, lambda m: {}, on_log, lambda *a: None, None, torch.device("cpu"))
+    return TrainLoop(model, optimizer, data, cfg, evaluate=lambda m: {}, on_log=on_log, on_eval=lambda *a: None,
+                     device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("projected", [False, True])
@@ -101,6 +102,7 @@ def test_a_checkpoint_round_trip_continues_exactly(tmp_path, grouped):
     model, optimizer and loop: parameters, optimizer state and schedule end where an uninterrupted run does, also
     with batches grouped by length (the epoch's order is rebuilt, not stored)."""
     from gnlorp.checkpoint import load_checkpoint
+    from gnlorp.checkpointer import Checkpointer
 
     def fresh():
         model = Toy()
@@ -113,7 +115,7 @@ def test_a_checkpoint_round_trip_continues_exactly(tmp_path, grouped):
 
     model, opt = fresh()
     first = _loop(model, opt, _data(10, lengths=[3, 9, 1, 7, 7, 2, 8, 5, 4, 6] if grouped else None), steps=9, batch=4, micro=2, stop_at_step=4)
-    first.checkpoint_path = tmp_path / "last.pt"
+    first.checkpointer = Checkpointer(tmp_path / "last.pt", "toy", settings={})
     with pytest.raises(Interrupted):
         first.run()
     model, opt = fresh()
@@ -178,8 +180,8 @@ def test_method_hooks_after_each_applied_step_and_lr_lambda_replaces_the_schedul
     logged = []
     cfg = LoopConfig(total_steps=5, batch_size=2, micro_batch_size=1, grad_clip=0.0, progress=False,
                      eval_at_epoch_end=False)
-    TrainLoop(model, opt, _data(8), cfg, lambda m: {}, lambda s, v: logged.append(v["lr"]), lambda *a: None, None,
-              torch.device("cpu"), after_step=after_step, lr_lambda=lambda k: 1.0 / (k + 1)).run()
+    TrainLoop(model, opt, _data(8), cfg, evaluate=lambda m: {}, on_log=lambda s, v: logged.append(v["lr"]),
+              on_eval=lambda *a: None, device=torch.device("cpu"), after_step=after_step, lr_lambda=lambda k: 1.0 / (k + 1)).run()
     assert [s for s, _ in seen] == [1, 2, 3, 4, 5]
     assert torch.equal(seen[-1][1], first.detach())
     assert not torch.equal(seen[0][1], seen[1][1])
