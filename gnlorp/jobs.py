@@ -98,7 +98,7 @@ C4_EVAL_BATCH = 16  # blocks per evaluation batch (python -m gnlorp.bench.c4_eva
 PROGRESS_EVERY_S = 10.0
 
 
-def c4_mean_loss(m: nn.Module, blocks: torch.Tensor, device: torch.device, autocast_dtype, batch_size: int,
+def c4_mean_loss(m: nn.Module, blocks: torch.Tensor, device: torch.device, *, autocast_dtype, batch_size: int,
                  split: str = "", report=None) -> dict:
     """Mean next-token loss over `blocks` (and its perplexity), in inference mode; a line with the blocks done and
     the time left every PROGRESS_EVERY_S seconds (to `report`, default stderr)."""
@@ -163,11 +163,12 @@ def c4_job(cfg, device: torch.device, autocast_dtype, eval_batch_size: int = C4_
                                 f"({n_eval} + {n_select}); lower task.selection_tokens.")
         m.eval()
         blocks = eval_blocks[0]
-        metrics = {"validation": c4_mean_loss(m, blocks[:n_eval], device, autocast_dtype, eval_batch_size,
-                                              "validation")}
+        metrics = {"validation": c4_mean_loss(m, blocks[:n_eval], device, autocast_dtype=autocast_dtype,
+                                              batch_size=eval_batch_size, split="validation")}
         if n_select:  # the blocks after the reported ones: for choosing settings, never reported
-            metrics["selection"] = c4_mean_loss(m, blocks[n_eval:n_eval + n_select], device, autocast_dtype,
-                                                eval_batch_size, "selection")
+            metrics["selection"] = c4_mean_loss(m, blocks[n_eval:n_eval + n_select], device,
+                                                autocast_dtype=autocast_dtype, batch_size=eval_batch_size,
+                                                split="selection")
         return metrics
 
     source = data_dir or "the hub (allenai/c4)"

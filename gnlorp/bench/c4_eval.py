@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     variants = {"before: no_grad, batch 16": lambda: _before(model, blocks)}
     for b in args.batch_sizes:
         variants[f"inference mode, batch {b}"] = (
-            lambda b=b: c4_mean_loss(model, blocks, cpu, None, b, report=lambda line: None)["loss"])
+            lambda b=b: c4_mean_loss(model, blocks, cpu, autocast_dtype=None, batch_size=b, report=lambda line: None)["loss"])
     losses = {name: fn() for name, fn in variants.items()}  # warm-up, and the same loss from every variant
     spread = max(losses.values()) - min(losses.values())
     seconds: dict[str, list[float]] = {name: [] for name in variants}

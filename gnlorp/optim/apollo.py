@@ -115,7 +115,7 @@ class ApolloAdamW(GaLoreAdamW):
         if state["exp_avg"].dtype == torch.uint8:
             # bitsandbytes' step with lr 1 into a zero buffer: minus the bias-corrected direction
             direction = torch.zeros_like(low)
-            self._adam_8bit(low.contiguous(), direction, state, group, t, lr=1.0)
+            self._adam_8bit(low.contiguous(), direction, state, group, t=t, lr=1.0)
             step_size = lr
         else:
             direction, step_size = self._adam_float(low, state, group, t)

@@ -197,7 +197,7 @@ class GaLoreAdamW(Optimizer):
         if "exp_avg" not in state:
             self._init_moments(state, low)
         if galore and group.get("svd_signs", "canonical") == "lapack" and state["exp_avg"].dtype != torch.uint8:
-            self._galore_torch_update(p, low, state, group, side, P, Q)
+            self._galore_torch_update(p, low, state, group, side=side, P=P, Q=Q)
             return
         if galore:
             # One GEMM writes P R (or R Q) straight into p, scaled and decayed: no m x n temporary.
@@ -241,7 +241,7 @@ class GaLoreAdamW(Optimizer):
         direction, step_size = self._adam_float(low, state, group, t)
         return LowRankUpdate(direction, -step_size * group["scale"] * decay, decay)
 
-    def _galore_torch_update(self, p, low, state: dict, group: dict, side: str, P, Q) -> None:
+    def _galore_torch_update(self, p, low, state: dict, group: dict, *, side: str, P, Q) -> None:
         """svd_signs="lapack" in float: galore-torch's own operations in its order (back-projection
         materialized, times scale, added at -step_size, then p <- p - lr wd p), so that no last-bit
         difference can flip a singular vector's sign at a later refresh (the 1-GEMM path above rounds differently)."""

@@ -65,7 +65,8 @@ def test_c4_evaluation_is_the_token_weighted_mean_loss_and_reports_its_progress(
         want = sum(model(input_ids=b[None], labels=b[None]).loss.item() for b in blocks) / len(blocks)
     lines = []
     monkeypatch.setattr(jobs, "PROGRESS_EVERY_S", 0.0)
-    got = jobs.c4_mean_loss(model, blocks, torch.device("cpu"), None, 2, "selection", report=lines.append)
+    got = jobs.c4_mean_loss(model, blocks, torch.device("cpu"), autocast_dtype=None, batch_size=2, split="selection",
+                              report=lines.append)
     assert got["loss"] == pytest.approx(want, rel=1e-5) and got["tokens"] == 5 * 63
     assert got["perplexity"] == pytest.approx(math.exp(want), rel=1e-5)
     assert [line.split(",")[0] for line in lines] == ["evaluating selection: 2/5 blocks", "evaluating selection: 4/5 blocks"]
