@@ -142,6 +142,12 @@ class Checkpointer:
             save_checkpoint(loop.state_dict(), self.path)
         wait_for_rank0()
 
+    def size_bytes(self) -> int | None:
+        """Bytes of the checkpoint on disk (every file of a DCP folder); None if none is there."""
+        if self.path.is_dir():
+            return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+        return self.path.stat().st_size if self.path.is_file() else None
+
     def stamp(self) -> dict:
         """What each saved state carries so that a load can verify it (the loop saves it under extra.identity)."""
         return {"run_id": self.run_id, "settings": self.settings}

@@ -5,6 +5,7 @@ safely written."""
 from __future__ import annotations
 
 import os
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -62,11 +63,15 @@ def train_and_record(plan: Plan, session: Session, trainable: Trainable, echo) -
             tokens=pos.tokens, wall_seconds=round(pos.train_seconds, 3),
             tokens_per_second=pos.tokens / pos.train_seconds if pos.train_seconds else None,
             nonfinite_skipped_steps=pos.skipped, accumulation_steps=plan.derived.accumulation_steps,
+            eval_seconds=round(session.tracker.eval_seconds, 3),
+            total_seconds=round(time.monotonic() - plan.started, 3),  # loading, training, evaluation
             **(loop.data_stats() if plan.world == 1 or status == "complete" else {}),
         )
         record.set_memory(
             **peak.snapshot(), optimizer_state_bytes=optimizer_state_bytes(trainable.optimizer),
             optimizer_state_bytes_analytic=trainable.analytic_state_bytes, parameters=trainable.parameters,
+            checkpoint_bytes=session.checkpointer.size_bytes() if plan.rank == 0 else None,
+            **session.tracker.reserved_memory(),
         )
         try:
             if plan.rank == 0:

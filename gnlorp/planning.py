@@ -5,6 +5,7 @@ only to resolve device=auto, once every value has been checked."""
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Plan:
     identity: RunIdentity
     multirun: bool = False
     data: dict = field(default_factory=dict)  # the data's fingerprint (gnlorp/data_fingerprint.py)
+    started: float = field(default_factory=time.monotonic)  # the run's clock: total_seconds includes loading
 
     name = property(lambda self: self.identity.name)
     run_id = property(lambda self: self.identity.run_id)

@@ -98,7 +98,7 @@ def start_session(plan: Plan, placed: PlacedJob, trainable: Trainable, *, wandb_
         return {**tracker.state_dict(), "identity": checkpointer.stamp()}
 
     hooks = method_loop_hooks(trainable, total_steps, loop_cfg)
-    loop = TrainLoop(trainable.model, trainable.optimizer, job.data, loop_cfg, evaluate=job.evaluate,
+    loop = TrainLoop(trainable.model, trainable.optimizer, job.data, loop_cfg, evaluate=tracker.timed(job.evaluate),
                      on_log=tracker.on_log, on_eval=tracker.on_eval, device=device, checkpointer=checkpointer,
                      extra_state=extra_state, world_size=plan.world, rank=plan.rank, ddp_model=ddp_model, **hooks)
     tracker.train_seconds = lambda: loop.pos.train_seconds

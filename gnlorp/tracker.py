@@ -5,9 +5,18 @@ progress lines, and the part of it a checkpoint must carry so that a resumed run
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Callable
 
 from .record import RunRecord
+
+
+def _cuda_in_use() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
 
 
 def _flatten(metrics: dict, prefix: str) -> dict:
@@ -22,15 +31,32 @@ class RunTracker:
         self.total_steps, self.log_every, self.progress = total_steps, log_every, progress
         self.best: dict = {}
         self.train_seconds: Callable[[], float] = lambda: 0.0  # the loop's clock, for the ETA (spans a resume)
-        # without a progress bar (sweep logs), ten lines per run say how far it is and how fast it goes
+        self.eval_seconds = 0.0       # this process's evaluations (a resumed run: since the resume)
+        self._reserved: list[int] = []  # CUDA: the caching allocator's reserved bytes at each logged step
+        # ten lines per run say how far it is and how fast it goes: the log file's curve (run.log, a SLURM job's
+        # output) whatever the progress bar does on the terminal, where they print above it
         self._report_every = max(1, total_steps // 10)
 
     # ------------------------------------------------------------------ called by the loop
+    def timed(self, evaluate: Callable) -> Callable:
+        """`evaluate`, its seconds added to eval_seconds."""
+        def run(model):
+            started = time.monotonic()
+            try:
+                return evaluate(model)
+            finally:
+                self.eval_seconds += time.monotonic() - started
+        return run
+
     def on_log(self, step: int, values: dict) -> None:
         self.record.add_loss(step, values["loss"], values["lr"])
+        if _cuda_in_use():
+            import torch
+
+            self._reserved.append(torch.cuda.memory_reserved())
         if self.logger and (step % self.log_every == 0 or step == 1):
             self.logger.log({f"train/{k}": v for k, v in values.items()}, step=step)
-        if not self.progress and step % self._report_every == 0 and step < self.total_steps:
+        if step % self._report_every == 0 and step < self.total_steps:
             eta = (self.total_steps - step) * self.train_seconds() / step
             self.write(f"step {step}/{self.total_steps}: loss {values['loss']:.4f}, "
                        f"{values['tokens_per_second']:,.0f} tokens/s, training ETA {eta / 60:.1f} min")
@@ -73,6 +99,14 @@ class RunTracker:
             self.record.set_best_last({k: self.best[k] for k in ("step", "epoch", "metrics")}, last)
 
     # ------------------------------------------------------------------ the end
+    def reserved_memory(self) -> dict:
+        """CUDA: mean and 99th percentile of the reserved bytes over the logged steps (empty on a CPU)."""
+        if not self._reserved:
+            return {}
+        ordered = sorted(self._reserved)
+        p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+        return {"cuda_reserved_mean_bytes": int(sum(ordered) / len(ordered)), "cuda_reserved_p99_bytes": p99}
+
     def summary(self) -> dict:
         """What W&B's run summary holds: the record's headline figures (scores, memory, sizes, speed)."""
         rec = self.record
@@ -80,8 +114,10 @@ class RunTracker:
                "status": rec.status}
         if rec.best:
             out.update({"best/step": rec.best.get("step"), "best/epoch": rec.best.get("epoch")})
-        for key in ("wall_seconds", "tokens_per_second", "tokens", "steps"):
+        for key in ("wall_seconds", "tokens_per_second", "tokens", "steps", "eval_seconds", "total_seconds"):
             out[f"train/{key}"] = rec.train.get(key)
+        if rec.status == "failed" and rec.notes:
+            out["error"] = rec.notes[-1]
         for key, value in rec.memory.items():
             if isinstance(value, (int, float)):
                 out[f"memory/{key}"] = value

@@ -39,7 +39,7 @@ def test_c4_run_reports_perplexity(tmp_path):
     cfg.keep_checkpoint = False
     lines = []
     out = run(cfg, echo=lines.append)
-    # no progress bar: a line every total_steps // 10 steps (here every step), not after the last one
+    # a line every total_steps // 10 steps (here every step), not after the last one
     steps = [line.split(":")[0] for line in lines if line.startswith("step ")]
     assert steps == [f"step {i}/12" for i in range(1, 12)], lines
     assert all("tokens/s, training ETA" in line for line in lines if line.startswith("step "))
@@ -87,6 +87,12 @@ def test_multirun_over_methods_writes_four_complete_results(tmp_path):
     assert all(json.loads(f.read_text())["status"] == "complete" for f in files)
     logs = sorted((tmp_path / "multirun").rglob("run.log"))  # each Hydra job's log holds its run
     assert len(logs) == 4 and all("Result (complete)" in log.read_text() for log in logs)
+    # and its loss curve, the progress bar on (tiny_glue turns it off: here it is the default)
+    p = _cli(["-m", "method=lora", "rank=4", *tiny_glue(tmp_path, "train.epochs=1", "train.progress=true",
+                                                         f"hydra.sweep.dir={tmp_path}/bar")], tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (log,) = (tmp_path / "bar").rglob("run.log")
+    assert sum(": loss " in line and "training ETA" in line for line in log.read_text().splitlines()) >= 3
 
 
 def test_wandb_offline_run_holds_the_record_grouped_and_tagged(tmp_path):
@@ -109,8 +115,14 @@ def test_wandb_offline_run_holds_the_record_grouped_and_tagged(tmp_path):
         at = blob.rfind(key.encode())
         assert at >= 0 and str(value).encode() in blob[at:at + len(key) + 40], key
     for key in ("best/validation/accuracy", "final/validation/accuracy", "train/wall_seconds",
-                "train/tokens_per_second", "status"):
+                "train/tokens_per_second", "train/eval_seconds", "train/total_seconds", "memory/checkpoint_bytes",
+                "status"):
         assert key.encode() in blob, key
+    # the record's timings: all of the run (loading and evaluation too) > training > 0, evaluations > 0
+    train = rec["train"]
+    assert train["total_seconds"] > train["wall_seconds"] > 0 and train["total_seconds"] > train["eval_seconds"] > 0
+    ckpt = next((tmp_path / "checkpoints").rglob("last.pt"))  # keep_checkpoint=true in tiny_glue
+    assert rec["memory"]["checkpoint_bytes"] == ckpt.stat().st_size
     assert b"eval/validation/accuracy" in blob and b"train/loss" in blob
     assert b"rte-bert_tiny" in blob  # the group: <task>-<model> outside a sweep or an experiment
     assert all(tag in blob for tag in (b"method:galore", b"task:rte", b"model:bert_tiny", b"rank:4", b"precision:fp32"))

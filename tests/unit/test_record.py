@@ -693,3 +693,19 @@ def test_wandb_real_online_failure_falls_back(wandb_env, tmp_path, monkeypatch):
     finally:
         logger.finish()
     assert len(_offline_runs(out)) == 1
+
+
+def test_the_wandb_summary_holds_a_failed_runs_error_and_cudas_reserved_memory(tmp_path):
+    """The tracker's summary (what W&B's run summary gets): a failed run's error line; reserved CUDA memory as the
+    mean and the 99th percentile (nearest rank) of the samples taken at logged steps."""
+    from gnlorp.tracker import RunTracker
+
+    rec = RunRecord(tmp_path, "run", {"task": {"name": "rte"}})
+    tracker = RunTracker(rec, main_split="validation", main_metric="accuracy", higher_is_better=True,
+                         total_steps=10, log_every=1, progress=False, echo=lambda line: None)
+    rec.add_note("the run failed at step 3 of 10: ValueError: boom")
+    rec.status = "failed"
+    assert tracker.summary()["error"] == "the run failed at step 3 of 10: ValueError: boom"
+    assert tracker.reserved_memory() == {}  # no CUDA samples: nothing claimed
+    tracker._reserved = list(range(1, 201))  # 200 samples: the 99th percentile is the 198th smallest
+    assert tracker.reserved_memory() == {"cuda_reserved_mean_bytes": 100, "cuda_reserved_p99_bytes": 198}
