@@ -106,7 +106,11 @@ def steps_per_epoch(data: TrainData, batch_size: int) -> int:
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_ratio: float) -> Callable[[int], float]:
-    """GaLore's schedule: linear warmup over the first warmup_ratio of the steps, then cosine to min_ratio."""
+    """Linear warmup over the first warmup_ratio of the steps, then cosine to min_ratio: transformers'
+    get_cosine_with_min_lr_schedule_with_warmup (and GaLore's scripts) but one step earlier in the warmup. They take
+    update s at s/W of the peak, so the first update is at lr 0 (Adam's moments move, the weights do not); here
+    update s is at (s+1)/W, so every one of the W warmup updates moves the weights and the last is at the peak.
+    From the end of the warmup on the two are the same curve (tests/unit/test_train.py compares them)."""
     warmup = int(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:

@@ -186,3 +186,19 @@ def test_method_hooks_after_each_applied_step_and_lr_lambda_replaces_the_schedul
     assert torch.equal(seen[-1][1], first.detach())
     assert not torch.equal(seen[0][1], seen[1][1])
     assert logged == pytest.approx([0.1 / (k + 1) for k in range(5)], rel=1e-12)
+
+
+@pytest.mark.parametrize("total, warmup_ratio, min_ratio", [(100, 0.1, 0.1), (200, 0.05, 0.0), (37, 0.2, 0.25)])
+def test_the_schedule_is_transformers_cosine_with_min_lr_one_step_earlier_in_the_warmup(total, warmup_ratio, min_ratio):
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    from gnlorp.train import warmup_cosine
+
+    warmup = int(warmup_ratio * total)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=warmup, num_training_steps=total,
+                                                      min_lr_rate=min_ratio).lr_lambdas[0]
+    ours = warmup_cosine(total, warmup_ratio, min_ratio)
+    assert ref(0) == 0.0 and ours(0) == 1 / warmup                      # theirs wastes the first update
+    assert all(ours(s) == pytest.approx(ref(s + 1)) for s in range(warmup))   # one step earlier, to the peak
+    assert all(ours(s) == pytest.approx(ref(s), abs=1e-12) for s in range(warmup, total + 1))
