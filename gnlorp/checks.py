@@ -227,6 +227,21 @@ def _method_relations(cfg) -> None:
                             "it is swapped again.")
 
 
+def _check_task_family_keys(task) -> None:
+    """A task key of the other family (task.seq_len on GLUE, task.max_length on C4), set away from its default, would
+    change nothing but the run identity: refused, naming the key this family uses."""
+    import dataclasses
+
+    from .schema import TaskSettings
+
+    for f in dataclasses.fields(TaskSettings):
+        family = f.metadata.get("family")
+        if family and family != task.family and task.get(f.name) != f.default:
+            ours = [g.name for g in dataclasses.fields(TaskSettings) if g.metadata.get("family") == task.family]
+            raise UserError(f"task.{f.name}={task.get(f.name)!r} applies to {family} runs only; this is a "
+                            f"{task.family} run, whose task keys are {', '.join(ours)}: drop it.")
+
+
 def _task_model_relations(cfg) -> None:
     """What the model's dimensions allow (gnlorp/model_dims.py: the model config or its config.json, never the
     weights): the sequence length, the rank of a low-rank method, a target_modules that selects nothing."""
@@ -234,6 +249,7 @@ def _task_model_relations(cfg) -> None:
     from .model_dims import linear_shapes, longest_sequence, model_dims, target_shapes
 
     t = cfg.task
+    _check_task_family_keys(t)
     if t.family == "c4":
         if t.eval_tokens < t.seq_len:
             raise UserError(f"task.eval_tokens={t.eval_tokens} is less than one block of task.seq_len={t.seq_len} "

@@ -23,9 +23,11 @@ UNLESS_DEFAULT = "unless_default"  # identity= of a setting added later (module 
 SEED_LIMIT = 2**31  # torch, numpy and Python generators all accept [0, 2**31); the loop derives seeds from it
 
 
-def setting(default: Any = MISSING, help: str = "", *, identity: bool | str = True, factory=None, **accepts):
-    """A dataclass field with its documentation and accepted values (see the module docstring)."""
-    metadata = {"help": help, "identity": identity, "accepts": accepts}
+def setting(default: Any = MISSING, help: str = "", *, identity: bool | str = True, factory=None,
+            family: str | None = None, **accepts):
+    """A dataclass field with its documentation and accepted values (see the module docstring); `family`: the one
+    task family (glue or c4) a task key applies to (set on a run of the other, it is refused)."""
+    metadata = {"help": help, "identity": identity, "accepts": accepts, "family": family}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -90,23 +92,27 @@ class TaskSettings:
     alpha: Dict[str, float] = setting(
         help="GaLore's scale (alpha) per rank, with a 'default' entry; `scale=` overrides", factory=dict)
     # GLUE
-    max_length: int = setting(128, "GLUE: tokens per example (truncated)", ge=1)
-    max_train_samples: Optional[int] = setting(None, "GLUE: a seeded subset of the train split (0: none)", ge=0)
-    max_eval_samples: Optional[int] = setting(None, "GLUE: the first rows of each evaluation split", ge=1)
+    max_length: int = setting(128, "GLUE: tokens per example (truncated)", ge=1, family="glue")
+    max_train_samples: Optional[int] = setting(None, "GLUE: a seeded subset of the train split (0: none)", ge=0,
+                                               family="glue")
+    max_eval_samples: Optional[int] = setting(None, "GLUE: the first rows of each evaluation split", ge=1,
+                                              family="glue")
     selection_samples: int = setting(
         0, "GLUE: train rows held out (the same for every seed) and scored as 'selection', for choosing settings "
-           "(0: none); max_train_samples subsets the rest", ge=0)
+           "(0: none); max_train_samples subsets the rest", ge=0, family="glue")
     # C4
-    seq_len: int = setting(256, "C4: tokens per packed block", ge=2)
-    streams: int = setting(8, "C4: logical data streams (divides train.batch_size; a multiple of the processes)", ge=1)
-    shuffle_blocks: int = setting(1024, "C4: shuffle buffer per stream, in blocks (1: no shuffling)", ge=1)
+    seq_len: int = setting(256, "C4: tokens per packed block", ge=2, family="c4")
+    streams: int = setting(8, "C4: logical data streams (divides train.batch_size; a multiple of the processes)",
+                           ge=1, family="c4")
+    shuffle_blocks: int = setting(1024, "C4: shuffle buffer per stream, in blocks (1: no shuffling)", ge=1,
+                                  family="c4")
     cache_dir: Optional[str] = setting(None, "C4: where tokenized validation blocks are kept; null: ~/.cache/gnlorp",
-                                       identity=False)
+                                       identity=False, family="c4")
     eval_tokens: int = setting(262144, "C4: validation budget in tokens (the first eval_tokens / seq_len blocks)",
-                               ge=2)
+                               ge=2, family="c4")
     selection_tokens: int = setting(
         0, "C4: tokens of a second validation slice, the blocks after the reported ones, scored as 'selection' "
-           "for choosing settings (0: none)", ge=0)
+           "for choosing settings (0: none)", ge=0, family="c4")
 
 
 @dataclass

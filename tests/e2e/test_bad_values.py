@@ -82,6 +82,8 @@ CASES = {
     "unknown_key_added_with_plus": (lambda t: _glue(t, "+model.hidden_dropout=0"),
                                     ["+model.hidden_dropout=0", "run identity", "gnlorp/schema.py"]),
     "dropout_one": (lambda t: _glue(t, "model.hidden_dropout_prob=1"), ["model.hidden_dropout_prob=1", "< 1"]),
+    "c4_key_on_glue": (lambda t: _glue(t, "task.seq_len=512"), ["task.seq_len=512", "c4 runs only", "max_length"]),
+    "glue_key_on_c4": (lambda t: _c4(t, "task.max_length=64"), ["task.max_length=64", "glue runs only", "seq_len"]),
     "multirun_with_cfg": (lambda t: ["-m", "--cfg", "hydra", *_glue(t)], ["--multirun, --cfg", "drop all but one"]),
     "unknown_method": (lambda t: _glue(t, "method=sgd"), ["method", "'sgd'", "gradnormlorp"]),
     "unknown_experiment": (lambda t: _glue(t, "experiment=nope"), ["experiment=nope", "glue_minilm_cpu"]),

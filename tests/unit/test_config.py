@@ -200,7 +200,7 @@ def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
         other: int = setting(1, "an ordinary key")
 
     assert identity._added_later(Later, "x.") == {"x.knob": 3}
-    cfg = compose(["task=glue/rte", "method=galore", "rank=8"])
+    cfg = compose(["task=c4", "method=galore", "rank=8", "train.max_steps=2"])
     before = run_identity(cfg, check_config(cfg))  # task.seq_len is an ordinary key here
     real = identity._added_later
     monkeypatch.setattr(identity, "_added_later", lambda schema=identity.RunSettings, prefix="": (
@@ -209,7 +209,7 @@ def test_a_setting_added_later_keeps_old_identities_at_its_default(monkeypatch):
     assert "task.seq_len" not in at_default.settings and "task.seq_len" in before.settings
     without_key = {k: v for k, v in before.settings.items() if k != "task.seq_len"}  # a schema before the key existed
     assert at_default.run_id.rsplit("-", 1)[1] == identity.identity_hash(without_key)
-    changed = compose(["task=glue/rte", "method=galore", "rank=8", "task.seq_len=512"])
+    changed = compose(["task=c4", "method=galore", "rank=8", "train.max_steps=2", "task.seq_len=512"])
     assert run_identity(changed, check_config(changed)).settings["task.seq_len"] == 512
     assert at_default.run_id != run_identity(changed, check_config(changed)).run_id
 
