@@ -23,6 +23,7 @@ _MODULES = (  # one line per method; each module is named after its method
     "switchlora",
     "apollo",
     "apollo_mini",
+    "fira",
 )
 
 BASELINE = "full"  # what memory savings and speed ratios are measured against

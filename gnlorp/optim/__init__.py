@@ -1,7 +1,8 @@
-"""The public optimizer API: GaLore AdamW (32/8-bit), APOLLO's AdamW, the projector, layer-wise updates, and
-GradNormLoRP's weight-norm reparameterization."""
+"""The public optimizer API: GaLore AdamW (32/8-bit), APOLLO's and Fira's AdamW, the projector, layer-wise
+updates, and GradNormLoRP's weight-norm reparameterization."""
 
 from .apollo import ApolloAdamW
+from .fira import FiraAdamW
 from .galore_adamw import GaLoreAdamW, GaLoreAdamW8bit
 from .layerwise import LayerwiseOptimizer
 from .param_groups import adamw_param_groups, galore_param_groups
@@ -18,7 +19,7 @@ from .projector import (
 from .weightnorm import WeightNormLinear, apply_weight_norm, merge_weight_norm
 
 __all__ = [
-    "ApolloAdamW", "GaLoreAdamW", "GaLoreAdamW8bit", "LayerwiseOptimizer", "PROJ_TYPES", "SVD_METHODS",
+    "ApolloAdamW", "FiraAdamW", "GaLoreAdamW", "GaLoreAdamW8bit", "LayerwiseOptimizer", "PROJ_TYPES", "SVD_METHODS",
     "NonFiniteGradientError", "SVDFailedError", "compute_projection", "project", "project_back",
     "projection_side", "WeightNormLinear", "apply_weight_norm", "merge_weight_norm", "adamw_param_groups",
     "galore_param_groups",

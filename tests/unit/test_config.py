@@ -15,7 +15,7 @@ def test_all_nine_glue_tasks_and_c4_exist():
     assert GLUE == sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])
     assert (CONF / "task" / "c4.yaml").exists()
     assert set(GROUPS["method"]) == {"full", "lora", "dora", "galore", "gradnormlorp", "relora", "switchlora",
-                                     "apollo", "apollo_mini"}
+                                     "apollo", "apollo_mini", "fira"}
     assert set(GROUPS["precision"]) == {"fp32", "bf16", "8bit"}
 
 
@@ -149,7 +149,7 @@ def test_fsdp_refuses_only_the_methods_that_declare_they_cannot_shard():
     from gnlorp.methods import SPECS
 
     refusing = {name for name, spec in SPECS.items() if spec.fsdp_refusal}
-    assert refusing == {"switchlora", "apollo", "apollo_mini"}
+    assert refusing == {"switchlora", "apollo", "apollo_mini", "fira"}
     for name in SPECS:
         cfg = compose(["task=c4", f"method={name}", "train.parallel=fsdp", "train.max_steps=2"])
         check_config(cfg, world_size=1)  # one process never shards

@@ -10,7 +10,7 @@ from gnlorp.errors import UserError
 from gnlorp.methods import METHODS, MethodConfig, get_method, target_linear_names
 
 LR = {"full": 1e-3, "lora": 3e-3, "dora": 3e-3, "galore": 3e-3, "gradnormlorp": 3e-3, "relora": 3e-3,
-      "switchlora": 3e-3, "apollo": 3e-3, "apollo_mini": 3e-3}
+      "switchlora": 3e-3, "apollo": 3e-3, "apollo_mini": 3e-3, "fira": 3e-3}
 FROZEN_W = ("lora", "dora", "relora", "switchlora")  # W changes only when B A is merged (or swapped) into it
 
 
