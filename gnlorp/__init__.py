@@ -19,3 +19,23 @@ class UserError(Exception):
     """A problem with the user's input. The message is one sentence naming the problem and the fix;
     run.py prints it without a traceback and exits with status 2. (gnlorp.errors, where the rest of the
     error handling lives, re-exports it.)"""
+
+
+# torchao (the optional `lowbit` extra: precision=ao8bit/ao4bit) is imported by transformers whenever it is installed,
+# and says at import what we never use: its CUDA-only native libraries failing to load on a CPU, Triton missing, and
+# torch's deprecation of its Enum registrations. Those records are dropped; every other one passes.
+_IMPORT_NOTICES = {
+    "torchao": ("Failed to load ",),
+    "torchao.kernel.intmm": ("Warning: Detected no triton",),
+    "torch.utils._pytree": ("%s is an Enum subclass and is now natively supported",),
+}
+
+
+def _drop_import_notices() -> None:
+    import logging
+
+    for name, starts in _IMPORT_NOTICES.items():
+        logging.getLogger(name).addFilter(lambda record, starts=starts: not str(record.msg).startswith(starts))
+
+
+_drop_import_notices()

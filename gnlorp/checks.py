@@ -179,8 +179,47 @@ def _c4_relations(cfg, world_size: int) -> None:
                         f"{world_size} process(es) (each process reads whole streams); e.g. task.streams={world_size}.")
 
 
+def _check_low_bit(cfg) -> None:
+    """torchao's AdamW8bit/AdamW4bit (precision=ao8bit/ao4bit): plain AdamW on every parameter only, torchao
+    present and, on the CPU, a C++ compiler for the torch.compile'd step it runs; 4-bit states nowhere else."""
+    p, m = cfg.precision, cfg.method
+    if p.optim_library is None:
+        if p.optim_bits == 4:
+            raise UserError(f"precision.optim_bits=4 is torchao's AdamW4bit: set precision.optim_library=torchao "
+                            f"(precision=ao4bit, method=full), or use precision=8bit (bitsandbytes).")
+        return
+    if p.optim_bits not in (4, 8):
+        raise UserError(f"precision.optim_library=torchao keeps 8- or 4-bit states, not {p.optim_bits}-bit: use "
+                        f"precision=ao8bit or precision=ao4bit, or precision=bf16 for 32-bit AdamW.")
+    if m.name != "full" or getattr(m, "layerwise", False):
+        what = "method.layerwise=true" if m.name == "full" else f"method={m.name}"
+        raise UserError(f"precision={p.name} (torchao's AdamW{p.optim_bits}bit) trains method=full with plain AdamW, "
+                        f"not {what}; for low-bit states there use precision=8bit (bitsandbytes).")
+    if cfg.train.parallel == "fsdp":
+        raise UserError(f"precision={p.name} (torchao) is not wired for train.parallel=fsdp; use precision=8bit, "
+                        f"whose states GaLoreAdamW keeps per shard.")
+    torchao_problem = _torchao_problem(cfg.device)
+    if torchao_problem:
+        raise UserError(f"precision={p.name} cannot run: {torchao_problem}; use precision=8bit (bitsandbytes' "
+                        f"AdamW8bit) instead.")
+
+
+def _torchao_problem(device: str) -> str | None:
+    """Why torchao's low-bit AdamW cannot run here (None when it can), found without importing it."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed (pip install 'gnlorp[lowbit]')"
+    cxx = os.environ.get("CXX") or "g++"
+    if device != "cuda" and not (shutil.which(cxx) or shutil.which("c++")):
+        return (f"its step is compiled by torch.compile, which on the CPU needs a C++ compiler ({cxx}), and none is "
+                "on PATH")
+    return None
+
+
 def _check_bitsandbytes(cfg) -> None:
-    if cfg.precision.optim_bits == 8:
+    if cfg.precision.optim_bits == 8 and cfg.precision.optim_library is None:
         try:
             from .optim.bnb import import_bitsandbytes
 
@@ -295,6 +334,7 @@ def check_config(cfg, world_size: int = 1) -> dict:
     derived = _relations(cfg, world_size)
     _method_relations(cfg)
     _task_model_relations(cfg)
+    _check_low_bit(cfg)
     _check_bitsandbytes(cfg)
     return {"lr": learning_rate(cfg), "scale": galore_scale(cfg), **derived}
 

@@ -1,5 +1,6 @@
 """`make gpu-check`: every CUDA path once, in at most ~8 minutes on one modern GPU, with figures beside the
-memory model's: each method in bf16 and with 8-bit states on LLaMA-60M (30 steps of 8 x 256 tokens: peak CUDA
+memory model's: each method in bf16 and with 8-bit states on LLaMA-60M (and full training with torchao's 8- and 4-bit
+AdamW when torchao is installed) (30 steps of 8 x 256 tokens: peak CUDA
 memory allocated / reserved, tokens/s), layer-wise 8-bit GradNormLoRP on LLaMA-1B, the LLaMA-7B GradNormLoRP
 step under a 24 GiB cap (torch.cuda.set_per_process_memory_fraction), and the bf16 weight-norm layer against a
 float64 reference. Writes results/gpu/*.json with the device's name.
@@ -11,6 +12,7 @@ Without a GPU it runs a dry version of every path on the CPU (LLaMA-tiny, 2 step
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -21,9 +23,11 @@ METHODS = ("full", "lora", "dora", "galore", "gradnormlorp")
 GIB = 1024**3
 
 
-def _train(model_name, method, rank, optim_bits, device, *, steps, batch, seq_len, layerwise=False, checkpointing=False):
+def _train(model_name, method, rank, optim_bits, device, *, steps, batch, seq_len, layerwise=False, checkpointing=False,
+           optim_library=None):
     from .memory_model import Setup, peak
     from .methods import MethodConfig, get_method
+    from .state_bytes import optimizer_state_bytes
     from .models import build_llama, enable_activation_checkpointing, llama_model_cfg
 
     previous = torch.get_default_dtype()
@@ -34,8 +38,10 @@ def _train(model_name, method, rank, optim_bits, device, *, steps, batch, seq_le
         torch.set_default_dtype(previous)
     enable_activation_checkpointing(model, checkpointing)
     cfg = MethodConfig(name=method, rank=None if method == "full" else rank, optim_bits=optim_bits,
-                       layerwise=layerwise, svd="randomized" if layerwise else "auto", lr=1e-3)
+                       layerwise=layerwise, svd="randomized" if layerwise else "auto", lr=1e-3,
+                       optim_library=optim_library)
     m = get_method(method)
+    analytic = m.state_bytes(model, cfg)  # as the runner does, on the model before the method's preparation
     model = m.prepare(model, cfg)
     model.train()
     opt = m.build_optimizer(model, cfg)
@@ -56,12 +62,13 @@ def _train(model_name, method, rank, optim_bits, device, *, steps, batch, seq_le
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     predicted = peak(Setup(model=model_name, method=method, rank=cfg.rank, dtype="bf16", optim_bits=optim_bits,
-                           batch=batch, seq_len=seq_len, layerwise=layerwise, checkpointing=checkpointing,
-                           svd=getattr(cfg, "svd", "auto"))).peak
+                           optim_library=optim_library, batch=batch, seq_len=seq_len, layerwise=layerwise,
+                           checkpointing=checkpointing, svd=getattr(cfg, "svd", "auto"))).peak
     row = {"model": model_name, "method": method, "rank": cfg.rank, "optim_bits": optim_bits, "layerwise": layerwise,
            "checkpointing": checkpointing, "steps": steps, "batch": batch, "seq_len": seq_len,
            "tokens_per_second": steps * batch * seq_len / seconds, "first_loss": losses[0], "last_loss": losses[-1],
-           "predicted_peak_bytes": predicted}
+           "predicted_peak_bytes": predicted, "optim_library": optim_library,
+           "optimizer_state_bytes": optimizer_state_bytes(opt), "optimizer_state_bytes_analytic": analytic}
     if cuda:
         stats = torch.cuda.memory_stats()
         row["max_allocated_bytes"] = int(stats["allocated_bytes.all.peak"])
@@ -111,6 +118,11 @@ def run(device: torch.device, dry: bool) -> dict:
         _train(small, method, 8 if dry else 128, bits, device, steps=steps, batch=batch, seq_len=seq)
         for method in METHODS for bits in (32, 8)
     ]
+    if importlib.util.find_spec("torchao") is not None:  # precision=ao8bit / ao4bit: torchao's AdamW8bit / AdamW4bit
+        results["torchao_full"] = [_train(small, "full", None, bits, device, steps=steps, batch=batch, seq_len=seq,
+                                          optim_library="torchao") for bits in (8, 4)]
+    else:
+        results["torchao_full"] = {"skipped": "torchao is not installed (pip install 'gnlorp[lowbit]')"}
     results["layerwise_1b"] = _train(big, "gradnormlorp", 8 if dry else 512, 8, device, steps=2 if dry else 10,
                                      batch=1 if dry else 4, seq_len=seq, layerwise=True, checkpointing=True)
     if device.type == "cuda":
@@ -143,8 +155,8 @@ def main(argv=None) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         name = (results["device"].get("name") or device.type).replace(" ", "_").replace("/", "_")
         (out_dir / f"gpu_check_{name}.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    for row in results["methods"]:
-        print(f"{row['model']} {row['method']:<13} {row['optim_bits']:>2}-bit  {row['tokens_per_second']:10.0f} tok/s  "
+    for row in results["methods"] + (results["torchao_full"] if isinstance(results["torchao_full"], list) else []):
+        print(f"{row['model']} {row['method']:<13} {row['optim_bits']:>2}-bit{' torchao' if row['optim_library'] else ''}  {row['tokens_per_second']:10.0f} tok/s  "
               f"max allocated {row.get('max_allocated_bytes', 0) / GIB:.2f} GiB  model {row['predicted_peak_bytes'] / GIB:.2f} GiB")
     print(f"{'dry run (CPU)' if not cuda else results['device']['name']}: every path ran in {results['seconds']:.1f} s")
 

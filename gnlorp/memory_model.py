@@ -27,7 +27,8 @@ b the weights' element size, which is also the activations'; HF transformers' Ll
   backward: the head's log-softmax and loss gradients (2 x 4 T V); in a layer, the MLP's input gradients
     (3 b T f) and, with checkpointing, the recomputed layer; a GradNormLoRP weight's backward rebuilds W and
     forms dL/dW in float32 (b + 4 + (4 if b != 4) bytes per element beside its gradient).
-  optimizer step: torch.optim.AdamW (CPU, single-tensor) two temporaries of the largest parameter;
+  optimizer step: torch.optim.AdamW (CPU, single-tensor) two temporaries of the largest parameter; torchao's
+    AdamW8bit/4bit (its torch.compile'd single-tensor step, not measured here) taken as bitsandbytes' below;
     gnlorp's GaLoreAdamW foreach step two of each dense group; the projected Adam the projected gradient and
     its denominator (2 b |R|); bitsandbytes' CPU 8-bit kernel dequantizes both moments and the gradient to
     float32 (and the weight when b != 4) and forms the denominator (5-6 x 4 N); the projector refresh's SVD
@@ -93,6 +94,7 @@ class Setup:
     rank: int | None = None
     dtype: str = "fp32"              # the weights' (and activations', gradients', states') dtype: fp32 | bf16
     optim_bits: int = 32
+    optim_library: str | None = None  # "torchao": torchao's AdamW8bit / AdamW4bit (method=full)
     batch: int = 4
     seq_len: int = 256
     layerwise: bool = False
@@ -118,8 +120,16 @@ class Setup:
                             f"choose rank <= {smallest}.")
         if self.dtype not in DTYPE_BYTES:
             raise UserError(f"dtype={self.dtype!r} is not fp32 or bf16; pass one of them.")
-        if self.optim_bits not in (8, 32):
-            raise UserError(f"optim_bits={self.optim_bits} must be 8 or 32.")
+        if self.optim_bits not in (4, 8, 32):
+            raise UserError(f"optim_bits={self.optim_bits} must be 4 (torchao), 8 or 32.")
+        if self.optim_library not in (None, "torchao"):
+            raise UserError(f"optim_library={self.optim_library!r} must be torchao or none (bitsandbytes).")
+        if (self.optim_bits == 4 and self.optim_library is None) or (self.optim_bits == 32 and self.optim_library):
+            raise UserError(f"optim_bits={self.optim_bits} with optim_library={self.optim_library}: 4-bit states are "
+                            "torchao's (--optim-library torchao), and torchao keeps 4- or 8-bit ones.")
+        if self.optim_library == "torchao" and (self.method != "full" or self.layerwise):
+            raise UserError(f"optim_library=torchao is plain AdamW on every parameter: method=full without "
+                            f"--layerwise, not method={self.method}{' layer-wise' if self.layerwise else ''}.")
         if self.attention not in ATTENTIONS:
             raise UserError(f"attention={self.attention!r} must be sdpa or eager.")
         if self.batch <= 0 or self.seq_len <= 0:
@@ -207,13 +217,15 @@ def trainable_sizes(d: Dims, s: Setup) -> list[tuple[int, int]]:
 
 
 @lru_cache(maxsize=64)
-def _state_bytes(model_key: str, method: str, rank, optim_bits: int, b: int, *, proj_type: str, layerwise: bool) -> int:
+def _state_bytes(model_key: str, method: str, rank, optim_bits: int, b: int, *, proj_type: str, layerwise: bool,
+                 optim_library: str | None = None) -> int:
     from .methods import estimate_state_bytes
     from .methods.base import MethodConfig
     from .models import build_llama
 
     model = build_llama(json.loads(model_key), device="meta")
-    cfg = MethodConfig(name=method, rank=rank, optim_bits=optim_bits, proj_type=proj_type, layerwise=layerwise)
+    cfg = MethodConfig(name=method, rank=rank, optim_bits=optim_bits, proj_type=proj_type, layerwise=layerwise,
+                       optim_library=optim_library)
     return estimate_state_bytes(model, cfg, element_bytes=b)
 
 
@@ -222,7 +234,7 @@ def state_bytes(s: Setup) -> int:
 
     cfg = llama_model_cfg(s.model) if isinstance(s.model, str) else dict(s.model)
     return _state_bytes(json.dumps(cfg, sort_keys=True), s.method, s.rank, s.optim_bits, _b(s), proj_type=s.proj_type,
-                        layerwise=s.layerwise)
+                        layerwise=s.layerwise, optim_library=s.optim_library)
 
 
 def gesdd_bytes(m: int, n: int) -> int:
@@ -280,6 +292,8 @@ def step_transient_bytes(d: Dims, s: Setup) -> int:
     b = _b(s)
     if s.method not in ("galore", "gradnormlorp"):
         sizes = trainable_sizes(d, s)
+        if s.optim_library == "torchao":  # torchao's compiled single-tensor step: assumed to need what bitsandbytes' does
+            return max(_bnb8_bytes(n, _b(s)) for n, _ in sizes)
         if s.optim_bits == 8:  # bitsandbytes AdamW8bit, one tensor at a time
             return max(_dense_step_bytes(n, s) for n, _ in sizes)
         return max(2 * n * nb for n, nb in sizes)  # torch.optim.AdamW on CPU: single-tensor, sqrt(v) then / bias correction
@@ -371,7 +385,8 @@ def peak(s: Setup) -> Breakdown:
 
 def format_breakdown(s: Setup, br: Breakdown) -> str:
     mib = 1024**2
-    lines = [f"{s.model} {s.method} r={s.rank} {s.dtype} {s.optim_bits}-bit states, batch {s.batch} x {s.seq_len}, "
+    states = f"{s.optim_bits}-bit states" + (" (torchao)" if s.optim_library else "")
+    lines = [f"{s.model} {s.method} r={s.rank} {s.dtype} {states}, batch {s.batch} x {s.seq_len}, "
              f"{'layer-wise' if s.layerwise else 'normal'}, checkpointing {'on' if s.checkpointing else 'off'}",
              f"  weights            {br.weights / mib:12.1f} MiB",
              f"  optimizer states   {br.optimizer_states / mib:12.1f} MiB",
@@ -390,7 +405,9 @@ def main(argv=None) -> None:
     ap.add_argument("--method", default="gradnormlorp", choices=METHODS)
     ap.add_argument("--rank", type=int, default=None)
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
-    ap.add_argument("--optim-bits", type=int, default=32, choices=(8, 32))
+    ap.add_argument("--optim-bits", type=int, default=32, choices=(4, 8, 32))
+    ap.add_argument("--optim-library", default=None, choices=("torchao",),
+                    help="torchao's AdamW8bit / AdamW4bit (method full); default: bitsandbytes for 8-bit")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--layerwise", action="store_true")
@@ -399,7 +416,8 @@ def main(argv=None) -> None:
     ap.add_argument("--svd", default="auto", choices=("exact", "randomized", "auto"))
     ap.add_argument("--json", action="store_true", help="print the breakdown as JSON")
     a = ap.parse_args(argv)
-    s = Setup(model=a.model, method=a.method, rank=a.rank, dtype=a.dtype, optim_bits=a.optim_bits, batch=a.batch,
+    s = Setup(model=a.model, method=a.method, rank=a.rank, dtype=a.dtype, optim_bits=a.optim_bits,
+              optim_library=a.optim_library, batch=a.batch,
               seq_len=a.seq_len, layerwise=a.layerwise, checkpointing=a.checkpointing, attention=a.attention,
               svd=a.svd)
     br = peak(s)

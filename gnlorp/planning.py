@@ -93,7 +93,8 @@ def method_config(cfg: DictConfig, derived):
     low_rank = cfg.method.name in LOW_RANK
     return MethodConfig.from_mapping(
         OmegaConf.to_container(cfg.method, resolve=True), lr=derived["lr"], weight_decay=cfg.train.weight_decay,
-        optim_bits=cfg.precision.optim_bits, accumulation_steps=derived["accumulation_steps"],
+        optim_bits=cfg.precision.optim_bits,
+        optim_library=cfg.precision.optim_library, accumulation_steps=derived["accumulation_steps"],
         rank=cfg.rank if low_rank else None, scale=derived["scale"],
     )
 

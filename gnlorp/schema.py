@@ -184,10 +184,13 @@ class LoRAFamily(MethodSettings):
 
 @dataclass
 class PrecisionSettings:
-    name: str = setting("fp32", "fp32, bf16 or 8bit")
+    name: str = setting("fp32", "fp32, bf16, 8bit, ao8bit or ao4bit")
     autocast: Optional[str] = setting(None, "autocast dtype; null: none", choices=(None, "bfloat16", "float16"))
     cuda_param_dtype: str = setting("float32", "parameter dtype on CUDA", choices=("float32", "bfloat16", "float16"))
-    optim_bits: int = setting(32, "optimizer-state bits", choices=(8, 32))
+    optim_bits: int = setting(32, "optimizer-state bits (4: torchao only)", choices=(4, 8, 32))
+    optim_library: Optional[str] = setting(
+        None, "who keeps the low-bit states; null: bitsandbytes (8-bit); torchao: torchao.optim's AdamW8bit/AdamW4bit "
+        "(method=full)", identity=UNLESS_DEFAULT, choices=(None, "torchao"))
 
 
 @dataclass

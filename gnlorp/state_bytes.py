@@ -12,6 +12,10 @@ LoRA's A and B and the magnitudes (DoRA, GradNormLoRP) are float32 next to 16-bi
 8-bit moments take 1 byte per element plus a float32 scale per 256-element block, for tensors of at
 least 4096 elements (smaller ones keep float32 moments, as in bitsandbytes), and two shared 256-entry
 float32 quantization maps. torch.optim.AdamW also keeps a float32 `step` scalar per parameter.
+torchao's AdamW8bit / AdamW4bit (precision=ao8bit / ao4bit, method=full) quantize a tensor's moments when it has
+at least 4096 elements and a whole number of blocks: 8-bit, 1 byte per element + a float32 scale per 256-element
+block + a 256-entry float32 map per moment; 4-bit, 1/2 byte + a float32 scale per 128 + a 16-entry map per moment;
+other tensors keep moments in the parameter's dtype; every parameter has a float32 step (torchao_adam_bytes).
 
 Below the methods: it imports only torch and the optimizer package.
 """
@@ -40,6 +44,7 @@ def optimizer_state_bytes(optimizer) -> int:
     tensors = [getattr(v, "to_local", lambda v=v: v)() for st in opt.state.values() for v in st.values()
                if torch.is_tensor(v)]
     tensors += [q for pair in getattr(opt, "_qmaps", {}).values() for q in pair]
+    tensors = [inner for t in tensors for inner in _inner_tensors(t)]
     seen, total = set(), 0
     for t in tensors:
         storage = t.untyped_storage()
@@ -48,6 +53,15 @@ def optimizer_state_bytes(optimizer) -> int:
             seen.add(key)
             total += storage.nbytes()
     return total
+
+
+def _inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding `t`'s data: `t` itself, or those of a wrapper subclass (torchao's quantized
+    optimizer states keep codes, block scales and a map), walked down."""
+    if type(t) is torch.Tensor or not hasattr(t, "__tensor_flatten__"):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [inner for name in names for inner in _inner_tensors(getattr(t, name))]
 
 
 def _moments(numel: int, b: int, bits: int) -> tuple[int, bool]:
@@ -122,3 +136,18 @@ def adam_bytes(dense: list[tuple[int, int]], bits: int, step_scalars: bool, extr
         total += moment_bytes
         any8 |= is8
     return total + (QMAP_BYTES if any8 else 0)
+
+
+def torchao_moment_bytes(numel: int, b: int, bits: int) -> int:
+    """One Adam moment of a `numel`-element tensor of element size `b` in torchao's `bits`-bit AdamW."""
+    from .optim.lowbit import BLOCK_SIZE, MIN_SIZE, QMAP_ENTRIES
+
+    block = BLOCK_SIZE[bits]
+    if numel >= MIN_SIZE and numel % block == 0:
+        return numel * bits // 8 + 4 * (numel // block) + 4 * QMAP_ENTRIES[bits]
+    return numel * b
+
+
+def torchao_adam_bytes(dense: list[tuple[int, int]], bits: int) -> int:
+    """torchao's AdamW8bit / AdamW4bit over (numel, element bytes) tensors: two moments and a float32 step each."""
+    return sum(2 * torchao_moment_bytes(numel, b, bits) + 4 for numel, b in dense)

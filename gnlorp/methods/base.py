@@ -15,7 +15,8 @@ RUN_VALUES = {
     "weight_decay": 0.0,
     "rank": None,
     "scale": 1.0,              # GaLore's alpha
-    "optim_bits": 32,          # 8: 8-bit blockwise Adam moments (bitsandbytes)
+    "optim_bits": 32,          # 8: 8-bit blockwise Adam moments (bitsandbytes); 4: torchao only
+    "optim_library": None,     # None: torch.optim / bitsandbytes; "torchao": torchao.optim.AdamW8bit / AdamW4bit
     "accumulation_steps": 1,   # honoured by layer-wise mode
 }
 

@@ -1,4 +1,5 @@
-"""Full training: AdamW on every parameter (bitsandbytes AdamW8bit with 8-bit states)."""
+"""Full training: AdamW on every parameter (bitsandbytes AdamW8bit with 8-bit states; torchao's AdamW8bit /
+AdamW4bit with precision=ao8bit / ao4bit)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def merge(model):
 def state_bytes(model, cfg, element_bytes: int | None = None) -> int:
     """AdamW: two moments per parameter (torch.optim.AdamW adds a float32 step each; layer-wise mode is our
     GaLoreAdamW, which keeps none)."""
-    from ..state_bytes import adam_bytes, dense_besides
+    from ..state_bytes import adam_bytes, dense_besides, torchao_adam_bytes
 
+    if getattr(cfg, "optim_library", None) == "torchao":  # precision=ao8bit / ao4bit
+        return torchao_adam_bytes(dense_besides(model, [], element_bytes), cfg.optim_bits)
     return adam_bytes(dense_besides(model, [], element_bytes), cfg.optim_bits, step_scalars=not cfg.layerwise)

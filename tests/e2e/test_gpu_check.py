@@ -13,7 +13,11 @@ def test_dry_run_exercises_every_path():
     out = run(torch.device("cpu"), dry=True)
     assert out["dry_run"] and out["device"]["type"] == "cpu"
     assert {(r["method"], r["optim_bits"]) for r in out["methods"]} == {(m, b) for m in METHODS for b in (32, 8)}
-    for row in out["methods"] + [out["layerwise_1b"], out["llama7b_24gib"]]:
+    torchao = out["torchao_full"]  # precision=ao8bit / ao4bit, where torchao is installed
+    assert isinstance(torchao, dict) or {(r["method"], r["optim_bits"], r["optim_library"]) for r in torchao} == {
+        ("full", 8, "torchao"), ("full", 4, "torchao")}
+    for row in out["methods"] + [out["layerwise_1b"], out["llama7b_24gib"]] + ([] if isinstance(torchao, dict) else torchao):
         assert row["last_loss"] < row["first_loss"], row  # two steps on one batch: the step did something
+        assert row["optimizer_state_bytes"] == row["optimizer_state_bytes_analytic"], row
     assert out["layerwise_1b"]["layerwise"] and out["layerwise_1b"]["checkpointing"]
     assert max(out["weightnorm_bf16"]["relative_errors_vs_float64"].values()) < 0.05

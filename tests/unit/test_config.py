@@ -16,7 +16,7 @@ def test_all_nine_glue_tasks_and_c4_exist():
     assert (CONF / "task" / "c4.yaml").exists()
     assert set(GROUPS["method"]) == {"full", "lora", "dora", "galore", "gradnormlorp", "relora", "switchlora",
                                      "apollo", "apollo_mini", "fira"}
-    assert set(GROUPS["precision"]) == {"fp32", "bf16", "8bit"}
+    assert set(GROUPS["precision"]) == {"fp32", "bf16", "8bit", "ao8bit", "ao4bit"}
 
 
 @pytest.mark.parametrize("task", [f"glue/{t}" for t in GLUE] + ["c4"])
