@@ -4,7 +4,8 @@ METHOD.md's formulas that must equal it (tests check the two agree to the byte o
 The formulas and the measurement are in gnlorp/state_bytes.py (each method's state_bytes is built from its
 blocks); this module is the command that tabulates them.
 
-`python -m gnlorp.memory` prints the table for LLaMA 60M..7B, built on the meta device (no memory used).
+`python -m gnlorp.memory` prints the table for LLaMA 60M..7B, built on the meta device (no memory used): every
+registered method, and full training with torchao's 8- and 4-bit AdamW (precision=ao8bit / ao4bit).
 """
 
 from __future__ import annotations
@@ -20,14 +21,20 @@ from .methods.base import MethodConfig
 SIZES = ("llama_60m", "llama_130m", "llama_350m", "llama_1b", "llama_7b")
 RANKS = (128, 256, 512, 1024)
 GIB = 1024**3
+# What the table counts; the header of `python -m gnlorp.memory` and the notes of `make tables`' memory table say it
+DEFINITION = ("optimizer states only: every tensor the optimizer holds (Adam moments, projectors, 8-/4-bit block "
+              "scales and quantization maps, step counters), with BF16 weights (moments in BF16 unless quantized); "
+              "weights, gradients and activations not counted")
+TORCHAO_BITS = (8, 4)  # full training's torchao rows (precision=ao8bit / ao4bit)
 
 
 def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
-    """Optimizer-state bytes per size, method, rank and state precision (BF16 moments = '16-bit')."""
+    """Optimizer-state bytes (DEFINITION) per size, method, rank and state precision (BF16 moments = '16-bit';
+    optim_library "torchao": full training with torchao's AdamW8bit / AdamW4bit)."""
     from .methods import BASELINE, SPECS, get_method, optional_hook
     from .models import build_llama, llama_model_cfg
 
-    methods = [s for s in SPECS.values() if s.variant_of is None]
+    methods = list(SPECS.values())
     rows = []
     for size_name in sizes:
         model = build_llama(llama_model_cfg(size_name), device="meta")
@@ -36,19 +43,26 @@ def llama_memory_table(sizes=SIZES, ranks=RANKS) -> list[dict]:
         hidden = model.config.hidden_size
         for spec in methods:
             method = spec.name
-            for bits in (16, 8):
+            precisions = [(16, None), (8, None)] + [(b, "torchao") for b in TORCHAO_BITS if method == BASELINE]
+            for bits, library in precisions:
                 for rank in ([r for r in ranks if r < hidden] if spec.low_rank else [None]):
-                    cfg = MethodConfig(name=method, rank=rank, optim_bits=8 if bits == 8 else 32)
+                    cfg = MethodConfig(name=method, rank=rank, optim_bits=32 if bits == 16 else bits,
+                                       optim_library=library)
                     b = estimate_state_bytes(model, cfg, element_bytes=2)
                     row = {
                         "model": size_name, "params": n_params, "method": method, "rank": rank, "state_bits": bits,
-                        "state_bytes": b, "saving_vs_bf16_adamw": 1.0 - b / baseline,
+                        "optim_library": library, "state_bytes": b, "saving_vs_bf16_adamw": 1.0 - b / baseline,
                     }
                     other = optional_hook(get_method(method), "other_bytes")
                     if other is not None:  # memory the method keeps outside the optimizer, by where it lives
                         row["other_bytes"] = other(model, cfg, element_bytes=2)
                     rows.append(row)
     return rows
+
+
+def states_label(row: dict) -> str:
+    """'16-bit', '8-bit' (bitsandbytes' blockwise states), '8-bit torchao', '4-bit torchao'."""
+    return f"{row['state_bits']}-bit" + (f" {row['optim_library']}" if row.get("optim_library") else "")
 
 
 def format_table(rows: list[dict]) -> str:
@@ -59,7 +73,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['params'] / 1e6:,.0f}M | {r['method']} | {r['rank'] or '-'} | "
-            f"{r['state_bits']}-bit | {r['state_bytes'] / GIB:.3f} | {100 * r['saving_vs_bf16_adamw']:.1f}% |"
+            f"{states_label(r)} | {r['state_bytes'] / GIB:.3f} | {100 * r['saving_vs_bf16_adamw']:.1f}% |"
         )
     others = [r for r in rows if r.get("other_bytes")]
     if others:
@@ -132,8 +146,9 @@ def _table_main(argv) -> None:
     rows = llama_memory_table(args.sizes, RANKS if args.ranks is None else args.ranks)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
-    print("Optimizer-state memory (analytic, checked against real optimizer tensors in tests/unit/test_memory.py);")
-    print("embeddings, norms and the LM head on dense AdamW for every method; LoRA's frozen W not counted.\n")
+    print(f"Memory counted: {DEFINITION}.")
+    print("Analytic, checked against the real optimizer tensors (tests/unit/test_memory.py, test_lowbit.py); embeddings,")
+    print("norms and the LM head on dense AdamW for every method; LoRA's frozen W not counted.\n")
     print(format_table(rows))
 
 

@@ -16,10 +16,12 @@ module of this package that makes it:
   c4_other-sizes.md/.tex       c4.py: the same for sizes the papers do not have (the CPU-scale 20M LLaMA)
   c4_<...>_differences         c4.py: paired differences of perplexity between methods over seeds (as GLUE's)
   <table>_lr_grid.md/.tex      c4.py: every point of the learning-rate grids behind a table (gnlorp/lr_selection.py)
-  memory.md/.tex, memory.png   memory.py: optimizer-state memory of every method, LLaMA 60M..7B, 16- and 8-bit, at the
+  memory.md/.tex, memory.png   memory.py: optimizer-state memory of every method, LLaMA 60M..7B, 16-, 8- and 4-bit, at the
                                paper's ranks, against the published claims (analytic: needs no results)
   loss_<...>.png, dev_glue_<...>.png
                                plots.py: training loss per C4 size, GLUE dev score per epoch per task
+  frontier_c4_<model>.png      plots.py: per C4 size, each method's measured optimizer-state bytes (and the memory
+                               model's training peak) against its final validation perplexity, seeds' min-max bars
 Shared: gnlorp/results.py (the runs read from results/: the results model below the tables and the runner),
 common.py (values, cells, labels, Table), published.py (the papers' numbers).
 
@@ -48,13 +50,13 @@ from .common import (  # METHOD_ORDER, method_label: re-exported, the package's 
 )
 from .glue import glue_differences_table, glue_table
 from .memory import memory_tables
-from .plots import _RC, dev_metric_plot, loss_plot, memory_plot
+from .plots import _RC, dev_metric_plot, frontier_plot, frontier_points, loss_plot, memory_plot
 from .published import GLUE_TASKS, PAPER_AVG_TASKS, TASK_LABEL
 
 __all__ = ["build_tables", "collect", "main", "Run", "Table", "HEADLINE", "METHOD_ORDER", "PAPER_AVG_TASKS",
            "method_label", "memory_tables", "memory_plot", "glue_table", "c4_table"]
 
-GENERATED = re.compile(r"^(glue_.*|c4_.*|memory|index|loss_.*|dev_glue_.*)\.(md|tex|png)$")
+GENERATED = re.compile(r"^(glue_.*|c4_.*|memory|index|loss_.*|dev_glue_.*|frontier_.*)\.(md|tex|png)$")
 
 
 def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
@@ -119,6 +121,12 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
                     loss_plot(out / name, f"C4 pre-training, {model}: training loss per method", mrs, labels,
                               lambda r, k=key_of_map: k[id(r)])
                     written.add(name)
+                    points = frontier_points(mrs, labels, lambda r, k=key_of_map: k[id(r)])
+                    if points:  # runs that recorded their optimizer-state bytes
+                        name = f"frontier_c4_{_safe(model)}.png"
+                        frontier_plot(out / name, f"C4 pre-training, {model}: memory against final validation "
+                                      "perplexity per method", points)
+                        written.add(name)
             tables.append(table)
         if memory:
             _progress("memory: optimizer-state bytes of LLaMA 60M..7B on the meta device", started)

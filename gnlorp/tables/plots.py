@@ -1,4 +1,5 @@
-"""The PNG plots: training loss, GLUE dev score per epoch, memory; deterministic bytes."""
+"""The PNG plots: training loss, GLUE dev score per epoch, memory, the C4 memory-perplexity frontier; deterministic
+bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from ..methods import SPECS
 from ..methods import is_low_rank
 from ..methods import label as method_label
-from ..results import HEADLINE, Run
+from ..results import HEADLINE, Run, _c4_value
 from .common import METHOD_ORDER, _glue_baseline, _row_order
 from .published import MEMORY_CLAIMS, METRIC_LABEL, PAPER_RANK, SIZE_LABEL
 
@@ -163,6 +164,7 @@ def dev_metric_plot(path: Path, title: str, runs: list[Run], labels: dict, key_o
 
 
 def memory_plot(path: Path, rows: list[dict]) -> None:
+    rows = [r for r in rows if not r.get("optim_library")]  # torchao's full-training rows: in the table only
     sizes = [s for s in ("llama_60m", "llama_130m", "llama_350m", "llama_1b", "llama_7b") if any(r["model"] == s for r in rows)]
     methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in rows)]
     by = {(r["model"], r["method"], r["rank"], r["state_bits"]): r for r in rows}
@@ -202,4 +204,67 @@ def memory_plot(path: Path, rows: list[dict]) -> None:
     ax_pct.set_ylim(0, 100)
     ax_gb.legend(loc="upper left", ncols=2, fontsize=7)
     fig.suptitle("LLaMA 60M–7B optimizer states at the paper's ranks (analytic, gnlorp.memory)", fontsize=10)
+    _save(fig, path)
+
+
+def _analytic_peak(run: Run) -> int | None:
+    """The memory model's whole-training peak (gnlorp/memory_model.py) for a C4 run's config, in bytes; None for a
+    method or setting the model does not cover."""
+    from ..errors import UserError
+    from ..memory_model import METHODS, Setup, peak
+
+    if run.method not in METHODS:
+        return None
+    try:
+        c = run.config
+        t, p, m, d = c["train"], c["precision"], c["method"], c.get("derived") or {}
+        bf16 = (run.record.get("device") or {}).get("type") == "cuda" and p.get("cuda_param_dtype") == "bfloat16"
+        s = Setup(model=c["model"], method=run.method, rank=run.rank, dtype="bf16" if bf16 else "fp32",
+                  optim_bits=int(p.get("optim_bits", 32)), optim_library=p.get("optim_library"),
+                  batch=int(d.get("micro_batch_size") or t["batch_size"]), seq_len=int(c["task"]["seq_len"]),
+                  layerwise=bool(m.get("layerwise", False)), checkpointing=bool(t.get("activation_checkpointing")),
+                  svd=m.get("svd") or "auto", proj_type=m.get("proj_type") or "std")
+        return peak(s).peak
+    except (UserError, KeyError, TypeError, ValueError):
+        return None
+
+
+def frontier_points(runs: list[Run], labels: dict, key_of) -> list[dict]:
+    """One point per row (key_of(run)) whose runs recorded their optimizer-state bytes and a final perplexity:
+    x = the median over seeds of memory.optimizer_state_bytes, y = the median final validation perplexity, low/high
+    its seeds' min and max, peak = the memory model's analytic training peak (None where it has none)."""
+    by_key = defaultdict(list)
+    for r in runs:
+        state, ppl = (r.record.get("memory") or {}).get("optimizer_state_bytes"), _c4_value(r)
+        if isinstance(state, int) and ppl is not None:
+            by_key[key_of(r)].append((r, state, ppl))
+    points = []
+    for key in sorted(by_key, key=lambda k: _row_order(*k)):
+        triples = sorted(by_key[key], key=lambda t: t[0].seed)
+        ppls = [p for _, _, p in triples]
+        points.append({"key": key, "label": labels.get(key, str(key)), "method": key[0],
+                       "state_bytes": statistics.median(s for _, s, _ in triples), "ppl": statistics.median(ppls),
+                       "low": min(ppls), "high": max(ppls), "peak": _analytic_peak(triples[0][0])})
+    return points
+
+
+def frontier_plot(path: Path, title: str, points: list[dict]) -> None:
+    """Memory against perplexity, one labelled point per method at its chosen rate: filled, the optimizer state the
+    runs measured; hollow, the analytic whole-training peak (memory model) at the same perplexity; bars: seeds' range."""
+    fig = _figure(7.5, 4.8, left=0.1, right=0.98, bottom=0.11, top=0.91)
+    ax = fig.subplots()
+    for p in points:
+        color = _color(p["method"])
+        yerr = [[p["ppl"] - p["low"]], [p["high"] - p["ppl"]]]
+        ax.errorbar([p["state_bytes"] / 2**20], [p["ppl"]], yerr=yerr, fmt="o", color=color, capsize=3, ms=6,
+                    label=p["label"])
+        if p["peak"] is not None:
+            ax.plot([p["peak"] / 2**20], [p["ppl"]], ls="none", marker="o", mfc="none", mec=color, ms=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("memory (MiB, log scale): filled = optimizer state (measured), hollow = analytic training peak")
+    ax.set_ylabel("final validation perplexity (median; bars: seeds' min–max)")
+    ax.set_title(title)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    if points:
+        ax.legend(loc="best", fontsize="small")  # the labels: methods of one size often sit a few MiB apart
     _save(fig, path)

@@ -1,4 +1,6 @@
-"""Published numbers (../shared/design/PAPER_NUMBERS.md) and the GLUE / C4 facts the tables are laid out by."""
+"""Published numbers (../shared/design/PAPER_NUMBERS.md; APOLLO's from its project page, zhuhanqing/APOLLO
+docs/index.html) and the GLUE / C4 facts the tables are laid out by. Each published memory figure says what it
+counts (MEMORY_DEFINITION): the papers count different things."""
 
 from __future__ import annotations
 
@@ -42,7 +44,20 @@ PAPER_GLUE = (
 SIZE_LABEL = {"llama_60m": "60M", "llama_130m": "130M", "llama_350m": "350M", "llama_1b": "1B", "llama_7b": "7B"}
 PAPER_RANK = {"llama_60m": 128, "llama_130m": 256, "llama_350m": 256, "llama_1b": 512, "llama_7b": 1024}
 _T2 = C4_PAPER_SIZES
-PAPER_C4 = (  # GaLore Table 2: validation perplexity (params + optimizer-state memory estimate, BF16)
+# What each source's memory figures count. GaLore's Tables 2, 3 and 11: weights + optimizer states (Table 11: the whole
+# measured training memory); its Table 6 and its savings (abstract, §5.5): optimizer states alone. Fira (Chen et al.
+# 2024) counts parameters + gradients + optimizer states; no Fira figure is tabulated here. APOLLO: optimizer states
+# only (its LLaMA-7B table lists 8-bit Adam at 13G where GaLore Table 3 lists 26G: the same run without weights).
+MEMORY_DEFINITION = {
+    "GaLore Table 2": "weights + optimizer states (BF16 estimate)",
+    "GaLore Table 3": "weights + optimizer states",
+    "GaLore Table 6": "optimizer states only (BF16)",
+    "GaLore abstract": "optimizer states only, saving vs BF16 Adam",
+    "GaLore §5.5": "optimizer states only, saving vs BF16 Adam",
+    "GradNormLoRP abstract": "optimizer memory, saving vs BF16 Adam (read as optimizer states, as in GaLore's abstract)",
+    "APOLLO LLaMA-7B table": "optimizer states only (projected moments of the target matrices)",
+}
+PAPER_C4 = (  # GaLore Table 2: validation perplexity (weights + optimizer-state memory estimate, BF16)
     PaperRow("full", None, None, "GaLore Table 2", dict(zip(_T2, ("34.06 (0.36G)", "25.08 (0.76G)", "18.80 (2.06G)", "15.56 (7.80G)")))),
     PaperRow("galore", None, None, "GaLore Table 2", dict(zip(_T2, ("34.88 (0.24G)", "25.36 (0.52G)", "18.95 (1.22G)", "15.64 (4.38G)")))),
     PaperRow("lora", None, None, "GaLore Table 2", dict(zip(_T2, ("34.99 (0.36G)", "33.92 (0.80G)", "25.58 (1.76G)", "19.21 (6.17G)")))),
@@ -51,8 +66,9 @@ PAPER_C4_RANK_ROW = dict(zip(_T2, ("128", "256", "256", "512")))
 PAPER_C4_TOKENS_ROW = dict(zip(_T2, ("1.1B", "2.2B", "6.4B", "13.1B")))
 STEPS_7B = (40000, 80000, 120000, 150000)
 PAPER_7B = (  # GaLore Table 3: LLaMA-7B validation perplexity at 40K / 80K / 120K / 150K steps
-    PaperRow("galore", None, "8bit", "GaLore Table 3 (r=1024, 18G)", dict(zip(STEPS_7B, (17.94, 15.39, 14.95, 14.65)))),
-    PaperRow("full", None, "8bit", "GaLore Table 3 (26G)", dict(zip(STEPS_7B, (18.09, 15.47, 14.83, 14.61)))),
+    PaperRow("galore", None, "8bit", "GaLore Table 3 (r=1024, 18G weights + states)",
+             dict(zip(STEPS_7B, (17.94, 15.39, 14.95, 14.65)))),
+    PaperRow("full", None, "8bit", "GaLore Table 3 (26G weights + states)", dict(zip(STEPS_7B, (18.09, 15.47, 14.83, 14.61)))),
 )
 TOKENS_7B = dict(zip(STEPS_7B, ("5.2B", "10.5B", "15.7B", "19.7B")))
 
@@ -62,9 +78,19 @@ PAPER_MEMORY = {
     "galore": dict(zip(_T2, (0.13, 0.28, 0.54, 1.78))),
     "lora": dict(zip(_T2, (0.17, 0.37, 0.72, 2.38))),
 }
-# Published claims of optimizer-memory saving against BF16 Adam: (label, source, value, method, state bits, rank)
+# Published claims of optimizer-memory saving against BF16 Adam: (label, source, value, method, state bits); what
+# each counts: MEMORY_DEFINITION[source]
 MEMORY_CLAIMS = (
     ("GaLore, 16-bit, LLaMA-7B r=1024: optimizer-state saving", "GaLore §5.5", 0.655, "galore", 16),
     ("8-bit GaLore: optimizer memory reduced by up to", "GaLore abstract", 0.825, "galore", 8),
     ("8-bit GradNormLoRP: optimizer memory reduced by up to", "GradNormLoRP abstract", 0.895, "gradnormlorp", 8),
+)
+# Published optimizer-state sizes at LLaMA-7B: (label, source, GB, method, state bits, rank). APOLLO's C4 LLaMA-7B
+# table (project page, zhuhanqing/APOLLO@76b3472 docs/index.html, "Pre-training LLaMA 7B on C4 dataset for 150K
+# steps"): 8-bit Adam 13G, 8-bit GaLore 4.9G, APOLLO 1.6G, APOLLO-Mini 0.0G (rank 256 for APOLLO, its README's 7B
+# setting; 1.6G is APOLLO's, not APOLLO-Mini's). Their BF16 projected moments of the target matrices alone come to
+# 1.62 GB at rank 256: no projector (redrawn from its seed) and no embedding, head or norm states.
+MEMORY_GB_CLAIMS = (
+    ("APOLLO, LLaMA-7B r=256: optimizer memory", "APOLLO LLaMA-7B table", 1.6, "apollo", 16, 256),
+    ("APOLLO-Mini, LLaMA-7B: optimizer memory", "APOLLO LLaMA-7B table", 0.0, "apollo_mini", 16, None),
 )

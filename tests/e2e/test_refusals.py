@@ -59,6 +59,8 @@ EARLY = {
                                        ["task.max_length=600", "max_position_embeddings: 512"]),
     "eval_tokens_under_one_block": (lambda t: _c4(t, "task.eval_tokens=32"),
                                     ["task.eval_tokens=32", "task.seq_len=64", "task.eval_tokens >= 64"]),
+    "torchao_states_for_a_low_rank_method": (lambda t: _c4(t, "method=galore", "precision=ao8bit"),
+                                             ["precision=ao8bit", "method=galore", "precision=8bit"]),
 }
 
 

@@ -250,22 +250,31 @@ def test_c4_tables_per_scale(built):
     assert _header(seven) == ["Method", "Source", "40K steps", "80K steps", "120K steps", "150K steps"]
     rows = _rows(seven)
     assert rows["8-bit GaLore | ours (1 run)"] == ["18.50", "15.90", "—", "—"]
-    assert rows["8-bit GaLore | paper (GaLore Table 3 (r=1024, 18G))"] == ["17.94", "15.39", "14.95", "14.65"]
+    assert rows["8-bit GaLore | paper (GaLore Table 3 (r=1024, 18G weights + states))"] == ["17.94", "15.39", "14.95", "14.65"]
 
 
 def test_memory_table_at_paper_ranks_with_published_cells(built, memory_rows):
     md = (built[0] / "memory.md").read_text()
     assert _header(md) == ["Method", "States", "Source", "60M (r=128)"]
-    by = {(r["method"], r["state_bits"]): r for r in memory_rows if r["rank"] in (None, 128)}
+    by = {(r["method"], r["state_bits"], r["optim_library"]): r for r in memory_rows if r["rank"] in (None, 128)}
+    assert {m for m, _, _ in by} == set(tables.METHOD_ORDER)  # every registered method, DoRA and APOLLO included
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    for (method, bits), r in by.items():
+    for (method, bits, library), r in by.items():
         label = tables.method_label(method, "memory")
         cell = f"{r['state_bytes'] / 1e9:.2f} GB ({100 * r['saving_vs_bf16_adamw']:.1f}%)"
-        assert f"| {label} | {bits}-bit | ours (analytic) | {cell} |" in lines
+        states = f"{bits}-bit" + (f" ({library})" if library else "")
+        assert f"| {label} | {states} | ours (analytic) | {cell} |" in lines
     assert "| AdamW | 16-bit | ours (analytic) | 0.23 GB (0.0%) |" in lines
-    assert "| GaLore | 16-bit | paper (GaLore Table 6) | 0.13 GB |" in lines
+    assert "| AdamW | 4-bit (torchao) | ours (analytic) | 0.06 GB (73.4%) |" in lines
+    assert "| GaLore | 16-bit | paper (GaLore Table 6, states only) | 0.13 GB |" in lines
     assert not any(ln.startswith("| GradNormLoRP | 16-bit | paper") for ln in lines)  # the paper gives none
-    assert "| 8-bit GradNormLoRP: optimizer memory reduced by up to | GradNormLoRP abstract | 89.5% | — | — |" in lines
+    claims = {ln.split(" | ")[0].lstrip("| "): ln.split(" | ") for ln in lines if "abstract" in ln or "APOLLO LLaMA" in ln}
+    assert claims["8-bit GradNormLoRP: optimizer memory reduced by up to"][1:] == [
+        "GradNormLoRP abstract", tables.published.MEMORY_DEFINITION["GradNormLoRP abstract"], "89.5%", "—", "— |"]
+    assert claims["APOLLO, LLaMA-7B r=256: optimizer memory"][2:4] == [
+        "optimizer states only (projected moments of the target matrices)", "1.6 GB"]
+    notes = md.split("## ")[0]
+    assert "What is counted" in notes and "optimizer states only" in notes and "weights, gradients and activations not" in notes
 
 
 def test_outputs_are_byte_identical_when_run_twice(results, memory_rows, built, tmp_path):
@@ -327,7 +336,7 @@ def test_full_memory_table_against_published_claims(tmp_path):
     md = t.markdown()
     claims = {ln.split(" | ")[0].lstrip("| "): ln for ln in md.splitlines() if "abstract" in ln or "§5.5" in ln}
     galore16 = claims["GaLore, 16-bit, LLaMA-7B r=1024: optimizer-state saving"]
-    ours = float(galore16.split(" | ")[3].rstrip("%"))
+    ours = float(galore16.split(" | ")[4].removesuffix(" (r=1024)").rstrip("%"))
     assert 64.0 < ours < 66.0  # GaLore §5.5: 65.5%
     assert "| 7B (r=1024) |" in md.splitlines()[2]
     tables.memory_plot(tmp_path / "m.png", rows)
@@ -675,3 +684,65 @@ def test_loss_plot_zooms_on_the_second_half_with_each_rows_median_and_seed_band(
     assert [m[-1] for m in medians] == pytest.approx([6.53, 6.43])       # median of seeds 1, 2 (+0.02, +0.04)
     band = late.collections[0].get_paths()[0].vertices[:, 1]
     assert band.min() == pytest.approx(6.52) and band.max() == pytest.approx(6.54)
+
+
+def _write_c4_with_state(results: Path, method, rank, seed, ppl, state_bytes):
+    rec = RunRecord(results, f"c4-llama_20m-{method}{'' if rank is None else f'-r{rank}'}-fp32-s{seed}",
+                    _config("c4", "c4", "llama_20m", method, rank, "fp32", seed), clock=CLOCK)
+    rec.git = {"sha": "0" * 40, "dirty": False}
+    for step in (1, 2):
+        rec.add_loss(step, 10.0 - step, 1e-3)
+    m = {"validation": {"loss": 1.0, "perplexity": ppl}}
+    rec.set_best_last({"step": 2, "epoch": 1, "metrics": m}, {"step": 2, "epoch": 1, "metrics": m})
+    rec.set_memory(optimizer_state_bytes=state_bytes)
+    rec.write("complete")
+
+
+def test_frontier_plot_puts_each_method_at_its_state_bytes_and_median_perplexity(tmp_path, monkeypatch):
+    """One point per method: x = the optimizer-state bytes the runs recorded (MiB), y = the median final perplexity
+    over seeds, bars = the seeds' min and max; a run without recorded state bytes is no point."""
+    import matplotlib
+
+    from gnlorp.tables import plots
+
+    matplotlib.use("Agg")
+    for seed, ppl in enumerate((30.0, 32.0, 31.0)):
+        _write_c4_with_state(tmp_path, "full", None, seed, ppl, 4 * 2**20)
+    for seed, ppl in enumerate((35.0, 33.0, 34.5)):
+        _write_c4_with_state(tmp_path, "galore", 64, seed, ppl, 2**20)
+    write_c4(tmp_path, "llama_20m", "lora", 64, 0, 40.0, precision="fp32")  # no memory recorded
+    runs, *_ = tables.collect(tmp_path)
+    key = lambda r: (r.method, r.rank, r.precision, r.variant)  # noqa: E731
+    points = plots.frontier_points(runs, {key(r): r.method for r in runs}, key)
+    assert [(p["label"], p["state_bytes"], p["ppl"], p["low"], p["high"]) for p in points] == [
+        ("full", 4 * 2**20, 31.0, 30.0, 32.0), ("galore", 2**20, 34.5, 33.0, 35.0)]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    plots.frontier_plot(tmp_path / "f.png", "t", points)
+    (ax,) = figures[0].axes
+    assert ax.get_xscale() == "log"
+    rows = {c.get_label(): c for c in ax.containers}
+    assert set(rows) == {"full", "galore"}
+    for label, x, spans in (("full", 4.0, [31.0, 30.0, 32.0]), ("galore", 1.0, [34.5, 33.0, 35.0])):
+        line, _, (bars,) = rows[label].lines
+        assert list(line.get_xdata()) == pytest.approx([x]) and list(line.get_ydata()) == pytest.approx(spans[:1])
+        assert [v for seg in bars.get_segments() for v in (seg[0][1], seg[1][1])] == pytest.approx(spans[1:])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["full", "galore"]
+
+
+def test_frontier_is_written_per_c4_size_and_its_hollow_marker_is_the_memory_models_peak(tmp_path):
+    from gnlorp.memory_model import Setup, peak
+    from gnlorp.models import llama_model_cfg
+    from gnlorp.results import collect
+    from gnlorp.tables import plots
+
+    _write_c4_with_state(tmp_path / "r", "galore", 64, 0, 33.0, 2**20)
+    paths = tables.build_tables(tmp_path / "r", tmp_path / "t", memory=False)
+    assert "frontier_c4_llama_20m.png" in [p.name for p in paths]
+    assert "(frontier_c4_llama_20m.png)" in (tmp_path / "t" / "index.md").read_text()
+    run = collect(tmp_path / "r")[0][0]
+    assert plots._analytic_peak(run) is None  # a config without the run's shapes: no modelled peak
+    run.record["config"].update(model=llama_model_cfg("llama_20m"), task={"seq_len": 256},
+                                train={"batch_size": 8}, precision={"optim_bits": 32}, method={"name": "galore"})
+    assert plots._analytic_peak(run) == peak(Setup(model="llama_20m", method="galore", rank=64, batch=8,
+                                                   seq_len=256)).peak
