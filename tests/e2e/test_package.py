@@ -54,7 +54,7 @@ def test_the_wheel_needs_only_torch_and_names_its_extras(installed):
     requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
     assert [r for r in requires if "extra ==" not in r] == ["torch<2.14,>=2.6"]
     assert {line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Provides-Extra:")} >= {
-        "8bit", "runner", "offline", "test"}
+        "8bit", "lowbit", "runner", "offline", "test"}
     assert "gnlorp/conf/config.yaml" in names and "gnlorp/conf/method/gradnormlorp.yaml" in names
     assert "gnlorp/tables/results_readme.md" in names  # the template make tables writes results/README.md from
     assert not any(n.startswith("conf/") for n in names)  # the top-level conf/ is a symlink for users, not packaged
