@@ -61,3 +61,17 @@ def test_llama_7b_table_reproduces_galore_65_percent():
     assert 0.645 <= rows[("galore", 1024, 16)]["saving_vs_bf16_adamw"] <= 0.66
     assert 0.78 <= rows[("gradnormlorp", 1024, 8)]["saving_vs_bf16_adamw"] <= 0.80  # METHOD.md: 79%
     assert 0.88 <= rows[("gradnormlorp", 512, 8)]["saving_vs_bf16_adamw"] <= 0.89   # METHOD.md: 88.6%
+
+
+def test_the_table_command_states_what_it_counts_and_lists_every_method(capsys):
+    """`python -m gnlorp.memory`: a header line with the memory definition, then a row for every registered method
+    (DoRA and APOLLO-Mini included) and full training's torchao precisions."""
+    from gnlorp.memory import DEFINITION, main
+
+    main(["--sizes", "llama_60m", "--ranks", "128"])
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"Memory counted: {DEFINITION}."
+    assert "optimizer states only" in DEFINITION and "weights, gradients and activations not counted" in DEFINITION
+    rows = [r for ln in out.splitlines() if ln.startswith("| llama_60m | 58M |") for r in [ln.split(" | ")]]
+    assert {r[2] for r in rows} == set(METHODS)
+    assert [r[4] for r in rows if r[2] == "full"] == ["16-bit", "8-bit", "8-bit torchao", "4-bit torchao"]
