@@ -19,7 +19,8 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
     and to the parameters listed in `decay` (GradNormLoRP's magnitudes, although 1-D).
 
     Plain AdamW (no projection, not layer-wise) is torch.optim.AdamW, or bitsandbytes' AdamW8bit with
-    8-bit states, or torchao's AdamW8bit/AdamW4bit (cfg.optim_library="torchao"): the baselines users know. Anything projected or layer-wise is our GaLoreAdamW.
+    8-bit states, or torchao's AdamW8bit/AdamW4bit (cfg.optim_library="torchao", full training only): the
+    baselines users know. Anything projected or layer-wise is our GaLoreAdamW.
     """
     projection = dict(rank=cfg.rank, update_proj_gap=cfg.update_proj_gap, scale=cfg.scale, proj_type=cfg.proj_type,
                       svd=cfg.svd, exact_projection=cfg.exact_projection,
@@ -31,7 +32,7 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
     # bitsandbytes' AdamW8bit cannot step FSDP's DTensor shards: GaLoreAdamW's dense path runs the same 8-bit kernel
     sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
     if getattr(cfg, "optim_library", None) == "torchao":  # precision=ao8bit/ao4bit: torchao's AdamW, full only
-        if low_rank or cfg.layerwise or sharded:
+        if cfg.name != "full" or low_rank or cfg.layerwise or sharded:
             raise ValueError("torchao's low-bit AdamW is wired for plain AdamW on every parameter (method=full, "
                              "not layer-wise, not sharded)")
         from ..optim.lowbit import torchao_adamw

@@ -136,3 +136,10 @@ def test_without_torchao_or_a_compiler_the_refusal_names_the_reason_and_precisio
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match=r"C\+\+ compiler.*precision=8bit"):
         _check("method=full", "precision=ao4bit", "device=cpu")
+
+
+def test_the_optimizer_builder_refuses_torchao_for_anything_but_plain_full_training():
+    cfg = MethodConfig(name="lora", lr=1e-3, rank=4, optim_bits=8, optim_library="torchao")
+    lora = get_method("lora")
+    with pytest.raises(ValueError, match="method=full"):
+        lora.build_optimizer(lora.prepare(_llama(), cfg), cfg)
