@@ -35,9 +35,9 @@ lock:
 test: setup
 	$(TESTENV) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
-# the unit tests (tests/unit, under a minute); `make test` adds the end-to-end runs (tests/e2e)
+# the unit tests but the slow ones (tests/unit, under a minute on two workers); `make test` adds the rest and tests/e2e
 test-fast: setup
-	$(TESTENV) $(BIN)/python -m pytest -q tests/unit -m "not slow"
+	$(TESTENV) $(BIN)/python -m pytest -q -n 2 tests/unit -m "not slow"
 
 # Optimizer-state memory of every method for LLaMA 60M..7B (analytic, checked against real tensors in tests).
 memory: setup

@@ -48,6 +48,7 @@ def test_moment_bytes_by_hand():
     assert torchao_moment_bytes(4096 + 128, 4, 4) == (4096 + 128) // 2 + 4 * 33 + 4 * 16
 
 
+@pytest.mark.slow  # torch.compile of torchao's step: ~15 s a case on a cold inductor cache (make test runs it)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("bits", [8, 4])
 def test_measured_equals_analytic(bits, dtype):
@@ -61,6 +62,7 @@ def test_measured_equals_analytic(bits, dtype):
     assert len(quantized) == 2 * sum(p.numel() >= 4096 for p in model.parameters())  # the weight matrices' moments
 
 
+@pytest.mark.slow  # torch.compile of torchao's step: ~15 s a case on a cold inductor cache (make test runs it)
 @pytest.mark.parametrize("bits", [8, 4])
 def test_the_runner_wiring_is_torchao_called_directly(bits):
     """Decay on weight matrices, none on norms, the run's lr/betas/eps: bit-identical to torchao's own optimizer."""
@@ -77,6 +79,7 @@ def test_the_runner_wiring_is_torchao_called_directly(bits):
     assert any(not torch.equal(a, b) for a, b in zip(ours.parameters(), _llama().parameters()))
 
 
+@pytest.mark.slow  # torch.compile of torchao's step: ~15 s a case on a cold inductor cache (make test runs it)
 @pytest.mark.parametrize("bits", [8, 4])
 def test_resume_through_a_weights_only_checkpoint_is_exact(bits):
     straight = _llama()
