@@ -36,20 +36,13 @@ from __future__ import annotations
 import torch
 
 from .adam_math import bias_corrected_step_size, decay_after_update
+from .apollo import scaling_factor  # phi, as APOLLO's channel-wise factor
 from .galore_adamw import GaLoreAdamW
 from .projector import project, project_back, projection_side
 from .sharded import is_sharded
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right")  # the reference's, but "full" (see the module docstring)
 LIMIT = 1.01  # the norm-growth limiter's gamma (the reference's)
-
-
-def scaling_factor(direction: torch.Tensor, low: torch.Tensor, side: str) -> torch.Tensor:
-    """phi = ||Adam's low-rank direction|| / (||low-rank gradient|| + 1e-8): per row of W (right side: R is m x r;
-    an (m, 1) column) or per column of W (left side: R is r x n; an (n,) row), broadcast over W."""
-    dim = 1 if side == "right" else 0
-    factor = torch.norm(direction, dim=dim) / (torch.norm(low, dim=dim) + 1e-8)
-    return factor.unsqueeze(1) if dim == 1 else factor
 
 
 class FiraAdamW(GaLoreAdamW):
@@ -92,7 +85,7 @@ class FiraAdamW(GaLoreAdamW):
             direction, step_size = self._adam_float(low, state, group, t)
         # the reference's operations in its order: back(R) scaled, the residual, phi, then the limiter
         residual = grad - project_back(low, side, P, Q) * scale
-        correction_term = residual * scaling_factor(direction, low, side)
+        correction_term = residual * scaling_factor(direction, low, side, "channel")  # phi, per row or column of W
         norm = torch.norm(correction_term)
         if "scaling_grad" in state:
             # reference: max(norm / (last + 1e-8), 1.01) / 1.01; a clamp gives the same bits without a sync
