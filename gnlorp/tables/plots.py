@@ -100,7 +100,9 @@ def loss_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> 
             highs += [hi[i] for i in half]
     from matplotlib.ticker import FuncFormatter
 
-    whole.set_yscale("log")
+    log = all(v > 0 for c in curves.values() for v in c[1])  # a log scale needs positive losses
+    if log:
+        whole.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     whole.yaxis.set_major_formatter(plain)
     whole.yaxis.set_minor_formatter(plain)
@@ -109,7 +111,7 @@ def loss_plot(path: Path, title: str, runs: list[Run], labels: dict, key_of) -> 
         late.set_ylim(min(lows) - pad, max(highs) + pad)
     smoothing = f" (moving average of {window} points)" if window > 1 else ""
     whole.set_ylabel("training loss" + smoothing)
-    whole.set_title("whole run (log scale)")
+    whole.set_title("whole run (log scale)" if log else "whole run")
     late.set_title("second half, median over seeds and min–max band")
     for ax in (whole, late):
         ax.set_xlabel("optimizer step")
