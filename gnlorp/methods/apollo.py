@@ -44,8 +44,8 @@ def _rank(cfg) -> int:
 
 def build_optimizer(model, cfg):
     """ApolloAdamW: the target weights in APOLLO's group, the rest plain AdamW (build_adamw's groups)."""
-    from ..optim import LayerwiseOptimizer
     from ..optim.apollo import ApolloAdamW
+    from .optimizers import named_and_layerwise
     from ..optim.param_groups import adamw_param_groups
     from ..optim.targets import target_linear_names
 
@@ -55,10 +55,7 @@ def build_optimizer(model, cfg):
     groups[-1].update(proj=cfg.proj, scale_type=cfg.scale_type, scale_front=cfg.scale_front,
                       norm_growth_limiter=cfg.norm_growth_limiter)
     opt = ApolloAdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, optim_bits=cfg.optim_bits)
-    opt.set_param_names(model.named_parameters())
-    if cfg.layerwise:
-        return LayerwiseOptimizer(opt, accumulation_steps=cfg.accumulation_steps)
-    return opt
+    return named_and_layerwise(opt, model, cfg)
 
 
 def merge(model):

@@ -34,8 +34,8 @@ def prepare(model, cfg):
 
 def build_optimizer(model, cfg):
     """FiraAdamW: the target weights in Fira's group (GaLore's keys), the rest plain AdamW (build_adamw's groups)."""
-    from ..optim import LayerwiseOptimizer
     from ..optim.fira import FiraAdamW
+    from .optimizers import named_and_layerwise
     from ..optim.param_groups import adamw_param_groups
     from ..optim.targets import target_linear_names
 
@@ -44,10 +44,7 @@ def build_optimizer(model, cfg):
                                 update_proj_gap=cfg.update_proj_gap, scale=cfg.scale, proj_type=cfg.proj_type,
                                 svd=cfg.svd, exact_projection=cfg.exact_projection, svd_signs=cfg.svd_signs)
     opt = FiraAdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, optim_bits=cfg.optim_bits, svd=cfg.svd)
-    opt.set_param_names(model.named_parameters())
-    if cfg.layerwise:
-        return LayerwiseOptimizer(opt, accumulation_steps=cfg.accumulation_steps)
-    return opt
+    return named_and_layerwise(opt, model, cfg)
 
 
 def merge(model):

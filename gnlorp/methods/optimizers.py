@@ -45,7 +45,12 @@ def build_adamw(model: nn.Module, cfg: MethodConfig, low_rank: list[nn.Parameter
             return import_bitsandbytes().optim.AdamW8bit(groups, **kw)
         return torch.optim.AdamW(groups, **kw)
 
-    opt = GaLoreAdamW(groups, optim_bits=cfg.optim_bits, svd=getattr(cfg, "svd", "exact"), **kw)
+    return named_and_layerwise(GaLoreAdamW(groups, optim_bits=cfg.optim_bits, svd=getattr(cfg, "svd", "exact"), **kw),
+                               model, cfg)
+
+
+def named_and_layerwise(opt: GaLoreAdamW, model: nn.Module, cfg: MethodConfig):
+    """A GaLore-family optimizer given the parameters' names (for its errors), wrapped layer-wise if asked."""
     opt.set_param_names(model.named_parameters())
     if cfg.layerwise:
         return LayerwiseOptimizer(opt, accumulation_steps=cfg.accumulation_steps)

@@ -39,7 +39,7 @@ from .sharded import is_sharded
 
 PROJS = ("random", "svd")
 SCALE_TYPES = ("channel", "tensor")
-LIMIT = 1.01  # Fira's norm-growth limit per step (the reference's)
+LIMIT = 1.01  # the norm-growth limit per step of APOLLO and Fira (the references')
 
 
 def stable_randn(shape: tuple[int, int], seed: int, device: torch.device) -> torch.Tensor:
@@ -69,6 +69,19 @@ def scaling_factor(direction: torch.Tensor, low: torch.Tensor, side: str, scale_
     dim = 1 if side == "right" else 0  # right: R is m x r, one factor per row of W; left: r x n, per column
     factor = torch.norm(direction, dim=dim) / (torch.norm(low, dim=dim) + 1e-8)
     return factor.unsqueeze(1) if dim == 1 else factor
+
+
+def limit_norm_growth(update: torch.Tensor, state: dict, key: str) -> torch.Tensor:
+    """The norm-growth limiter of APOLLO and Fira: `update` shrunk so that its norm grows at most LIMIT-fold from
+    the last step's, kept in state[key] (float32). The references' max(norm / (last + 1e-8), 1.01) / 1.01; a clamp
+    gives the same bits without a sync."""
+    norm = torch.norm(update)
+    if key in state:
+        limiter = torch.clamp(norm / (state[key] + 1e-8), min=LIMIT) / LIMIT
+        update = update / limiter
+        norm = norm / limiter
+    state[key] = norm.float()
+    return update
 
 
 class ApolloAdamW(GaLoreAdamW):
@@ -124,13 +137,7 @@ class ApolloAdamW(GaLoreAdamW):
         if group["scale_front"]:
             scaled *= root
         if group["norm_growth_limiter"]:
-            norm = torch.norm(scaled)
-            if "scaled_grad" in state:
-                # reference: max(norm / (last + 1e-8), 1.01) / 1.01; a clamp gives the same bits without a sync
-                limiter = torch.clamp(norm / (state["scaled_grad"] + 1e-8), min=LIMIT) / LIMIT
-                scaled = scaled / limiter
-                norm = norm / limiter
-            state["scaled_grad"] = norm.float()
+            scaled = limit_norm_growth(scaled, state, "scaled_grad")
         if not group["scale_front"]:
             scaled *= root
         p.add_(scaled.to(p.dtype), alpha=-step_size)

@@ -36,13 +36,12 @@ from __future__ import annotations
 import torch
 
 from .adam_math import bias_corrected_step_size, decay_after_update
-from .apollo import scaling_factor  # phi, as APOLLO's channel-wise factor
+from .apollo import limit_norm_growth, scaling_factor  # phi and the limiter, as APOLLO's
 from .galore_adamw import GaLoreAdamW
 from .projector import project, project_back, projection_side
 from .sharded import is_sharded
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right")  # the reference's, but "full" (see the module docstring)
-LIMIT = 1.01  # the norm-growth limiter's gamma (the reference's)
 
 
 class FiraAdamW(GaLoreAdamW):
@@ -86,13 +85,7 @@ class FiraAdamW(GaLoreAdamW):
         # the reference's operations in its order: back(R) scaled, the residual, phi, then the limiter
         residual = grad - project_back(low, side, P, Q) * scale
         correction_term = residual * scaling_factor(direction, low, side, "channel")  # phi, per row or column of W
-        norm = torch.norm(correction_term)
-        if "scaling_grad" in state:
-            # reference: max(norm / (last + 1e-8), 1.01) / 1.01; a clamp gives the same bits without a sync
-            limiter = torch.clamp(norm / (state["scaling_grad"] + 1e-8), min=LIMIT) / LIMIT
-            correction_term = correction_term / limiter
-            norm = norm / limiter
-        state["scaling_grad"] = norm.float()
+        correction_term = limit_norm_growth(correction_term, state, "scaling_grad")
         update = project_back(direction.to(p.dtype), side, P, Q) * scale + correction_term
         p.add_(update.to(p.dtype), alpha=-step_size)
         decay_after_update(p, lr, group["weight_decay"])
