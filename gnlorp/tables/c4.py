@@ -129,18 +129,34 @@ def _choice_mark(grid, point) -> str:
     return "**chosen**, at the grid's edge" if edge else "**chosen**"
 
 
+def _grid_variant(grid, grids: list) -> str:
+    """" [key=value, ...]": the training settings that set `grid` apart from the other grids of its task (or size),
+    method, rank and precision (e.g. a train subset), as the tables' variant labels; "" where it has no such twin."""
+    twins = [g for g in grids if g.key[1:6] == grid.key[1:6]]
+    if len(twins) < 2:
+        return ""
+    settings = [g.any_run().settings for g in twins]
+    keys = sorted({k for s in settings for k in s
+                   if k != lr_selection.LR_KEY and any(s.get(k) != o.get(k) for o in settings)})
+    mine = grid.any_run().settings
+    return " [" + ", ".join(f"{k}={mine.get(k)}" for k in keys) + "]" if keys else ""
+
+
 def lr_grid_table(stem: str, grids: list) -> Table:
     """Every point of every learning-rate grid of a table: its selection score (what chose) and its reported
     score (what the table shows), so the choice can be checked."""
     glue = stem.startswith("glue_")
     table = "glue" if glue else "c4"
-    keys = sorted(grids, key=lambda g: (g.key[1], _row_order(g.key[3], g.key[4], g.key[5])))
+    # GLUE's rows are grouped by rank as its table's; C4's table folds the rank into its column (a rank-free method
+    # such as APOLLO-Mini sits among the others in the methods' order)
+    keys = sorted(grids, key=lambda g: (g.key[1], _row_order(g.key[3], g.key[4] if glue else None, g.key[5])))
     labels = _labels(sorted({(g.key[3], g.key[4], g.key[5], "") for g in keys}, key=lambda k: _row_order(*k)),
                      table, with_rank=glue)
     rows = []
     for g in keys:
         label = labels[(g.key[3], g.key[4], g.key[5], "")]
         where = TASK_LABEL.get(g.key[1], g.key[1]) if glue else SIZE_LABEL.get(g.key[2], g.key[2])
+        where += _grid_variant(g, keys)
         for p in g.points:
             runs = sorted(p.runs, key=lambda r: r.seed)
             sel = [lr_selection.selection_loss(r.record, p.metric) for r in p.scored_runs]

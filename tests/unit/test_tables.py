@@ -446,8 +446,10 @@ def test_runs_with_other_training_settings_are_never_pooled(tmp_path):
 
 
 def _c4_grid_run(folder: Path, method: str, lr: float, seed: int, selection: float | None, ppl: float,
-                 status: str = "complete"):
-    rank = None if method == "full" else 64
+                 status: str = "complete", state_bytes: int | None = None):
+    from gnlorp.methods import is_low_rank
+
+    rank = 64 if is_low_rank(method) else None  # full, and APOLLO-Mini (its rank is fixed at 1): none
     cfg = _config("c4", "c4", "llama_20m", method, rank, "fp32", seed, lr=lr)
     rec = RunRecord(folder, f"c4-llama_20m-{method}-fp32-s{seed}-{lr:g}", cfg, clock=CLOCK)
     rec.set_identity(hash=f"{lr:g}", settings={"train.lr": lr, "method.name": method, "seed": seed})
@@ -456,8 +458,12 @@ def _c4_grid_run(folder: Path, method: str, lr: float, seed: int, selection: flo
     if selection is not None:
         metrics["selection"] = {"loss": selection, "perplexity": math.exp(selection)}
     if status == "complete":
+        for step in (1, 10):
+            rec.add_loss(step, 10.0 - 0.3 * step + seed / 100, 1e-3)
         rec.add_eval(10, metrics, epoch=1)
         rec.set_best_last({"step": 10, "epoch": 1, "metrics": metrics}, {"step": 10, "epoch": 1, "metrics": metrics})
+    if state_bytes is not None:
+        rec.set_memory(optimizer_state_bytes=state_bytes)
     rec.write(status)
 
 
@@ -489,6 +495,84 @@ def test_a_learning_rate_grid_keeps_the_rate_with_the_lowest_selection_loss(tmp_
     chosen = "(lr 0.001 chosen from {0.0003, 0.001, 0.003} on the selection loss (seeds 0, 1))"
     assert f"lr 0.0003 not chosen {chosen}" in index
     assert f"selection run: seed 0 chose lr 0.001, so it is never reported {chosen}" in index
+
+
+def test_c4_tables_carry_apollo_apollo_mini_and_fira_at_every_stage_of_their_grids(tmp_path):
+    """sweeps/cpu_c4.yaml's grid covers APOLLO, APOLLO-Mini and Fira too: each method gets its own labelled row in
+    the table, the grid table, the paired differences and the frontier as its runs come in, and one with part of its
+    grid (or nothing yet) breaks nothing. APOLLO-Mini is not a low-rank method here (its rank is fixed at 1): its runs
+    carry no rank, and the table's rank row names only the others' 64."""
+    r = tmp_path / "r"
+    state = {"gradnormlorp": 3 << 20, "apollo": 2 << 20, "fira": 5 << 20, "apollo_mini": 1 << 20}
+    for method in ("gradnormlorp", "apollo", "fira"):   # the whole grid on seed 0, 1e-2 chosen
+        _c4_grid_run(r, method, 3e-3, 0, 6.50, 700.0, state_bytes=state[method])
+        _c4_grid_run(r, method, 1e-2, 0, 6.40, 690.0, state_bytes=state[method])
+    for seed, ppl in ((1, 680.0), (2, 684.0)):          # fresh seeds: GradNormLoRP and APOLLO both, Fira seed 1 only
+        _c4_grid_run(r, "gradnormlorp", 1e-2, seed, 6.41, ppl, state_bytes=state["gradnormlorp"])
+        _c4_grid_run(r, "apollo", 1e-2, seed, 6.42, ppl + 10.0, state_bytes=state["apollo"])
+    _c4_grid_run(r, "fira", 1e-2, 1, 6.43, 675.0, state_bytes=state["fira"])
+    _c4_grid_run(r, "apollo_mini", 3e-3, 0, 6.60, 720.0, state_bytes=state["apollo_mini"])  # grid under way:
+    _c4_grid_run(r, "apollo_mini", 1e-2, 0, 6.55, 710.0, state_bytes=state["apollo_mini"])  # no reported seed yet
+    paths = tables.build_tables(r, tmp_path / "t", memory=False)
+    md = (tmp_path / "t" / "c4_other-sizes.md").read_text()
+    rows = _rows(md)
+    assert rows["GradNormLoRP | ours (2 runs)"][:2] == ["0.01", "682.00 ± 2.00"]
+    assert rows["APOLLO | ours (2 runs)"][:2] == ["0.01", "692.00 ± 2.00"]
+    assert rows["Fira | ours (1 run)"][:2] == ["0.01", "675.00"]
+    assert not any(k.startswith("APOLLO-Mini") for k in rows)      # its seed-0 runs chose and are never reported
+    assert rows["rank r | ours"] == ["—", "64"]
+    grid = [line for line in (tmp_path / "t" / "c4_other-sizes_lr_grid.md").read_text().splitlines()
+            if "| llama_20m |" in line]
+    edge = "**chosen**, at the grid's edge"
+    assert grid == [  # every seed run at a rate (seed 0 chose), in the methods' order, APOLLO-Mini among them
+        "| GradNormLoRP | llama_20m | 0.003 | 1 | 6.5000 | 700.00 |  |",
+        f"| GradNormLoRP | llama_20m | 0.01 | 3 | 6.4000 | 684.00 ± 5.00 | {edge} |",
+        "| APOLLO | llama_20m | 0.003 | 1 | 6.5000 | 700.00 |  |",
+        f"| APOLLO | llama_20m | 0.01 | 3 | 6.4000 | 690.00 ± 2.00 | {edge} |",
+        "| APOLLO-Mini | llama_20m | 0.003 | 1 | 6.6000 | 720.00 |  |",
+        f"| APOLLO-Mini | llama_20m | 0.01 | 1 | 6.5500 | 710.00 | {edge} |",
+        "| Fira | llama_20m | 0.003 | 1 | 6.5000 | 700.00 |  |",
+        f"| Fira | llama_20m | 0.01 | 2 | 6.4000 | 682.50 ± 7.50 | {edge} |"]
+    differences = [line.split(" | ")[:2] for line in
+                   (tmp_path / "t" / "c4_other-sizes_differences.md").read_text().splitlines() if " − " in line]
+    # seeds 1 and 2 in common; Fira has one seed, APOLLO-Mini none, and no full-rank row to compare with
+    assert differences == [["| GradNormLoRP − APOLLO", "-10.00 [-10.00, -10.00]"]]
+    assert "frontier_c4_llama_20m.png" in [p.name for p in paths]
+    from gnlorp.results import collect
+    from gnlorp.tables import plots
+    from gnlorp.tables.c4 import _c4_keys
+    from gnlorp.tables.common import _labels
+
+    runs = collect(r)[0]
+    key_of, keys = _c4_keys(runs)
+    points = plots.frontier_points(runs, _labels(keys, "c4", with_rank=False), lambda run: key_of[id(run)])
+    assert [(p["label"], p["state_bytes"]) for p in points] == [
+        ("GradNormLoRP", 3 << 20), ("APOLLO", 2 << 20), ("Fira", 5 << 20)]
+    cpu_c4 = ("full", "lora", "galore", "gradnormlorp", "relora", "switchlora", "apollo", "apollo_mini", "fira")
+    assert len({plots._style(m) for m in cpu_c4}) == len({plots._color(m) for m in cpu_c4}) == 9  # none hides another
+
+
+def test_grids_that_differ_in_another_setting_are_told_apart_in_the_grid_table(tmp_path):
+    """Two grids of one method and task that differ in a setting besides the rate (MRPC on 1600 rows and on every
+    row, results/glue_cpu_2026-12-03/) are two groups of rows in the grid table, each naming its setting."""
+    r = tmp_path / "r"
+    points = [(subset, lr, 0, score) for subset, scores in ((1600, (0.80, 0.81)), (None, (0.82, 0.83)))
+              for lr, score in zip((1e-4, 3e-4), scores)]
+    for subset, lr, seed, score in points + [(None, 3e-4, 1, 0.84)]:  # and one reported seed: a table to list them
+        settings = {"train.lr": lr, "method.name": "lora", "task.max_train_samples": subset, "seed": seed}
+        cfg = _config("glue", "mrpc", "minilm", "lora", 8, "fp32", seed, lr=lr, subset=subset)
+        rec = RunRecord(r, f"glue-mrpc-minilm-lora-r8-fp32-s{seed}-{subset}-{lr:g}", cfg, clock=CLOCK)
+        rec.set_identity(hash=f"{subset}-{lr:g}", settings=settings)
+        rec.git = {"sha": "0" * 40, "dirty": False}
+        m = {"validation": {"accuracy": 0.7, "f1": score}, "selection": {"accuracy": 0.7, "f1": score}}
+        rec.add_eval(10, m, epoch=1)
+        rec.set_best_last({"step": 10, "epoch": 1, "metrics": m}, {"step": 10, "epoch": 1, "metrics": m})
+        rec.write("complete")
+    tables.build_tables(r, tmp_path / "t", memory=False)
+    grid = (tmp_path / "t" / "glue_minilm_lr_grid.md").read_text()
+    assert "| LoRA (rank 8) | MRPC [task.max_train_samples=1600] | 0.0003 | 1 | 81.00 | 81.00 | **chosen**, at the grid's edge |" in grid
+    assert "| LoRA (rank 8) | MRPC [task.max_train_samples=None] | 0.0003 | 2 | 83.00 | 83.50 ± 0.50 | **chosen**, at the grid's edge |" in grid
+    assert "| LoRA (rank 8) | MRPC | " not in grid
 
 
 def test_no_table_reports_a_run_whose_seed_chose_its_learning_rate(tmp_path):
