@@ -14,13 +14,14 @@ import yaml
 
 from conftest import C4_DIR, CONF, ROOT, needs_shared, register_schemas
 from gnlorp.checks import galore_scale
-from gnlorp.methods import PROJECTED
+from gnlorp.methods import LOW_RANK, PROJECTED
 from gnlorp.runner import check_config, run_identity
 
 SWEEPS = ROOT / "sweeps"
 C4_METHODS = ("full", "lora", "galore", "gradnormlorp", "relora", "switchlora")
-GRID_SIZE = {"paper_glue": 9 * 2 * 5, "paper_c4": 4 * len(C4_METHODS), "paper_llama7b": 3, "cpu_glue": 3 * 4 * 4,
-             "cpu_c4": len(C4_METHODS) * 4, "gpu_glue": 5 * 4 * 3, "gpu_c4": len(C4_METHODS) * 3}
+CPU_C4_METHODS = (*C4_METHODS, "apollo", "apollo_mini", "fira")  # the CPU protocol covers APOLLO(-Mini) and Fira too
+GRID_SIZE = {"paper_glue": 9 * 2 * 5, "paper_c4": 4 * len(C4_METHODS), "paper_llama7b": 3, "cpu_glue": 2 * 4 * 4,
+             "cpu_c4": len(CPU_C4_METHODS) * 4, "gpu_glue": 5 * 4 * 3, "gpu_c4": len(C4_METHODS) * 3}
 LR_FACTORS = {"cpu_c4": ("0.1", "0.3", "1", "3"), "cpu_glue": ("0.3", "1", "3", "10"),  # grids around each recipe's rate
               "gpu_c4": ("0.3", "1", "3"), "gpu_glue": ("0.3", "1", "3")}
 GLUE9 = ["cola", "stsb", "mrpc", "rte", "sst2", "mnli", "qnli", "qqp", "wnli"]
@@ -114,8 +115,8 @@ def _check_cpu_glue(cfg, p):
     task = p["task"].split("/")[1]
     assert (cfg.model.name, cfg.rank, cfg.precision.name, cfg.task.name) == ("minilm", 8, "fp32", task)
     assert cfg.seed == int(p["seed"]) == 0 and cfg.method.name == p["method"]
-    assert cfg.task.max_train_samples == {"stsb": 1200, "mrpc": None, "sst2": 1000}[task]
-    assert cfg.task.selection_samples == {"stsb": 500, "mrpc": 400, "sst2": 500}[task]
+    assert cfg.task.max_train_samples == {"stsb": 1200, "sst2": 1000}[task]
+    assert cfg.task.selection_samples == {"stsb": 500, "sst2": 500}[task]
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.task.max_length, cfg.train.group_by_length) == (2, 32, 128, True)
     assert cfg.task.data_dir == "../shared/data/glue_data" and cfg.keep_going is True
     assert str(p["train.lr_factor"]) in LR_FACTORS["cpu_glue"]
@@ -236,8 +237,8 @@ def _dry_multirun(tmp_path, sweep, *extra):
 
 def test_multirun_dry_run_cpu_c4(tmp_path):
     jobs = _dry_multirun(tmp_path, "cpu_c4")
-    assert jobs == [[f"c4-llama_20m-{m}{'' if m == 'full' else '-r64'}-fp32-s0", True, True]
-                    for m in C4_METHODS for _ in LR_FACTORS["cpu_c4"]]
+    assert jobs == [[f"c4-llama_20m-{m}{'-r64' if m in LOW_RANK else ''}-fp32-s0", True, True]  # APOLLO-Mini: rank 1
+                    for m in CPU_C4_METHODS for _ in LR_FACTORS["cpu_c4"]]
 
 
 @pytest.mark.slow
@@ -283,7 +284,7 @@ def _glue_run_seconds(method: str, task: str, samples: int, epochs: int) -> floa
     return START_S + train + epochs * EVAL_TOKENS[task] * EVAL_TOKEN_S
 
 
-TRAIN_ROWS = {"stsb": 5749, "mrpc": 3668, "sst2": 67349}  # ../shared/data/README.md; a null subset takes them all
+TRAIN_ROWS = {"stsb": 5749, "sst2": 67349}  # ../shared/data/README.md; a null subset takes them all
 
 
 def _glue_part_seconds(points: list[list[str]]) -> float:
@@ -298,33 +299,32 @@ def _glue_part_seconds(points: list[list[str]]) -> float:
 
 def test_cpu_sweeps_fit_eight_hours_in_parts_under_an_hour():
     """sweeps/README.md's parts: per GLUE task the grid (16 runs) and the three reported seeds (12 runs, modelled at
-    the recipe's rate: the chosen one costs the same), MRPC's in two halves by method; per C4 method pair the grid
-    (8 runs), then one part per reported seed (6 runs); all in 8 hours."""
+    the recipe's rate: the chosen one costs the same); per C4 method pair the grid (8 runs; Fira's 4 alone), then one
+    part per reported seed (9 runs); all in 8 hours."""
     seeds = ["seed=1,2,3", "train.lr_factor=1", "train.lr_choice=selection"]
     parts = {}
     for task in ("stsb", "sst2"):
         parts[f"{task} grid"] = _glue_part_seconds(grid("cpu_glue", [f"task=glue/{task}"]))
         parts[f"{task} seeds"] = _glue_part_seconds(grid("cpu_glue", [f"task=glue/{task}", *seeds]))
-    for pair in ("full,lora", "galore,gradnormlorp"):
-        parts[f"mrpc grid {pair}"] = _glue_part_seconds(grid("cpu_glue", ["task=glue/mrpc", f"method={pair}"]))
-        parts[f"mrpc seeds {pair}"] = _glue_part_seconds(grid("cpu_glue", ["task=glue/mrpc", f"method={pair}", *seeds]))
     c4 = compose_sweep("cpu_c4", grid("cpu_c4")[0])
     evals = c4.train.max_steps // c4.train.eval_every
     scored = c4.task.eval_tokens + c4.task.selection_tokens
     c4_run = START_S + c4.train.max_steps * C4_STEP_S + evals * scored * C4_EVAL_S_PER_TOKEN
-    for pair in ("full,lora", "galore,gradnormlorp", "relora,switchlora"):
+    pairs = ("full,lora", "galore,gradnormlorp", "relora,switchlora", "apollo,apollo_mini", "fira")
+    assert [m for p in pairs for m in p.split(",")] == list(CPU_C4_METHODS)  # the parts cover the grid's methods
+    for pair in pairs:
         parts[f"c4 {pair}"] = len(grid("cpu_c4", [f"method={pair}"])) * c4_run
-    for seed in range(1, 6):  # five reported seeds, one part each: the six methods at their chosen rates
+    for seed in range(1, 6):  # five reported seeds, one part each: the nine methods at their chosen rates
         parts[f"c4 seed {seed}"] = len(grid("cpu_c4", [f"seed={seed}", *seeds[1:]])) * c4_run
     minutes = {k: round(v / 60) for k, v in parts.items()}
     assert all(m <= 60 for m in minutes.values()), minutes
     assert sum(parts.values()) <= 8 * 3600, (round(sum(parts.values()) / 60), minutes)
     # the estimates sweeps/README.md gives
     assert minutes == {"stsb grid": 26, "stsb seeds": 20, "sst2 grid": 17, "sst2 seeds": 13,
-                       "mrpc grid full,lora": 34, "mrpc seeds full,lora": 26, "mrpc grid galore,gradnormlorp": 40,
-                       "mrpc seeds galore,gradnormlorp": 30, "c4 full,lora": 34, "c4 galore,gradnormlorp": 34, "c4 relora,switchlora": 34,
-                       "c4 seed 1": 25, "c4 seed 2": 25, "c4 seed 3": 25, "c4 seed 4": 25, "c4 seed 5": 25}, minutes
-    assert round(sum(parts.values()) / 60) == 433
+                       "c4 full,lora": 34, "c4 galore,gradnormlorp": 34, "c4 relora,switchlora": 34,
+                       "c4 apollo,apollo_mini": 34, "c4 fira": 17,
+                       "c4 seed 1": 38, "c4 seed 2": 38, "c4 seed 3": 38, "c4 seed 4": 38, "c4 seed 5": 38}, minutes
+    assert round(sum(parts.values()) / 60) == 417
 
 
 @needs_shared
