@@ -9,13 +9,14 @@ seed 0, chosen on a held-out selection split; then reported seeds 1, 2, 3 at the
 Parts: GLUE on the **full** train sets (sweeps/gpu_glue.yaml, gnlorp/conf/experiment/glue_gpu.yaml: MiniLM-L6
 offline by default, `--model roberta-base` where the hub is reachable) for full, lora, galore, gradnormlorp on the
 tasks the plan affords; C4 LLaMA-60M short runs (sweeps/gpu_c4.yaml, gnlorp/conf/experiment/c4_llama_60m_gpu.yaml)
-for all six C4 methods. A cost model (THROUGHPUT, START_S, PROCESS_S below) estimates each run's seconds from its
-workload; `choose_plan` takes the largest plan whose estimate fits the budget; the plan and the estimate per part
-are printed before anything starts, and a plan over the budget is refused (one line, exit 2). The GLUE lane and the
-C4 lane run side by side on the one GPU (small models leave most of it idle). A hard stop ends a lane at the
-budget. Results go to results/gpu_table/<device>/ (never mixed with the CPU results in results/), its tables to
-results/gpu_table/<device>/tables/ (`python -m gnlorp.tables --results results/gpu_table/<device>` builds them
-again).
+for all nine C4 methods (sweeps/paper_c4.yaml's: full, lora, galore, gradnormlorp, relora, switchlora, apollo,
+apollo_mini, fira; `--c4-methods` runs a subset). A cost model (THROUGHPUT, START_S, PROCESS_S below) estimates each
+run's seconds from its workload; `choose_plan` takes the largest plan whose estimate fits the budget; the plan and
+the estimate per part are printed before anything starts, and a plan over the budget is refused (one line, exit 2).
+The GLUE lane and the C4 lane run side by side on the one GPU (small models leave most of it idle). A hard stop
+ends a lane at the budget. Results go to results/gpu_table/<device>/ (never mixed with the CPU results in results/),
+its tables to results/gpu_table/<device>/tables/ (`python -m gnlorp.tables --results results/gpu_table/<device>`
+builds them again).
 
 Without CUDA (or with --dry) the same plan runs shrunk to tiny sizes on the CPU (BERT-tiny on 64 rows of the plan's
 first GLUE task, LLaMA-tiny for 2 steps): every part, the selection and the tables, into --out or a temporary
@@ -43,8 +44,10 @@ GRID = ("0.3", "1", "3")                               # train.lr_factor: the re
 SELECTION_SEED = 0
 REPORTED_SEEDS = (1, 2, 3)
 GLUE_METHODS = ("full", "lora", "galore", "gradnormlorp")
-C4_METHODS = ("full", "lora", "galore", "gradnormlorp", "relora", "switchlora")
-PROJECTED = ("galore", "gradnormlorp")                 # methods that refresh a projector (an SVD per target)
+C4_METHODS = ("full", "lora", "galore", "gradnormlorp", "relora", "switchlora", "apollo", "apollo_mini", "fira")
+PROJECTED = ("galore", "gradnormlorp", "fira")         # methods that refresh a projector by an SVD per target
+# (APOLLO and APOLLO-Mini redraw a seeded Gaussian projector every T steps instead: one randn per target, no SVD,
+# counted in their step cost)
 
 
 # --------------------------------------------------------------------------------------------------- the cost model
@@ -59,7 +62,11 @@ PROJECTED = ("galore", "gradnormlorp")                 # methods that refresh a 
 # evaluation (forward only, no optimizer) at 3x the training rate. On top, a fixed cost per optimizer step for the
 # launches of the forward, backward and optimizer (AdamW over every tensor; GaLore's per-target Python loop and
 # projections; SwitchLoRA's candidate swaps with candidates held in CPU memory), ~3x what such steps take, and a
-# projector refresh (a torch.linalg.svd per target matrix, ~5-10 ms each on cuSOLVER) for GaLore and GradNormLoRP.
+# projector refresh (a torch.linalg.svd per target matrix, ~5-10 ms each on cuSOLVER) for GaLore, GradNormLoRP and
+# Fira. APOLLO and APOLLO-Mini: GaLore's per-target loop (project the gradient, Adam moments at the rank) plus a norm
+# per channel (per tensor for Mini) and the norm-growth limiter, ~10 ms more a step; their projector is redrawn from
+# its seed (a randn per target every T steps, well under a millisecond each), so no refresh cost. Fira: GaLore's step
+# plus the residual G - P P^T G, its per-channel scaling and the limiter (~10 ms more), and GaLore's SVD refresh.
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,7 @@ class Throughput:
     train_tokens_per_s: float
     eval_tokens_per_s: float
     step_s: dict                  # method -> seconds per optimizer step beyond the tokens' cost
-    refresh_s: float              # one projector refresh of every target (GaLore, GradNormLoRP)
+    refresh_s: float              # one projector refresh of every target (an SVD each: PROJECTED)
 
 
 THROUGHPUT = {
@@ -76,7 +83,8 @@ THROUGHPUT = {
     "roberta-base": Throughput(50_000, 150_000, {"full": 0.05, "lora": 0.05, "galore": 0.08, "gradnormlorp": 0.08},
                                1.0),
     "llama_60m": Throughput(150_000, 450_000, {"full": 0.03, "lora": 0.03, "relora": 0.03, "galore": 0.05,
-                                               "gradnormlorp": 0.05, "switchlora": 0.08}, 0.5),
+                                               "gradnormlorp": 0.05, "switchlora": 0.08, "apollo": 0.06,
+                                               "apollo_mini": 0.06, "fira": 0.06}, 0.5),
 }
 START_S = 4.0        # per job of a multirun: compose and check, data fingerprint, model build/load, tokenize, record
 PROCESS_S = 25.0     # per multirun process: Python, torch, transformers and Hydra imports, the CUDA context
@@ -96,7 +104,8 @@ GLUE_TASKS = {  # the order in which the plan adds tasks: first those every meth
 GLUE_BATCH, GLUE_T = 32, 200                           # glue_gpu.yaml's batch; the GaLore family's default T
 C4_BATCH, C4_SEQ, C4_BLOCKS = 64, 256, 2059            # c4_llama_60m_gpu.yaml; the local shard's 256-token blocks
 C4_EVAL_TOKENS = 2 * 131_072                           # reported + selection slices
-C4_STEPS = (32, 24, 16)                                # at most one pass over the shard: 32 x 64 = 2048 blocks
+C4_STEPS = (32, 24, 16, 12, 8)                         # at most one pass over the shard: 32 x 64 = 2048 blocks;
+# nine methods x 6 runs at 4 s of start-up each leave 8 steps beside one GLUE task (6 methods: 32 steps)
 GLUE_EPOCHS = (3, 2, 1)
 
 
@@ -154,6 +163,7 @@ class Plan:
     glue_tasks: tuple = ("rte",)
     epochs: int = 2
     c4_steps: int = 32
+    c4_methods: tuple = C4_METHODS
     grid: tuple = GRID
     seeds: tuple = REPORTED_SEEDS
     budget_s: float = BUDGET_S
@@ -173,10 +183,10 @@ class Plan:
                 runs = [(f"{t} {m}", START_S + run_seconds(glue_workload(self.model, t, m, self.epochs)))
                         for t in self.glue_tasks for m in GLUE_METHODS for _ in range(n)]
                 parts.append(Part("glue", name, "gpu_glue", common + ov, runs))
-        common = [f"method={','.join(C4_METHODS)}", *c4_overrides(self.c4_steps)]
+        common = [f"method={','.join(self.c4_methods)}", *c4_overrides(self.c4_steps)]
         for name, ov, n in (("c4 grid", grid_ov, len(self.grid)), ("c4 seeds", seed_ov, len(self.seeds))):
             runs = [(f"llama_60m {m}", START_S + run_seconds(c4_workload(m, self.c4_steps)))
-                    for m in C4_METHODS for _ in range(n)]
+                    for m in self.c4_methods for _ in range(n)]
             parts.append(Part("c4", name, "gpu_c4", common + ov, runs))
         return parts
 
@@ -195,7 +205,7 @@ class Plan:
         glue = (f"GLUE {', '.join(self.glue_tasks)} (full train sets, {self.model}, {self.epochs} epochs) x "
                 f"{', '.join(GLUE_METHODS)}" if self.glue_tasks else "GLUE: none")
         lines = [f"plan: {glue}; C4 LLaMA-60M {self.c4_steps} steps x {C4_BATCH} x {C4_SEQ} tokens x "
-                 f"{', '.join(C4_METHODS)}; lr grid x {', '.join(self.grid)} on seed {SELECTION_SEED}, "
+                 f"{', '.join(self.c4_methods)}; lr grid x {', '.join(self.grid)} on seed {SELECTION_SEED}, "
                  f"then seeds {', '.join(map(str, self.seeds))} at the chosen rate"]
         for p in self.parts:
             lines.append(f"  estimate {p.name:<10} {len(p.runs):>3} runs  {p.seconds:6.0f} s")
@@ -353,6 +363,8 @@ def _main(argv) -> None:
     ap.add_argument("--tasks", default=None, help="GLUE tasks, comma-separated (default: the plan's); 'none' for C4 only")
     ap.add_argument("--epochs", type=int, default=None, help="GLUE epochs (default: the plan's)")
     ap.add_argument("--c4-steps", type=int, default=None, help="C4 steps (default: the plan's)")
+    ap.add_argument("--c4-methods", default=None,
+                    help=f"C4 methods, comma-separated (default: all of {', '.join(C4_METHODS)})")
     ap.add_argument("--out", type=Path, default=None,
                     help="results folder (default: results/gpu_table/<device> on a GPU, a temporary folder dry)")
     ap.add_argument("--dry", action="store_true", help="the tiny CPU version even where a GPU is present")
@@ -376,6 +388,11 @@ def _main(argv) -> None:
             raise UserError(f"--c4-steps {a.c4_steps}: give 1 to {C4_BLOCKS // C4_BATCH} (one pass over the local "
                             f"C4 shard's {C4_BLOCKS} blocks in batches of {C4_BATCH})")
         plan = replace(plan, c4_steps=a.c4_steps)
+    if a.c4_methods is not None:
+        methods = tuple(m.strip() for m in a.c4_methods.split(","))
+        if not methods or any(m not in C4_METHODS for m in methods) or len(set(methods)) != len(methods):
+            raise UserError(f"--c4-methods {a.c4_methods!r}: give distinct methods of {', '.join(C4_METHODS)}")
+        plan = replace(plan, c4_methods=methods)
     print(plan.describe(), flush=True)
     if plan.total_s > plan.budget_s:
         raise UserError(f"the plan's estimate, {plan.total_s:.0f} s, exceeds the budget of {plan.budget_s:.0f} s; "

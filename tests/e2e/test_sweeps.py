@@ -27,6 +27,12 @@ LR_FACTORS = {"cpu_c4": ("0.1", "0.3", "1", "3"), "cpu_glue": ("0.3", "1", "3", 
 GLUE9 = ["cola", "stsb", "mrpc", "rte", "sst2", "mnli", "qnli", "qqp", "wnli"]
 C4_PAPER = {  # GaLore Table 2 / PAPER_NUMBERS.md: size -> (rank, steps)
     "llama_60m": (128, 10_000), "llama_130m": (256, 20_000), "llama_350m": (256, 60_000), "llama_1b": (512, 100_000)}
+# paper_c4 and gpu_c4 also run APOLLO, APOLLO-Mini and Fira; at paper sizes with their own scripts' settings where
+# these differ from GaLore's (zhuhanqing/APOLLO scripts/pretrain_c4/, xichen-fy/Fira pre_training_c4/scripts/):
+GPU_C4_METHODS = C4_METHODS + ("apollo", "apollo_mini", "fira")
+GRID_SIZE.update(paper_c4=4 * len(GPU_C4_METHODS), gpu_c4=len(GPU_C4_METHODS) * 3)
+OWN_PAPER = {("llama_130m", "apollo"): {"rank": 192}, ("llama_1b", "apollo"): {"rank": 256},
+             ("llama_130m", "apollo_mini"): {"apollo_scale": 192.0}, ("llama_1b", "fira"): {"scale": 0.0625}}
 
 
 def compose_sweep(sweep: str, point: list[str]):
@@ -97,8 +103,14 @@ def _check_paper_glue(cfg, p):
 def _check_paper_c4(cfg, p):
     model = cfg.model.name
     rank, steps = C4_PAPER[model]
+    own = OWN_PAPER.get((model, cfg.method.name), {})
     assert p["experiment"] == f"c4_{model}" and cfg.method.name == p["method"]
-    assert (cfg.task.family, cfg.precision.name, cfg.rank, galore_scale(cfg)) == ("c4", "bf16", rank, 0.25)
+    assert (cfg.task.family, cfg.precision.name, cfg.rank, galore_scale(cfg)) == \
+        ("c4", "bf16", own.get("rank", rank), own.get("scale", 0.25))
+    if cfg.method.name.startswith("apollo"):  # the scripts' --apollo_scale: 1 (APOLLO), 128 (Mini; 192 at 130M)
+        assert cfg.method.apollo_scale == own.get("apollo_scale", 128.0 if cfg.method.name == "apollo_mini" else 1.0)
+    if cfg.method.name in GPU_C4_METHODS[len(C4_METHODS):]:  # the scripts' lr, T and weight decay
+        assert (check_config(cfg)["lr"], cfg.method.update_proj_gap, cfg.train.weight_decay) == (0.01, 200, 0.0)
     assert (cfg.train.max_steps, cfg.train.batch_size, cfg.task.seq_len) == (steps, 512, 256)
     assert (cfg.train.warmup_ratio, cfg.train.min_lr_ratio, cfg.model.tokenizer) == (0.1, 0.1, "t5-base")
     assert cfg.train.max_steps % cfg.train.eval_every == 0
@@ -150,8 +162,8 @@ def _check_gpu_c4(cfg, p):
     assert cfg.train.max_steps * cfg.train.batch_size <= 2059 and cfg.task.seq_len == 256  # no block twice
     assert cfg.train.max_steps == cfg.train.eval_every and cfg.task.selection_tokens == cfg.task.eval_tokens
     assert cfg.task.data_dir == "../shared/data/c4/en" and cfg.results_dir.startswith("results/gpu_table")
-    if cfg.method.name in PROJECTED:
-        assert cfg.method.update_proj_gap * 4 == cfg.train.max_steps  # 4 subspaces, as cpu_c4
+    if cfg.method.name in PROJECTED or cfg.method.name.startswith("apollo"):
+        assert cfg.method.update_proj_gap * 4 == cfg.train.max_steps  # 4 subspaces (projector draws), as cpu_c4
     assert str(p["train.lr_factor"]) in LR_FACTORS["gpu_c4"] and cfg.keep_going is True
 
 
@@ -255,7 +267,9 @@ def test_multirun_dry_run_paper_c4_and_7b(tmp_path):
     names = [j[0] for j in _dry_multirun(tmp_path, "paper_c4")]
     assert names[:4] == ["c4-llama_60m-full-bf16-s0", "c4-llama_60m-lora-r128-bf16-s0",
                          "c4-llama_60m-galore-r128-bf16-s0", "c4-llama_60m-gradnormlorp-r128-bf16-s0"]
-    assert "c4-llama_1b-gradnormlorp-r512-bf16-s0" in names and len(names) == 4 * len(C4_METHODS)
+    assert "c4-llama_1b-gradnormlorp-r512-bf16-s0" in names and len(names) == 4 * len(GPU_C4_METHODS)
+    assert {"c4-llama_130m-apollo-r192-bf16-s0", "c4-llama_1b-apollo-r256-bf16-s0", "c4-llama_1b-fira-r512-bf16-s0",
+            "c4-llama_130m-apollo_mini-bf16-s0"} <= set(names)
     names = [j[0] for j in _dry_multirun(tmp_path, "paper_llama7b")]
     assert names == ["c4-llama_7b-gradnormlorp-r1024-8bit-s0", "c4-llama_7b-galore-r1024-8bit-s0",
                      "c4-llama_7b-full-8bit-s0"]

@@ -44,7 +44,7 @@ def test_the_chosen_plan_follows_the_protocol_and_fits_nine_minutes():
     assert names == ["glue grid", "glue seeds", "c4 grid", "c4 seeds"]
     runs = {p.name: len(p.runs) for p in plan.parts}
     assert runs == {"glue grid": 4 * 3 * len(plan.glue_tasks), "glue seeds": 4 * 3 * len(plan.glue_tasks),
-                    "c4 grid": 6 * 3, "c4 seeds": 6 * 3}
+                    "c4 grid": len(gt.C4_METHODS) * 3, "c4 seeds": len(gt.C4_METHODS) * 3}
     # the total: the slower lane (parts in sequence), slowed for sharing the GPU, and the tables
     lanes = {"glue": sum(p.seconds for p in plan.parts[:2]), "c4": sum(p.seconds for p in plan.parts[2:])}
     assert plan.total_s == pytest.approx(gt.CONTENTION * max(lanes.values()) + gt.TABLES_S)
@@ -83,6 +83,7 @@ def test_the_plan_is_printed_and_a_plan_over_the_budget_refused(capsys):
 @pytest.mark.parametrize("args, says", [
     (["--tasks", "qqp"], "--tasks 'qqp'"), (["--epochs", "0"], "--epochs 0"), (["--c4-steps", "40"], "--c4-steps 40"),
     (["--budget-s", "-1"], "--budget-s -1"), (["--model", "gpt2"], "invalid choice"),
+    (["--c4-methods", "full,dora"], "--c4-methods 'full,dora'"), (["--c4-methods", "fira,fira"], "--c4-methods"),
     (["--budget-s", "60"], "exceeds the budget of 60 s")])
 def test_bad_input_is_one_line_and_exit_2(capsys, args, says):
     with pytest.raises(SystemExit) as exc:
@@ -90,6 +91,33 @@ def test_bad_input_is_one_line_and_exit_2(capsys, args, says):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+
+
+def test_the_c4_lane_has_sweeps_paper_c4_methods_and_their_projector_costs():
+    """APOLLO, APOLLO-Mini and Fira in the C4 lane (sweeps/gpu_c4.yaml's list): Fira refreshes its projector by an
+    SVD like GaLore; APOLLO's projector is redrawn from its seed (no SVD), so no refresh cost."""
+    import yaml
+
+    from conftest import ROOT
+
+    sweep = yaml.safe_load((ROOT / "sweeps" / "gpu_c4.yaml").read_text())
+    assert tuple(sweep["hydra"]["sweeper"]["params"]["method"].split(",")) == gt.C4_METHODS
+    paper = yaml.safe_load((ROOT / "sweeps" / "paper_c4.yaml").read_text())
+    assert set(paper["hydra"]["sweeper"]["params"]["method"].split(",")) == set(gt.C4_METHODS)
+    assert {"apollo", "apollo_mini", "fira"} <= set(gt.C4_METHODS)
+    assert [gt.c4_workload(m, 32).refreshes for m in ("galore", "fira", "apollo", "apollo_mini")] == [4, 4, 0, 0]
+    for m in ("apollo", "apollo_mini", "fira"):  # a projected step costs at least GaLore's
+        assert gt.run_seconds(gt.c4_workload(m, 32)) >= gt.run_seconds(gt.c4_workload("galore", 32)) - 4 * 0.5
+    # a subset of the lane: fewer runs, the same per-run estimates
+    sub = gt.Plan("minilm", ("stsb",), 1, 8, c4_methods=("full", "fira"))
+    assert [len(p.runs) for p in sub.parts if p.lane == "c4"] == [2 * 3, 2 * 3]
+    assert "method=full,fira" in sub.parts[-1].overrides
+
+
+def test_c4_methods_option_runs_a_subset(capsys):
+    gt.main(["--plan-only", "--c4-methods", "full,apollo_mini,fira"])
+    out = capsys.readouterr().out
+    assert "x full, apollo_mini, fira; lr grid" in out and " 9 runs" in out
 
 
 def test_c4_overrides_keep_four_subspaces():

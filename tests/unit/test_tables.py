@@ -253,6 +253,40 @@ def test_c4_tables_per_scale(built):
     assert rows["8-bit GaLore | paper (GaLore Table 3 (r=1024, 18G weights + states))"] == ["17.94", "15.39", "14.95", "14.65"]
 
 
+def test_c4_paper_table_shows_apollo_and_fira_beside_their_own_papers_rows(tmp_path):
+    """APOLLO, APOLLO-Mini and Fira runs at paper sizes: each with its own paper's published row (not GaLore's), at
+    the sizes of the table's columns, labelled with its source; a note names those sources."""
+    from gnlorp.tables.published import APOLLO_C4, FIRA_C4
+
+    results = tmp_path / "results"
+    write_c4(results, "llama_60m", "full", None, 0, 35.10)
+    write_c4(results, "llama_60m", "fira", 128, 0, 31.5)
+    write_c4(results, "llama_1b", "fira", 512, 0, 14.6)
+    write_c4(results, "llama_130m", "apollo", 192, 0, 23.2)
+    write_c4(results, "llama_60m", "apollo_mini", None, 0, 32.4)
+    out = tmp_path / "tables"
+    tables.build_tables(results, out, memory=False)
+    md = (out / "c4_paper-sizes.md").read_text()
+    assert _header(md) == ["Method", "Source", "60M", "130M", "1B"]
+    rows = _rows(md)
+    assert rows["Full-Rank | paper (GaLore Table 2)"] == ["34.06 (0.36G)", "25.08 (0.76G)", "15.56 (7.80G)"]
+    assert rows["Fira | ours (1 run)"] == ["31.50", "—", "14.60"]
+    assert rows[f"Fira | paper ({FIRA_C4})"] == ["31.06", "22.73", "14.31"]  # Fira's own paper (350M: 16.85)
+    assert rows["APOLLO | ours (1 run)"] == ["—", "23.20", "—"]
+    assert rows[f"APOLLO | paper ({APOLLO_C4})"] == ["31.55", "22.94", "14.20"]
+    assert rows[f"APOLLO-Mini | paper ({APOLLO_C4})"] == ["31.93", "23.53", "14.17"]
+    assert FIRA_C4.startswith("Fira paper, arXiv 2410.01623") and APOLLO_C4.startswith("APOLLO paper, arXiv 2412.05270")
+    assert not any(k.startswith(("Fira", "APOLLO")) and "GaLore" in k for k in rows)
+    assert f"({APOLLO_C4} / {FIRA_C4})" in md  # the note: which papers' tables these rows come from
+    assert sum("paper (" in k for k in rows) == 3 + 3  # GaLore Table 2: Full-Rank, rank r, tokens; the three methods
+    from gnlorp.tables.published import MEMORY_DEFINITION, PAPER_C4
+
+    assert MEMORY_DEFINITION[FIRA_C4] == "parameters + gradients + optimizer states"
+    assert MEMORY_DEFINITION[APOLLO_C4] == "optimizer states only"
+    assert {p.method: p.values["llama_350m"] for p in PAPER_C4 if p.source in (FIRA_C4, APOLLO_C4)} == \
+        {"fira": 16.85, "apollo": 16.85, "apollo_mini": 17.18}
+
+
 def test_memory_table_at_paper_ranks_with_published_cells(built, memory_rows):
     md = (built[0] / "memory.md").read_text()
     assert _header(md) == ["Method", "States", "Source", "60M (r=128)"]
