@@ -4,6 +4,7 @@ The package root holds what every layer shares and that needs nothing: the optim
 which imports nothing else of gnlorp) raises the same UserError and selects the same default targets as the
 rest. Keep it light: no import beyond the standard library."""
 
+import warnings
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -23,8 +24,10 @@ class UserError(Exception):
 
 # torchao (the optional `lowbit` extra: precision=ao8bit/ao4bit) is imported by transformers whenever it is installed,
 # and says at import what we never use: its CUDA-only native libraries failing to load on a CPU, Triton missing, and
-# torch's deprecation of its Enum registrations. Those records are dropped; every other one passes.
+# torch's deprecation of its Enum registrations; bitsandbytes (on CPUs with AVX512-BF16) that a 4-bit matmul kernel,
+# which no method here uses, is not installed. Those records are dropped; every other one passes.
 _IMPORT_NOTICES = {
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
     "torchao": ("Failed to load ",),
     "torchao.kernel.intmm": ("Warning: Detected no triton",),
     "torch.utils._pytree": ("%s is an Enum subclass and is now natively supported",),
@@ -39,3 +42,6 @@ def _drop_import_notices() -> None:
 
 
 _drop_import_notices()
+# peft's PeftModel reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on every LoRA/DoRA run,
+# nothing a user of gnlorp can act on)
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

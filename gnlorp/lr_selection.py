@@ -21,6 +21,18 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 LR_KEY = "train.lr"
+# The sweeps that run a learning-rate grid on SELECTION_SEED and then the reported seeds at the chosen rate
+# (sweeps/README.md; tests/e2e/test_sweeps.py checks this list against the sweep files). A run of theirs on the
+# selection seed is never reported, even while its grid has only one rate so far.
+GRID_SWEEPS = ("cpu_c4", "cpu_glue", "gpu_c4", "gpu_glue")
+SELECTION_SEED = 0
+
+
+def awaits_its_grid(run) -> bool:
+    """A selection-seed run of a grid sweep, not (yet) part of a grid of two or more rates."""
+    rec = run.record
+    return (run.seed == SELECTION_SEED and (rec.get("origin") or {}).get("sweep") in GRID_SWEEPS
+            and (rec.get("config", {}).get("train") or {}).get("lr_choice") != "selection")
 
 
 def selection_epoch(record: dict, metric: str) -> dict | None:
@@ -136,7 +148,7 @@ def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[li
     """(the runs to tabulate, the grids). `runs` are complete runs, `incomplete` (Run, status) pairs, `metric_of`
     a run's selection metric for selection_loss (None: C4's loss). Of a grid, only the chosen rate's runs on seeds
     that did not choose it are tabulated; runs that are not part of a grid (one rate only, or no selection score)
-    pass through unchanged."""
+    pass through unchanged, but for a grid sweep's selection-seed runs (awaits_its_grid), which are never tabulated."""
     groups: dict[tuple, list] = defaultdict(list)
     for r in runs:
         groups[_grid_key(r)].append(r)
@@ -151,7 +163,7 @@ def choose(runs: list, incomplete: list, metric_of=lambda run: None) -> tuple[li
         metric = metric_of(members[0]) if members else None
         scored = members and all(selection_loss(r.record, metric) is not None for r in members)
         if len(rates) < 2 or not scored or None in rates:
-            kept += members
+            kept += [r for r in members if not awaits_its_grid(r)]
             continue
         points = {lr: GridPoint(float(lr), metric=metric) for lr in rates}
         for r in members:

@@ -213,6 +213,12 @@ def collect(results_dir: str | Path, allow_dirty: bool = False) -> Collected:
                 why = (f"selection run: seed {r.seed} chose lr {point.lr:g}, so it is never reported"
                        if point.lr == grid.chosen else f"learning-rate grid: lr {point.lr:g} not chosen")
                 excluded.append(Excluded(r.name, r.file, _group(r), f"{why} ({grid.describe()})"))
+    in_grids = {id(r) for grid in grids for point in grid.points for r in point.runs}
+    for r in runs:
+        if id(r) not in chosen_ids and id(r) not in in_grids:  # lr_selection.awaits_its_grid
+            excluded.append(Excluded(r.name, r.file, _group(r), f"selection run (seed {r.seed} of a "
+                                     f"{r.record['origin']['sweep']} grid): reported never, and its grid has one "
+                                     f"rate so far"))
     runs = [r for r in runs if id(r) in chosen_ids]
     _mark_variants(runs)
     kept = []

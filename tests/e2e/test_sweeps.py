@@ -194,6 +194,19 @@ def test_every_grid_point_composes(sweep):
     assert len(set(ids)) == distinct
 
 
+def test_the_grid_sweeps_are_those_lr_selection_never_reports_on_the_selection_seed():
+    """lr_selection.GRID_SWEEPS names exactly the sweep files that run a learning-rate grid on its SELECTION_SEED."""
+    from gnlorp.lr_selection import GRID_SWEEPS, SELECTION_SEED
+
+    grids = set()
+    for path in SWEEPS.glob("*.yaml"):
+        params = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
+        if len(str(params.get("train.lr_factor", "")).split(",")) > 1:
+            assert str(params["seed"]) == str(SELECTION_SEED), path.name
+            grids.add(path.stem)
+    assert grids == set(GRID_SWEEPS)
+
+
 def test_command_line_keys_replace_the_grid_lists():
     """The README's parts: `task=glue/stsb` runs one task of cpu_glue; `rank=8` halves paper_glue."""
     part = grid("cpu_glue", ["task=glue/stsb"])

@@ -4,6 +4,7 @@ never filled in, and byte-identical outputs (PNGs included) when run twice."""
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -622,6 +623,26 @@ def test_no_table_reports_a_run_whose_seed_chose_its_learning_rate(tmp_path):
     (grid,) = grids
     assert grid.selection_seeds == {0, 1}
     assert [(run.seed, run.settings["train.lr"]) for run in runs] == [(4, 1e-3)]
+
+
+def test_a_grid_sweeps_selection_run_is_never_reported_while_its_grid_has_one_rate(tmp_path):
+    """The first rate of a new method's cpu_c4 grid (seed 0) is a selection run, not a one-run row: left out with
+    the reason until its grid chooses; a single seed-0 run of no grid sweep (a user's own run) is tabulated."""
+    from gnlorp.lr_selection import GRID_SWEEPS
+    from gnlorp.results import collect
+
+    r = tmp_path / "r"
+    _c4_grid_run(r, "apollo", 1e-2, 0, 6.4, 650.0)
+    _c4_grid_run(r, "fira", 1e-2, 0, 6.4, 640.0)
+    for path in r.glob("*apollo*.json"):
+        rec = json.loads(path.read_text())
+        rec["origin"] = {"sweep": "cpu_c4", "experiment": "c4_llama_20m_cpu"}
+        path.write_text(json.dumps(rec))
+    runs, excluded, _, grids = collect(r)
+    assert "cpu_c4" in GRID_SWEEPS and grids == []
+    assert [run.method for run in runs] == ["fira"]
+    (left,) = [e for e in excluded if "apollo" in e.name]
+    assert left.reason.startswith("selection run (seed 0 of a cpu_c4 grid)")
 
 
 def test_glue_table_shows_the_trivial_baseline_and_flags_cells_that_do_not_beat_it(tmp_path):
