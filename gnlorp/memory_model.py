@@ -41,13 +41,16 @@ b the weights' element size, which is also the activations'; HF transformers' Ll
   optimizer step (tests/unit/test_memory_model.py measures it: every storage a real step's ops allocate):
     torch.optim.AdamW (CPU, single-tensor, group by group) sqrt(v) and the denominator of each tensor beside the
     previous tensor's denominator (full, LoRA, DoRA, ReLoRA); SwitchLoRA's SwitchAdamW sqrt(v) / correction,
-    m / denominator and that times the step size (3 per tensor; 8-bit: both moments dequantized to float32 too);
+    m / denominator and that times the step size (3 per tensor, float32 for the factors, whose per-row step counts
+    promote them; 8-bit: both moments dequantized to float32 too);
     torchao's AdamW8bit/4bit (its torch.compile'd single-tensor step, not measured here) taken as bitsandbytes'
     below; gnlorp's GaLoreAdamW (and APOLLO's, Fira's) foreach step two of each dense group (GradNormLoRP's
     float32 magnitudes in the decay group), then each target weight in turn, its sub-steps one after another:
-      the refresh: GaLore's SVD (exact: LAPACK gesdd on a float32 copy, ~4(mn + mk + kn + 3k^2 +
-        max(m,n,4k^2+4k)), k = min(m,n); randomized, torch.svd_lowrank with q = 2r and two power iterations:
-        ~4(2mq + 2nq) + gesdd of q x n), for GaLore, GradNormLoRP, Fira (and APOLLO with proj=svd, exact);
+      the refresh: GaLore's finiteness check of G (torch.isfinite: |G| and three boolean maps, (b + 3) m n), then
+        its SVD (exact: LAPACK gesdd on a float32 copy, ~4(mn + mk + kn + 3k^2 + max(m,n,4k^2+4k)), k = min(m,n);
+        randomized, torch.svd_lowrank with q = 2r and two power iterations: ~4(2mq + 2nq) + gesdd of q x n;
+        the check is the larger for a randomized SVD at LLaMA shapes), for GaLore, GradNormLoRP, Fira (and
+        APOLLO with proj=svd, exact);
         APOLLO's seeded Gaussian projector, no SVD: the float32 draw and its scaled copy (2 x 4 x its m r or r n);
       Adam on R: the projected gradient and its direction (2 b |R|; 8-bit: a zero target plus bitsandbytes'
         CPU kernel, which dequantizes both moments and the gradient to float32 (and the weight when b != 4) and
@@ -344,14 +347,17 @@ def gesdd_bytes(m: int, n: int) -> int:
 
 
 def refresh_bytes(m: int, n: int, s: Setup) -> int:
-    """Temporary bytes of one projector refresh of an m x n gradient (gnlorp.optim.projector._svd)."""
+    """Temporary bytes of one projector refresh of an m x n gradient (gnlorp.optim.projector._svd): first its
+    finiteness check, torch.isfinite(G) = (G == G) * (|G| != inf), whose |G| (b bytes) and three boolean maps live
+    together ((b + 3) m n); then the float32 copy (when b != 4) and the SVD."""
     from .optim.projector import choose_svd
 
+    check = (_b(s) + 3) * m * n
     cast = 4 * m * n if _b(s) != 4 else 0
     if choose_svd((m, n), s.rank, s.svd) == "exact":
-        return cast + gesdd_bytes(m, n)
+        return max(check, cast + gesdd_bytes(m, n))
     q = min(2 * s.rank, m, n)
-    return cast + 4 * (2 * m * q + 2 * n * q) + gesdd_bytes(q, n)
+    return max(check, cast + 4 * (2 * m * q + 2 * n * q) + gesdd_bytes(q, n))
 
 
 def _side(m: int, n: int, s: Setup) -> str:
@@ -383,8 +389,9 @@ def _dense_step_bytes(numel: int, s: Setup) -> int:
 
 def _switch_adam_bytes(numel: int, nb: int, s: Setup) -> int:
     """SwitchAdamW's step of one tensor (adam_math.adamw_step): sqrt(v) / its bias correction (the denominator),
-    m / denominator and that times the step size, 3 tensors of the moments' dtype; 8-bit moments are first
-    dequantized to float32 (2 more) and the arithmetic is float32."""
+    m / denominator and that times the step size, 3 tensors of the moments' dtype, or float32 (nb = 4) for the
+    factors, whose step counts are float32 vectors (one per row of A, per column of B) that promote the division;
+    8-bit moments are first dequantized to float32 (2 more) and the arithmetic is float32."""
     if s.optim_bits == 8 and numel >= 4096:
         return 5 * 4 * numel
     return 3 * (4 if s.optim_bits == 8 else nb) * numel
@@ -395,7 +402,7 @@ def apollo_refresh_bytes(m: int, n: int, s: Setup) -> int:
     (m x r or r x n) and its scaled copy (then cast to b bytes, after the draw is freed); no SVD. With proj=svd,
     GaLore's exact SVD (apollo.py builds its groups with svd=exact)."""
     if s.proj == "svd":
-        return (4 * m * n if _b(s) != 4 else 0) + gesdd_bytes(m, n)
+        return refresh_bytes(m, n, dataclasses.replace(s, svd="exact"))
     proj = (m if _side(m, n, s) == "left" else n) * _r(s)
     return 2 * 4 * proj
 
@@ -429,8 +436,10 @@ def step_transient_bytes(d: Dims, s: Setup) -> int:
         sizes = trainable_sizes(d, s)
         if s.optim_library == "torchao":  # torchao's compiled single-tensor step: assumed to need what bitsandbytes' does
             return max(_bnb8_bytes(n, _b(s)) for n, _ in sizes)
-        if s.method == "switchlora":  # SwitchAdamW, one tensor at a time
-            return max(_switch_adam_bytes(n, nb, s) for n, nb in sizes)
+        if s.method == "switchlora":  # SwitchAdamW, one tensor at a time; the factors' steps are float32 vectors
+            factors = [k * _r(s) for m, n in d.targets() for k in (m, n)]
+            return max([_switch_adam_bytes(n, b, s) for n in d.dense_params()] +
+                       [_switch_adam_bytes(n, 4, s) for n in factors])
         if s.optim_bits == 8:  # bitsandbytes AdamW8bit, one tensor at a time
             return max(_dense_step_bytes(n, s) for n, _ in sizes)
         return _torch_adamw_bytes(d, s)

@@ -158,12 +158,13 @@ class StepTemporaries(TorchDispatchMode):
     its inputs), each followed until it is freed. What a kernel allocates inside itself (LAPACK's work arrays) is
     not seen: GaLore's SVD refresh is left to the formula."""
 
-    def __init__(self, opt):
+    def __init__(self, opt=None):
         super().__init__()
-        tensors = [v for st in base_optimizer(opt).state.values() for v in st.values() if torch.is_tensor(v)]
+        state = base_optimizer(opt).state.values() if opt is not None else []
+        tensors = [v for st in state for v in st.values() if torch.is_tensor(v)]
         self.live = {t.untyped_storage().data_ptr(): (StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes())
                      for t in tensors}
-        self.state = optimizer_state_bytes(opt)
+        self.state = optimizer_state_bytes(opt) if opt is not None else 0
         self.peak = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -177,13 +178,14 @@ class StepTemporaries(TorchDispatchMode):
         return out
 
 
-# vocab 32, intermediate 256: the targets, not the embeddings, are the largest tensors, so their steps show
-STEP_DIMS = {**TINY, "vocab_size": 32, "intermediate_size": 256}
+# vocab 32, intermediate 256: the targets, not the embeddings, are the largest tensors, so their steps show; one
+# layer (fewer ops for the tracker to follow)
+STEP_DIMS = {**TINY, "vocab_size": 32, "intermediate_size": 256, "num_hidden_layers": 1}
 
 
-def measured_step_temporaries(method, update_proj_gap):
+def measured_step_temporaries(method, update_proj_gap, dtype=torch.float32):
     """The temporaries of the second optimizer step (the first one creates the state)."""
-    model = prepared(method, dims=STEP_DIMS)
+    model = prepared(method, dtype, dims=STEP_DIMS)
     opt = get_method(method).build_optimizer(model, MethodConfig(name=method, rank=_rank(method),
                                                                  update_proj_gap=update_proj_gap))
     for step in range(2):
@@ -198,13 +200,14 @@ def measured_step_temporaries(method, update_proj_gap):
     return tracker.peak
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 @pytest.mark.parametrize("method", list(METHODS))
-def test_optimizer_step_temporaries_equal_a_real_steps(method):
+def test_optimizer_step_temporaries_equal_a_real_steps(method, dtype):
     """Without a refresh: torch's AdamW (sqrt(v), the denominator, the previous tensor's), GaLoreAdamW's foreach
-    dense groups, SwitchAdamW's three, APOLLO's scaled G and its limited copy, Fira's four m x n tensors. The
-    model leaves out vectors and scalars (step counts, norms, APOLLO's channel factors): within 1%."""
-    measured = measured_step_temporaries(method, update_proj_gap=1000)
-    modelled = step_transient_bytes(Dims.of(STEP_DIMS), setup(method, model=STEP_DIMS, refresh=False))
+    dense groups, SwitchAdamW's three (float32 for the factors), APOLLO's scaled G and its limited copy, Fira's four
+    m x n tensors. The model leaves out vectors and scalars (step counts, norms, channel factors): within 1%."""
+    measured = measured_step_temporaries(method, 1000, torch.float32 if dtype == "fp32" else torch.bfloat16)
+    modelled = step_transient_bytes(Dims.of(STEP_DIMS), setup(method, dtype, model=STEP_DIMS, refresh=False))
     assert modelled == pytest.approx(measured, rel=0.01)
 
 
@@ -215,6 +218,35 @@ def test_optimizer_step_temporaries_with_a_projector_refresh(method):
     measured = measured_step_temporaries(method, update_proj_gap=1)
     modelled = step_transient_bytes(Dims.of(STEP_DIMS), setup(method, model=STEP_DIMS))
     assert modelled == pytest.approx(measured, rel=0.01)
+
+
+@pytest.mark.parametrize("shape, svd", [((256, 64), "exact"), ((256, 64), "randomized"), ((64, 256), "exact"),
+                                        ((64, 256), "randomized"), ((64, 64), "randomized"), ((1376, 512), "randomized")])
+def test_galore_refresh_bytes_bound_what_its_ops_allocate(shape, svd):
+    """The refresh's visible temporaries (its ops' outputs; LAPACK's work arrays are inside a kernel) never exceed
+    refresh_bytes, and equal it where the finiteness check of G is the largest part."""
+    from gnlorp.memory_model import refresh_bytes
+    from gnlorp.optim.projector import compute_projection
+
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    tracker = StepTemporaries()
+    with tracker:
+        compute_projection(grad, RANK, "right" if shape[0] >= shape[1] else "left", svd)
+    modelled = refresh_bytes(*shape, setup("galore", svd=svd))
+    assert modelled >= tracker.peak
+    if modelled == 7 * shape[0] * shape[1]:  # fp32: |G| and three boolean maps
+        assert modelled == tracker.peak
+
+
+@pytest.mark.parametrize("shape", [(256, 64), (64, 256)])
+def test_apollo_refresh_is_a_seeded_draw_and_its_scaled_copy(shape):
+    from gnlorp.memory_model import apollo_refresh_bytes
+    from gnlorp.optim.apollo import random_projection
+
+    grad, tracker = torch.zeros(shape), StepTemporaries()
+    with tracker:
+        random_projection(grad, RANK, "right" if shape[0] >= shape[1] else "left", seed=1)
+    assert apollo_refresh_bytes(*shape, setup("apollo")) == tracker.peak
 
 
 def test_per_layer_formula_by_hand_for_llama_60m():
