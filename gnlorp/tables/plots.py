@@ -225,7 +225,8 @@ def _analytic_peak(run: Run) -> int | None:
                   optim_bits=int(p.get("optim_bits", 32)), optim_library=p.get("optim_library"),
                   batch=int(d.get("micro_batch_size") or t["batch_size"]), seq_len=int(c["task"]["seq_len"]),
                   layerwise=bool(m.get("layerwise", False)), checkpointing=bool(t.get("activation_checkpointing")),
-                  svd=m.get("svd") or "auto", proj_type=m.get("proj_type") or "std")
+                  svd=m.get("svd") or "auto", proj_type=m.get("proj_type") or "std",
+                  lora_dropout=m.get("lora_dropout"), proj=m.get("proj") or "random")
         return peak(s).peak
     except (UserError, KeyError, TypeError, ValueError):
         return None
