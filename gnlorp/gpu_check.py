@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-METHODS = ("full", "lora", "dora", "galore", "gradnormlorp")
+from .methods import METHODS as REGISTRY
+
+METHODS = tuple(REGISTRY)  # every method of the registry, in its row order
 GIB = 1024**3
 
 
