@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-# A missing local file must fail fast instead of waiting on the unreachable hub.
+# A missing local file must fail fast instead of waiting on the unreachable hub. One torch thread per test process
+# (and the runs it starts): `make test`'s two workers on two cores, each with torch's default of a thread per core,
+# oversubscribe the cores and wait on each other's threads: a tiny C4 run took 3x as long (issue 29, item 6).
 for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}.items():
+               "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}.items():
     os.environ.setdefault(_k, _v)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,22 +139,6 @@ def with_overrides(args: list[str], *overrides: str) -> list[str]:
     """`args` with each `key=value` of `overrides` replacing the entry for that key (one entry per key)."""
     keys = {o.split("=", 1)[0] for o in overrides}
     return [a for a in args if a.split("=", 1)[0] not in keys] + list(overrides)
-
-
-def straight_and_resumed_c4(tmp_path, *extra: str):
-    """The tiny C4 run twice: uninterrupted (in tmp/a), and stopped after step 7 then resumed (in tmp/b).
-    Returns (straight, part, resumed outcomes, final model state a, final model state b)."""
-    import torch
-
-    from gnlorp.runner import run
-
-    quiet = lambda *_: None  # noqa: E731
-    straight = run(compose(tiny_c4(tmp_path / "a", *extra)), echo=quiet)
-    part = run(compose(tiny_c4(tmp_path / "b", *extra, "train.stop_at_step=7")), echo=quiet)
-    resumed = run(compose(tiny_c4(tmp_path / "b", *extra, "resume=true")), echo=quiet)
-    name = straight.path.stem
-    a, b = (torch.load(tmp_path / d / "checkpoints" / name / "last.pt", weights_only=True)["model"] for d in "ab")
-    return straight, part, resumed, a, b
 
 
 def c4_corpus(root: Path, shards: int = 4) -> Path:

@@ -372,12 +372,14 @@ def test_start_up_time_and_memory_do_not_grow_with_the_corpus(tmp_path):
         return out
 
     runs = {"small": [], "big": []}
-    for i in range(2):  # alternated, so that load from other processes falls on both
+    for i in range(2):  # alternated, so that load from other processes falls on both; the minimum of each
         runs["small"].append(measure(C4_DIR, f"s{i}"))
         runs["big"].append(measure(big, f"b{i}"))
-    t = {k: min(r["first_step_s"] for r in v) for k, v in runs.items()}
-    rss = {k: min(r["peak_rss_kib"] for r in v) for k, v in runs.items()}
-    print(f"time to first step: {t}; peak RSS KiB: {rss}")
+        t = {k: min(r["first_step_s"] for r in v) for k, v in runs.items()}
+        rss = {k: min(r["peak_rss_kib"] for r in v) for k, v in runs.items()}
+        if t["big"] <= 1.5 * t["small"] and rss["big"] <= 1.2 * rss["small"]:
+            break  # a second round only where the first looks like growth (or a load spike on one run)
+    print(f"time to first step: {t}; peak RSS KiB: {rss} ({len(runs['big'])} rounds)")
     # reading a 100 MiB corpus would take many times the small one's start-up; 1.5x leaves room for a loaded machine
     assert t["big"] <= 1.5 * t["small"], t
     assert rss["big"] <= 1.2 * rss["small"], rss
@@ -406,9 +408,11 @@ def test_every_paper_recipe_composes_cpu_sized(size):
 @pytest.mark.slow
 @needs_data
 def test_paper_60m_recipe_runs_on_the_cpu(tmp_path):
-    """The README's CPU-sized command (its 3 steps composed above) for 2 steps, each many seconds on one thread:
-    the second already steps from the optimizer state the first left."""
-    steps = 2
+    """The README's CPU-sized command (its 3 steps composed above) for 1 step, many seconds on one thread: the
+    real 60M model, GaLore-family projections at rank 128, the streamed batch and the evaluation run at the paper's
+    shapes. Later steps from the optimizer state a step left are checked on LLaMA-tiny (test_failures.py's
+    stop/resume runs, 8-10 steps of GradNormLoRP and GaLore)."""
+    steps = 1
     args = ["experiment=c4_llama_60m", "method=gradnormlorp", *CPU_SIZED, f"task.cache_dir={tmp_path}/cache",
             f"results_dir={tmp_path}/results", f"checkpoint_dir={tmp_path}/ck", "logger.mode=disabled",
             "train.num_threads=1", f"train.max_steps={steps}"]

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import needs_shared, run_cli, tiny_glue, with_overrides
+from conftest import compose, needs_shared, run_cli, tiny_glue, with_overrides
 
 pytestmark = [needs_shared, pytest.mark.slow]
 
@@ -21,16 +21,22 @@ def _results(tmp) -> dict[str, dict]:
     return {p.name: json.loads(p.read_text()) for p in sorted((tmp / "results").glob("*.json"))}
 
 
-def test_an_lr_sweep_writes_one_result_per_point_and_skips_only_identical_configs(tmp_path):
-    sweep = ["-m", *_glue(tmp_path, "skip_complete=true", f"hydra.sweep.dir={tmp_path}/multirun")]
-    p = run_cli([*sweep, "train.lr=1e-4,3e-3"], tmp_path)
+def test_an_lr_sweep_resumes_only_its_own_point_and_skips_only_identical_configs(tmp_path):
+    """One point stopped at step 2; a sweep with resume=true resumes it and runs the other point (its checkpoint is no
+    reason to stop): one complete result per point; a rerun over three rates with skip_complete=true skips exactly the
+    two identical configs (results untouched) and runs the third."""
+    p = run_cli(_glue(tmp_path, "train.stop_at_step=2", "train.lr=1e-4"), tmp_path)
+    assert p.returncode == 0 and "Result (incomplete)" in p.stdout, p.stderr[-2000:]
+    sweep = ["-m", *_glue(tmp_path, f"hydra.sweep.dir={tmp_path}/multirun")]
+    p = run_cli([*sweep, "resume=true", "train.lr=1e-4,3e-3"], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("Result (complete)") == 2 and p.stdout.count("Resumed from") == 1 and "at step 2" in p.stdout
     first = _results(tmp_path)
     assert sorted(r["config"]["derived"]["lr"] for r in first.values()) == [1e-4, 3e-3]
     assert all(r["status"] == "complete" for r in first.values()) and len(first) == 2
     assert all(r["identity"]["settings"]["train.lr"] == r["config"]["derived"]["lr"] for r in first.values())
 
-    p = run_cli([*sweep, "train.lr=1e-4,3e-3,1e-3"], tmp_path)
+    p = run_cli([*sweep, "skip_complete=true", "train.lr=1e-4,3e-3,1e-3"], tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.count("skipped (skip_complete=true)") == 2 and p.stdout.count("Result (complete)") == 1
     after = _results(tmp_path)
@@ -69,22 +75,17 @@ def test_resume_into_another_config_is_refused_and_the_checkpoint_kept(stopped, 
 
 
 def test_resume_after_a_change_of_logging_cadence_continues_with_the_whole_curves(tmp_path):
-    p = run_cli(_glue(tmp_path, "train.stop_at_step=2", "train.eval_every=1"), tmp_path)
-    assert p.returncode == 0, p.stderr[-2000:]
-    p = run_cli(_glue(tmp_path, "resume=true", "train.eval_every=1", "train.log_every=2"), tmp_path)
-    assert p.returncode == 0 and "Resumed from" in p.stdout and "at step 2" in p.stdout, p.stderr[-2000:]
+    from gnlorp.runner import run  # in-process: the CLI's part (exit codes, one-line errors) is checked above
+
+    part = run(compose(_glue(tmp_path, "train.stop_at_step=2", "train.eval_every=1")), echo=lambda *_: None)
+    assert part.status == "incomplete" and part.record["train"]["steps"] == 2
+    lines = []
+    resumed = run(compose(_glue(tmp_path, "resume=true", "train.eval_every=1", "train.log_every=2")), echo=lines.append)
+    said = "\n".join(lines)
+    assert resumed.status == "complete" and "Resumed from" in said and "at step 2" in said, said[-2000:]
     (rec,) = _results(tmp_path).values()
     assert rec["status"] == "complete"
     steps = rec["train"]["total_steps"]
     assert [s for s, _ in rec["loss_curve"]] == list(range(1, steps + 1))
     assert [s for s, _ in rec["lr_curve"]] == list(range(1, steps + 1))  # not from the resumed step on
     assert [e["step"] for e in rec["eval_history"]] == list(range(1, steps + 1))  # before and after the resume
-
-
-def test_in_a_multirun_another_points_checkpoint_is_not_a_reason_to_stop(tmp_path):
-    p = run_cli(_glue(tmp_path, "train.stop_at_step=2", "train.lr=1e-4"), tmp_path)
-    assert p.returncode == 0, p.stderr[-2000:]
-    p = run_cli(["-m", *_glue(tmp_path, "resume=true", f"hydra.sweep.dir={tmp_path}/multirun"),
-                 "train.lr=1e-4,3e-3"], tmp_path)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.count("Result (complete)") == 2 and "Resumed from" in p.stdout

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import needs_shared, straight_and_resumed_c4
 from gnlorp.errors import UserError
 from gnlorp.methods import MethodConfig, get_method
 from gnlorp.optim.relora import jagged_cosine, prune_optimizer_state, relora_layers
@@ -211,21 +210,3 @@ def test_reset_before_the_first_warmup_ends_is_a_user_error():
     model = METHOD.prepare(tiny_llama(), c)
     with pytest.raises(UserError, match="relora_reset_every=4"):
         METHOD.loop_hooks(model, METHOD.build_optimizer(model, c), c, total_steps=100, warmup_ratio=0.1, min_lr_ratio=0.1)
-
-
-@needs_shared
-@pytest.mark.slow
-def test_c4_run_resumes_exactly_through_the_runner(tmp_path):
-    extra = ("method=relora", "train.lr=1e-3", "method.relora_reset_every=4", "method.relora_restart_warmup=2")
-    straight, part, resumed, a, b = straight_and_resumed_c4(tmp_path, *extra)
-    assert straight.status == resumed.status == "complete" and part.status == "incomplete"
-    mem = straight.record["memory"]
-    assert mem["optimizer_state_bytes"] == mem["optimizer_state_bytes_analytic"] > 0
-    assert {int(v) for k, v in a.items() if k.endswith("resets")} == {2}, "merged after steps 4 and 8"
-    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
-    assert straight.record["loss_curve"] == resumed.record["loss_curve"]
-    lr = dict(straight.record["lr_curve"])  # the lr step s used
-    cosine = lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 11))  # noqa: E731 (warm-up: 1 step)
-    assert lr[4] == pytest.approx(1e-3 * cosine(3))
-    assert lr[5] == pytest.approx(1e-3 * cosine(6) / 2), "the first step after the reset re-warms up"
-    assert lr[6] == pytest.approx(1e-3 * cosine(6))

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import needs_shared, straight_and_resumed_c4
 from gnlorp.errors import UserError
 from gnlorp.methods import MethodConfig, get_method
 from gnlorp.optim.switchlora import (
@@ -251,17 +250,3 @@ def test_offloaded_pools_stay_behind_when_the_model_is_moved_or_cast():
 def test_bad_settings_are_user_errors(bad, match):
     with pytest.raises(UserError, match=match):
         METHOD.prepare(tiny_llama(), cfg(**bad))
-
-
-@needs_shared
-@pytest.mark.slow
-def test_c4_run_resumes_exactly_through_the_runner(tmp_path):
-    extra = ("method=switchlora", "train.lr=1e-2", "method.switch_lora_interval=8", "method.adam_warm_step=2")
-    straight, part, resumed, a, b = straight_and_resumed_c4(tmp_path, *extra)
-    assert straight.status == resumed.status == "complete" and part.status == "incomplete"
-    mem = straight.record["memory"]
-    assert mem["optimizer_state_bytes"] == mem["optimizer_state_bytes_analytic"] > 0
-    assert sum(int(v[0]) for k, v in a.items() if k.endswith("switched")) > 0, "the run swapped vectors"
-    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) <= 1e-6
-    assert straight.record["loss_curve"] == resumed.record["loss_curve"]
-    assert straight.record["eval"]["validation"]["perplexity"] < 32000
