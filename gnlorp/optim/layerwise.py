@@ -44,6 +44,9 @@ class LayerwiseOptimizer:
         seen = self._seen.get(id(p), 0) + 1
         if seen == self._backward_passes:
             self.optimizer.step_param(p)
+            # what torch's LR scheduler reads (its wrapper of .step() sets it) to warn that the schedule stepped
+            # before the optimizer: a layer-wise step never goes through .step()
+            self.optimizer._opt_called = True
             p.grad = None
             seen = 0
         self._seen[id(p)] = seen
