@@ -239,10 +239,10 @@ def test_a_damaged_sharded_checkpoint_is_refused_and_kept(runs):
 
 
 @pytest.mark.slow
-def test_four_processes_match_one_process(tmp_path):
-    one, four = tmp_path / "one", tmp_path / "four"
+def test_four_processes_match_one_process(runs, tmp_path):
+    one, four = runs["one"], tmp_path / "four"  # the fixture's one-process run of the same cases
     cases = ["galore32", "gnl8"]
-    _wait(_launch(1, one, cases), _launch(4, four, cases))
+    _wait(_launch(4, four, cases))
     for case in cases:
         (log1, p1), (log4, p4) = _load(one, case), _load(four, case)
         assert _loss_diff(log1["losses"], log4["losses"]) <= 1e-4
