@@ -114,11 +114,11 @@ def c4_table(stem: str, runs: list[Run], excluded: list[Excluded], grids: list =
         notes.append(f"paper: published numbers ({paper_note}); " + (
             "GaLore's cells add the parameter + optimizer-state memory estimate (BF16) in parentheses."
             if not seven else "8-bit GaLore at rank 1024 and 8-bit Adam; tokens per column as published."))
-    others = [s for s in shown if not s.startswith("GaLore")]
-    if others:
-        notes.append(f"Other paper rows: each method's own paper's C4 table ({' / '.join(others)}), at its own "
-                     "scripts' ranks and scales (sweeps/README.md), perplexity only; \"table unchecked\": the "
-                     "figures are not yet checked against the paper's table (gnlorp/tables/published.py).")
+        others = [s for s in shown if not s.startswith("GaLore")]
+        if others:
+            notes.append(f"Other paper rows: each method's own paper's C4 table ({' / '.join(others)}), at its own "
+                         "scripts' ranks and scales (sweeps/README.md), perplexity only; \"table unchecked\": the "
+                         "figures are not yet checked against the paper's table (gnlorp/tables/published.py).")
     elif not seven:
         notes.append("The papers have no model of these sizes, so no published numbers sit beside these rows; "
                      "GaLore Table 2's smallest model is LLaMA-60M (full-rank perplexity 34.06).")

@@ -246,6 +246,7 @@ def test_c4_tables_per_scale(built):
     assert rows["Full-Rank | ours (1 run)"] == ["35.10"]
     assert rows["Full-Rank | paper (GaLore Table 2)"] == ["34.06 (0.36G)"]
     assert rows["rank r | paper (GaLore Table 2)"] == ["128"] and rows["training tokens | paper (GaLore Table 2)"] == ["1.1B"]
+    assert "The papers have no model of these sizes" not in paper and "Other paper rows" not in paper
 
     seven = (out / "c4_llama_7b.md").read_text()
     assert _header(seven) == ["Method", "Source", "40K steps", "80K steps", "120K steps", "150K steps"]
