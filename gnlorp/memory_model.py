@@ -80,6 +80,7 @@ from functools import lru_cache
 
 from .errors import UserError
 from .methods import METHODS, SPECS  # the registry (light: no torch): every registered method is modelled
+from .methods.apollo import trained_rank
 
 ATTENTIONS = ("sdpa", "eager")
 DTYPE_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2}
@@ -219,7 +220,7 @@ def _b(s: Setup) -> int:
 
 def _r(s: Setup) -> int:
     """The rank the method trains at: APOLLO-Mini's is 1 by definition, full training has none (0)."""
-    return 1 if s.method == "apollo_mini" else (s.rank or 0)
+    return trained_rank(s.method, s.rank or 0)
 
 
 def _dropout(s: Setup) -> float:

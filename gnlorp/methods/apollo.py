@@ -38,8 +38,13 @@ def prepare(model, cfg):
     return model
 
 
+def trained_rank(method: str, rank):
+    """The rank a method trains at: APOLLO-Mini's is 1 by definition (it takes no rank=); the others', `rank`."""
+    return 1 if method == "apollo_mini" else rank
+
+
 def _rank(cfg) -> int:
-    return 1 if cfg.name == "apollo_mini" else cfg.rank  # APOLLO-Mini is rank 1 by definition
+    return trained_rank(cfg.name, cfg.rank)
 
 
 def build_optimizer(model, cfg):
