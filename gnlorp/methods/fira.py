@@ -22,7 +22,7 @@ class FiraSettings(GaLoreFamily):
 
 
 METHOD = MethodSpec("fira", FiraSettings, Labels(glue="Fira", c4="Fira", memory="Fira"),
-                    order=90, low_rank=True, color="#17becf", uses_scale=True, fsdp_refusal=FSDP_REFUSAL)
+                    order=90, low_rank=True, color="#9467bd", uses_scale=True, fsdp_refusal=FSDP_REFUSAL)
 
 
 def prepare(model, cfg):

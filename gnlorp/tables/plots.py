@@ -21,7 +21,7 @@ _PNG_META = {"Software": None}
 
 
 def _color(method: str) -> str:
-    return SPECS[method].color if method in SPECS else "#9467bd"
+    return SPECS[method].color if method in SPECS else "black"
 
 
 _STYLES = ("-", "--", "-.", ":")

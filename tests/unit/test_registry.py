@@ -32,6 +32,8 @@ def test_every_method_module_declares_its_facts_and_functions():
             assert callable(getattr(module, fn)), (name, fn)
         assert (CONF / "method" / f"{name}.yaml").exists()
         assert all(getattr(spec.labels, t) for t in ("glue", "c4", "memory"))
+    colors = [spec.color for spec in SPECS.values()]
+    assert len(set(colors)) == len(colors), "two methods share a plot colour"
     assert "full" not in LOW_RANK and {"lora", "galore", "gradnormlorp"} <= set(LOW_RANK)
     assert issubclass(SPECS["galore"].settings, GaLoreFamily) and issubclass(SPECS["lora"].settings, LoRAFamily)
     assert label("full", "memory") == "AdamW" and label("unknown", "glue") == "unknown"
