@@ -400,6 +400,21 @@ def test_committed_tables_are_what_make_tables_builds_from_the_committed_results
         "README.md's results section: rerun `make tables` (edit gnlorp/tables/readme_results.md)"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", ["glue_cpu_subsets", "glue_cpu_2026-12-03"])
+def test_archived_tables_are_what_the_command_in_their_readme_builds(tmp_path, folder):
+    """An archived folder's tables/ are rebuilt byte for byte by the command its README names (they had drifted
+    from the table code once, unnoticed, because nothing rebuilt them)."""
+    root = Path(__file__).resolve().parents[2] / "results" / folder
+    command = f"python -m gnlorp.tables --results results/{folder} --out results/{folder}/tables --no-memory"
+    assert command in " ".join((root / "README.md").read_text(encoding="utf-8").split()), "the README names another command"
+    written = tables.build_tables(root, tmp_path, memory=False)
+    assert sorted(p.name for p in written) == sorted(p.name for p in (root / "tables").iterdir())
+    for p in written:
+        if p.suffix in (".md", ".tex"):
+            assert p.read_bytes() == (root / "tables" / p.name).read_bytes(), f"{folder}/tables/{p.name}: run `{command}`"
+
+
 def test_the_cpu_glue_table_reports_no_cell_that_fails_to_clear_its_trivial_baseline():
     """The CPU GLUE set is designed so that every method's median clears its task's trivial baseline by the ‡ rule's
     margin (sweeps/cpu_glue.yaml); a task that does not is dropped, never reported at chance."""
