@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-METHODS = ("full", "lora", "dora", "galore", "gradnormlorp")
+from ..methods import METHODS
+
 RANKS = {"llama_20m": 64, "llama_60m": 128}  # the CPU C4 recipe's rank, and the paper's at 60M
 MIB = 1024**2
 
@@ -97,7 +98,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--child", nargs=3, metavar=("MODEL", "METHOD", "RANK"), help=argparse.SUPPRESS)
     ap.add_argument("--models", nargs="*", default=["llama_20m", "llama_60m"])
-    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), help="default: every registered method")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)

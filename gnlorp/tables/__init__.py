@@ -49,14 +49,14 @@ from .common import (  # METHOD_ORDER, method_label: re-exported, the package's 
     METHOD_ORDER, Table, _excluded_lines, _labels, _row_order, _size_order, method_label,
 )
 from .glue import glue_differences_table, glue_table
-from .memory import memory_tables
+from .memory import memory_tables, peak_table
 from .plots import _RC, dev_metric_plot, frontier_plot, frontier_points, loss_plot, memory_plot
 from .published import GLUE_TASKS, PAPER_AVG_TASKS, TASK_LABEL
 
 __all__ = ["build_tables", "collect", "main", "Run", "Table", "HEADLINE", "METHOD_ORDER", "PAPER_AVG_TASKS",
-           "method_label", "memory_tables", "memory_plot", "glue_table", "c4_table"]
+           "method_label", "memory_tables", "memory_plot", "peak_table", "glue_table", "c4_table"]
 
-GENERATED = re.compile(r"^(glue_.*|c4_.*|memory|index|loss_.*|dev_glue_.*|frontier_.*)\.(md|tex|png)$")
+GENERATED = re.compile(r"^(glue_.*|c4_.*|memory|peak_memory|index|loss_.*|dev_glue_.*|frontier_.*)\.(md|tex|png)$")
 
 
 def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
@@ -137,6 +137,8 @@ def build_tables(results_dir: str | Path = "results", out_dir: str | Path | None
             tables.append(memory_tables(memory_rows))
             memory_plot(out / "memory.png", memory_rows)
             written.add("memory.png")
+            if (peak := peak_table(results_dir / "memory")) is not None:
+                tables.append(peak)
 
     for t in tables:
         (out / f"{t.stem}.md").write_text(t.markdown(), encoding="utf-8")

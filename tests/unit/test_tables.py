@@ -379,6 +379,29 @@ def test_full_memory_table_against_published_claims(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 20000
 
 
+def test_peak_table_is_make_peak_memorys_files_with_the_gaps_computed_from_them(tmp_path):
+    mib = 1024**2
+
+    def row(model, method, rank, measured, predicted, default):
+        return {"model": model, "method": method, "rank": rank, "batch": 4, "seq_len": 256, "steps": 3,
+                "measured_bytes": measured * mib, "predicted_bytes": predicted * mib,
+                "relative_error": (predicted - measured) / measured, "measured_default_malloc_bytes": default * mib,
+                "default_malloc_retention_bytes": (default - measured) * mib, "breakdown": {"peak_phase": "backward_head"}}
+
+    device = {"name": "Some CPU", "type": "cpu", "torch_threads": 1}
+    for model, rows in (("llama_60m", [row("llama_60m", "galore", 128, 1000, 970, 1100)]),
+                        ("llama_20m", [row("llama_20m", "fira", 64, 500, 490, 600), row("llama_20m", "full", None, 400, 380, 420)])):
+        (tmp_path / f"peak_{model}.json").write_text(json.dumps({"rows": rows, "device": device, "git": {"sha": "abcdef0123"}}))
+    (tmp_path / "other.json").write_text("{}")  # not a peak file: ignored
+    t = tables.peak_table(tmp_path)
+    assert [r[:3] for r in t.rows] == [["20M", "AdamW", "—"], ["20M", "Fira", "64"], ["60M", "GaLore", "128"]]
+    assert t.rows[0][3:7] == ["400.0", "380.0", "−5.0%", "420.0"]
+    notes = " ".join(t.notes)
+    assert "by 10.0–30.0 MiB" in notes and "another 5–20%" in notes  # 500-490 .. 1000-970; 20/400 .. 100/500
+    assert "Some CPU (cpu, 1 thread), at abcdef0" in notes
+    assert tables.peak_table(tmp_path / "none") is None
+
+
 @pytest.mark.slow
 def test_committed_tables_are_what_make_tables_builds_from_the_committed_results(tmp_path):
     """`make tables` on results/ regenerates results/tables/ byte for byte (Markdown and LaTeX; the PNGs must exist
