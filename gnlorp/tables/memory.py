@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..memory import DEFINITION
 from ..methods import is_low_rank
+from ..methods.apollo import trained_rank
 from ..methods import label as method_label
 from .common import DASH, METHOD_ORDER, Table, _md_table, _paper_cell, _size_order
 from .published import MEMORY_CLAIMS, MEMORY_DEFINITION, MEMORY_GB_CLAIMS, PAPER_MEMORY, PAPER_RANK, SIZE_LABEL
@@ -114,7 +115,7 @@ def peak_table(folder: Path) -> Table | None:
     rows.sort(key=lambda r: (_size_order(r["model"]), order.get(r["method"], len(order))))
     mib = 1024**2
     out = [[r["model"].removeprefix("llama_").upper(), method_label(r["method"], "memory"),
-            str(r["rank"]) if r["rank"] else DASH, f"{r['measured_bytes'] / mib:.1f}", f"{r['predicted_bytes'] / mib:.1f}",
+            str(trained_rank(r["method"], r["rank"])) if r["rank"] else DASH, f"{r['measured_bytes'] / mib:.1f}", f"{r['predicted_bytes'] / mib:.1f}",
             f"{100 * r['relative_error']:+.1f}%".replace("-", "−"), f"{r['measured_default_malloc_bytes'] / mib:.1f}",
             r["breakdown"]["peak_phase"]] for r in rows]
     under = [(r["measured_bytes"] - r["predicted_bytes"]) / mib for r in rows]

@@ -390,14 +390,16 @@ def test_peak_table_is_make_peak_memorys_files_with_the_gaps_computed_from_them(
 
     device = {"name": "Some CPU", "type": "cpu", "torch_threads": 1}
     for model, rows in (("llama_60m", [row("llama_60m", "galore", 128, 1000, 970, 1100)]),
-                        ("llama_20m", [row("llama_20m", "fira", 64, 500, 490, 600), row("llama_20m", "full", None, 400, 380, 420)])):
+                        ("llama_20m", [row("llama_20m", "fira", 64, 500, 490, 600), row("llama_20m", "full", None, 400, 380, 420),
+                                       row("llama_20m", "apollo_mini", 64, 450, 445, 460)])):
         (tmp_path / f"peak_{model}.json").write_text(json.dumps({"rows": rows, "device": device, "git": {"sha": "abcdef0123"}}))
     (tmp_path / "other.json").write_text("{}")  # not a peak file: ignored
     t = tables.peak_table(tmp_path)
-    assert [r[:3] for r in t.rows] == [["20M", "AdamW", "—"], ["20M", "Fira", "64"], ["60M", "GaLore", "128"]]
+    assert [r[:3] for r in t.rows] == [["20M", "AdamW", "—"], ["20M", "APOLLO-Mini", "1"], ["20M", "Fira", "64"],
+                                       ["60M", "GaLore", "128"]]  # APOLLO-Mini trains at rank 1 whatever rank= says
     assert t.rows[0][3:7] == ["400.0", "380.0", "−5.0%", "420.0"]
     notes = " ".join(t.notes)
-    assert "by 10.0–30.0 MiB" in notes and "another 5–20%" in notes  # 500-490 .. 1000-970; 20/400 .. 100/500
+    assert "by 5.0–30.0 MiB" in notes and "another 2–20%" in notes  # 450-445 .. 1000-970; 10/450 .. 100/500
     assert "Some CPU (cpu, 1 thread), at abcdef0" in notes
     assert tables.peak_table(tmp_path / "none") is None
 
