@@ -251,23 +251,42 @@ def frontier_points(runs: list[Run], labels: dict, key_of) -> list[dict]:
     return points
 
 
+def _spread(ys: list[float], gap: float) -> list[float]:
+    """Label heights for points at `ys` (any order): in the points' order, at least `gap` apart, moved up as little as
+    that needs and then down together by the mean move, so the block of names stays centred on the points."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    out = list(ys)
+    for a, b in zip(order, order[1:]):
+        out[b] = max(out[b], out[a] + gap)
+    shift = sum(o - y for o, y in zip(out, ys)) / len(ys) if ys else 0.0
+    return [o - shift for o in out]
+
+
 def frontier_plot(path: Path, title: str, points: list[dict]) -> None:
-    """Memory against perplexity, one labelled point per method at its chosen rate: filled, the optimizer state the
-    runs measured; hollow, the analytic whole-training peak (memory model) at the same perplexity; bars: seeds' range."""
-    fig = _figure(7.5, 4.8, left=0.1, right=0.98, bottom=0.11, top=0.91)
-    ax = fig.subplots()
-    for p in points:
-        color = _color(p["method"])
-        yerr = [[p["ppl"] - p["low"]], [p["high"] - p["ppl"]]]
-        ax.errorbar([p["state_bytes"] / 2**20], [p["ppl"]], yerr=yerr, fmt="o", color=color, capsize=3, ms=6,
-                    label=p["label"])
-        if p["peak"] is not None:
-            ax.plot([p["peak"] / 2**20], [p["ppl"]], ls="none", marker="o", mfc="none", mec=color, ms=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("memory (MiB, log scale): filled = optimizer state (measured), hollow = analytic training peak")
-    ax.set_ylabel("final validation perplexity (median; bars: seeds' min–max)")
-    ax.set_title(title)
-    ax.grid(True, lw=0.3, alpha=0.5)
-    if points:
-        ax.legend(loc="best", fontsize="small")  # the labels: methods of one size often sit a few MiB apart
+    """Memory against perplexity, one point per method at its chosen rate, named beside it: left, the optimizer state
+    the runs measured; right, the memory model's whole-training peak at the same perplexity; bars: the seeds' range."""
+    fig = _figure(10.0, 4.8, left=0.075, right=0.985, bottom=0.11, top=0.88, wspace=0.28)
+    fig.suptitle(title)
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = (("state_bytes", "optimizer state (MiB, measured)"), ("peak", "training peak (MiB, memory model)"))
+    for ax, (field, xlabel) in zip(axes, panels):
+        shown = [p for p in points if p[field] is not None]
+        for p in shown:
+            yerr = [[p["ppl"] - p["low"]], [p["high"] - p["ppl"]]]
+            ax.errorbar([p[field] / 2**20], [p["ppl"]], yerr=yerr, fmt=_style(p["method"])[1], color=_color(p["method"]),
+                        capsize=3, ms=6, label=p["label"])
+        ax.set_xlabel(xlabel)
+        ax.grid(True, lw=0.3, alpha=0.5)
+        if not shown:
+            continue
+        xs = [p[field] / 2**20 for p in shown]
+        lo, hi = min(xs), max(xs)
+        ax.set_xlim(lo - 0.08 * (hi - lo or lo), hi + 0.45 * (hi - lo or lo))  # room on the right for the names
+        ylo = min(p["low"] for p in points)
+        yhi = max(p["high"] for p in points)
+        heights = _spread([p["ppl"] for p in shown], 0.055 * (yhi - ylo or 1.0))
+        for p, x, y in zip(shown, xs, heights):
+            ax.annotate(p["label"], (x, p["ppl"]), xytext=(x + 0.12 * (hi - lo or lo), y), fontsize=7, va="center",
+                        color=_color(p["method"]), arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"})
+    axes[0].set_ylabel("final validation perplexity (median; bars: seeds' min–max)")
     _save(fig, path)

@@ -899,15 +899,29 @@ def test_frontier_plot_puts_each_method_at_its_state_bytes_and_median_perplexity
     figures = []
     monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
     plots.frontier_plot(tmp_path / "f.png", "t", points)
-    (ax,) = figures[0].axes
-    assert ax.get_xscale() == "log"
+    ax, right = figures[0].axes
+    assert ax.get_xlabel() == "optimizer state (MiB, measured)" and right.get_xlabel().startswith("training peak")
     rows = {c.get_label(): c for c in ax.containers}
     assert set(rows) == {"full", "galore"}
     for label, x, spans in (("full", 4.0, [31.0, 30.0, 32.0]), ("galore", 1.0, [34.5, 33.0, 35.0])):
         line, _, (bars,) = rows[label].lines
         assert list(line.get_xdata()) == pytest.approx([x]) and list(line.get_ydata()) == pytest.approx(spans[:1])
         assert [v for seg in bars.get_segments() for v in (seg[0][1], seg[1][1])] == pytest.approx(spans[1:])
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["full", "galore"]
+    names = {t.get_text(): t for t in ax.texts}  # each point named beside it, joined to it by a line
+    assert set(names) == {"full", "galore"} and names["full"].xy == pytest.approx((4.0, 31.0))
+    assert abs(names["full"].get_position()[1] - names["galore"].get_position()[1]) >= 0.055 * (35.0 - 30.0) - 1e-9
+
+
+def test_frontier_labels_keep_their_order_and_a_gap_centred_on_their_points():
+    from gnlorp.tables.plots import _spread
+
+    assert _spread([700.0, 701.0, 900.0], 10.0) == pytest.approx([697.0, 707.0, 897.0])  # 701 up 9, then all down 3
+    assert _spread([5.0], 1.0) == [5.0] and _spread([], 1.0) == []
+    ys = [3.0, 1.0, 2.0, 2.5]
+    out = _spread(ys, 0.8)
+    assert sorted(range(4), key=lambda i: out[i]) == sorted(range(4), key=lambda i: ys[i])
+    assert min(b - a for a, b in zip(sorted(out), sorted(out)[1:])) >= 0.8 - 1e-12
+    assert sum(out) == pytest.approx(sum(ys))
 
 
 def test_frontier_is_written_per_c4_size_and_its_hollow_marker_is_the_memory_models_peak(tmp_path):
