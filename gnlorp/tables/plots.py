@@ -281,12 +281,13 @@ def frontier_plot(path: Path, title: str, points: list[dict]) -> None:
             continue
         xs = [p[field] / 2**20 for p in shown]
         lo, hi = min(xs), max(xs)
-        ax.set_xlim(lo - 0.08 * (hi - lo or lo), hi + 0.45 * (hi - lo or lo))  # room on the right for the names
+        span = hi - lo or lo
+        ax.set_xlim(lo - 0.08 * span, hi + 0.45 * span)  # room on the right for the names
         ylo = min(p["low"] for p in points)
         yhi = max(p["high"] for p in points)
         heights = _spread([p["ppl"] for p in shown], 0.055 * (yhi - ylo or 1.0))
         for p, x, y in zip(shown, xs, heights):
-            ax.annotate(p["label"], (x, p["ppl"]), xytext=(x + 0.12 * (hi - lo or lo), y), fontsize=7, va="center",
+            ax.annotate(p["label"], (x, p["ppl"]), xytext=(x + 0.12 * span, y), fontsize=7, va="center",
                         color=_color(p["method"]), arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"})
     axes[0].set_ylabel("final validation perplexity (median; bars: seeds' min–max)")
     _save(fig, path)
